@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up the environment (once; later runs are fast) and run a job in it.
+#   ./run.sh demo       the main job: demo dataset -> train -> evaluate
+#   ./run.sh test [...] the test suite (arguments go to pytest)
+#   ./run.sh setup      only set up
+#   ./run.sh ARGS...    any effnet command, e.g. ./run.sh models
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${EFFNET_VENV:-.venv}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.effnet-setup" want
+  want="$(cat pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  # The PyTorch pair first, from pip (it takes them from the local disk), then the package.
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  echo "$want" > "$stamp"
+}
+
+job="${1:-demo}"
+[ $# -gt 0 ] && shift
+setup
+case "$job" in
+  setup) ;;
+  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  demo) exec "$VENV/bin/effnet" models "$@" ;;
+  *) exec "$VENV/bin/effnet" "$job" "$@" ;;
+esac

@@ -1,0 +1,27 @@
+"""effnet: EfficientNet models, weights, training, inference, deployment and benchmarks."""
+
+from .factory import create_model, resolve_config
+from .layers import LayerOptions
+from .model import EfficientNet, EfficientNetConfig, FeatureInfo, StageSpec
+from .registry import Preprocessing, config_for_phi, get_entry, list_models
+from .scaling import PUBLISHED_VARIANTS, CompoundScaling, round_filters, round_repeats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PUBLISHED_VARIANTS",
+    "CompoundScaling",
+    "EfficientNet",
+    "EfficientNetConfig",
+    "FeatureInfo",
+    "LayerOptions",
+    "Preprocessing",
+    "StageSpec",
+    "config_for_phi",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "resolve_config",
+    "round_filters",
+    "round_repeats",
+]

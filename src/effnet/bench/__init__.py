@@ -1,0 +1,1 @@
+"""Benchmarks: parameters, MACs, latency, throughput and memory, and their reports."""

@@ -1,0 +1,24 @@
+"""``effnet models``: the published variants with their size and cost."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..bench.measure import summarize
+from ..registry import list_models
+from ..table import format_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="list the models with params, GMACs and resolution")
+    parser.add_argument("--filter", default=None, help="only names containing this text (e.g. lite)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models(args.filter):
+        s = summarize(name)
+        rows.append([s.name, f"{s.params:,}", f"{s.macs / 1e9:.3f}", s.resolution])
+    print(format_table(["model", "params", "GMACs", "resolution"], rows))
+    return 0

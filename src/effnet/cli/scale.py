@@ -1,0 +1,35 @@
+"""``effnet scale --phi X``: what compound scaling gives at phi, beside the nearest published variant."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..bench.measure import summarize
+from ..registry import config_for_phi
+from ..scaling import CompoundScaling, nearest_published
+from ..table import format_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("scale", help="the network the compound-scaling formula gives for phi")
+    parser.add_argument("--phi", type=float, required=True, help="compound coefficient (any real number)")
+    parser.add_argument("--alpha", type=float, default=1.2, help="depth base (default 1.2)")
+    parser.add_argument("--beta", type=float, default=1.1, help="width base (default 1.1)")
+    parser.add_argument("--gamma", type=float, default=1.15, help="resolution base (default 1.15)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    scaling = CompoundScaling(args.alpha, args.beta, args.gamma)
+    config = config_for_phi(args.phi, scaling)
+    formula = summarize(config)
+    nearest = nearest_published(config.width, config.depth, config.resolution)
+    published = summarize(nearest.name)
+    print(f"alpha={scaling.alpha} beta={scaling.beta} gamma={scaling.gamma}: "
+          f"alpha*beta^2*gamma^2 = {scaling.flops_base:.3f}; predicted FLOPs x{scaling.flops_growth(args.phi):.2f} of B0")
+    rows = [[f"formula phi={args.phi:g}", f"{config.width:.3f}", f"{config.depth:.3f}", config.resolution,
+             f"{formula.params:,}", f"{formula.macs / 1e9:.3f}"],
+            [f"nearest published: {nearest.name}", f"{nearest.width:.3f}", f"{nearest.depth:.3f}",
+             nearest.resolution, f"{published.params:,}", f"{published.macs / 1e9:.3f}"]]
+    print(format_table(["network", "width", "depth", "resolution", "params", "GMACs"], rows))
+    return 0

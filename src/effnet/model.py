@@ -1,0 +1,256 @@
+"""EfficientNet: stem -> seven MBConv stages -> head, built from one config.
+
+Width and depth are applied in one place (:meth:`EfficientNetConfig.scaled_stages`); the
+network then reads top to bottom. The model offers single- and multi-scale features, a
+resettable classifier and gradient checkpointing, and works under ``torch.jit.script``,
+``torch.compile(fullgraph=True)`` and ``torch.export``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import ConvBnAct, LayerOptions, MBConv, PaddingMode
+from .scaling import round_filters, round_repeats
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the base network (B0), before scaling."""
+
+    repeats: int
+    kernel_size: int
+    stride: int
+    expand_ratio: int
+    out_channels: int
+
+
+B0_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 1, 16),
+    StageSpec(2, 3, 2, 6, 24),
+    StageSpec(2, 5, 2, 6, 40),
+    StageSpec(3, 3, 2, 6, 80),
+    StageSpec(3, 5, 1, 6, 112),
+    StageSpec(4, 5, 2, 6, 192),
+    StageSpec(1, 3, 1, 6, 320),
+)
+
+
+@dataclass(frozen=True)
+class ScaledStage:
+    """A stage after width and depth scaling: concrete channels and block count."""
+
+    in_channels: int
+    out_channels: int
+    repeats: int
+    kernel_size: int
+    stride: int
+    expand_ratio: int
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One level of the multi-scale feature pyramid."""
+
+    stage: int
+    stride: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class EfficientNetConfig:
+    """Everything that defines an EfficientNet architecture.
+
+    ``lite`` applies the Lite scaling rules: stem and head widths stay fixed and the first
+    and last stages keep their block counts. (Lite's ReLU6 and missing SE are the
+    ``activation`` and ``se_ratio`` fields.)
+    """
+
+    width: float = 1.0
+    depth: float = 1.0
+    resolution: int = 224
+    dropout: float = 0.2
+    drop_path_rate: float = 0.2
+    activation: str = "silu"
+    se_ratio: float = 0.25
+    lite: bool = False
+    padding: PaddingMode = "symmetric"
+    bn_momentum: float = 0.01
+    bn_eps: float = 1e-3
+    in_chans: int = 3
+    stem_channels: int = 32
+    head_channels: int = 1280
+    divisor: int = 8
+    stages: tuple[StageSpec, ...] = field(default=B0_STAGES)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "width": self.width > 0,
+            "depth": self.depth > 0,
+            "resolution": self.resolution > 0,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "drop_path_rate": 0.0 <= self.drop_path_rate < 1.0,
+            "se_ratio": 0.0 <= self.se_ratio <= 1.0,
+            "in_chans": self.in_chans > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid {name}={getattr(self, name)!r} in EfficientNetConfig")
+        self.layer_options()  # validates activation and padding
+
+    def layer_options(self) -> LayerOptions:
+        return LayerOptions(self.activation, self.padding, self.bn_momentum, self.bn_eps)
+
+    def replace(self, **changes: object) -> EfficientNetConfig:
+        return replace(self, **changes)
+
+    @property
+    def stem_width(self) -> int:
+        return self.stem_channels if self.lite else round_filters(self.stem_channels, self.width, self.divisor)
+
+    @property
+    def head_width(self) -> int:
+        return self.head_channels if self.lite else round_filters(self.head_channels, self.width, self.divisor)
+
+    def scaled_stages(self) -> list[ScaledStage]:
+        """The stages with width and depth applied: the one place scaling happens."""
+        stages = []
+        in_channels = self.stem_width
+        last = len(self.stages) - 1
+        for index, spec in enumerate(self.stages):
+            out_channels = round_filters(spec.out_channels, self.width, self.divisor)
+            fixed_depth = self.lite and index in (0, last)
+            repeats = spec.repeats if fixed_depth else round_repeats(spec.repeats, self.depth)
+            stages.append(ScaledStage(in_channels, out_channels, repeats, spec.kernel_size,
+                                      spec.stride, spec.expand_ratio))
+            in_channels = out_channels
+        return stages
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet classifier (and backbone) built from an :class:`EfficientNetConfig`."""
+
+    def __init__(self, config: EfficientNetConfig = EfficientNetConfig(), num_classes: int = 1000) -> None:
+        super().__init__()
+        self.config = config
+        self.in_chans = config.in_chans
+        self.grad_checkpointing = False
+        options = config.layer_options()
+        stages = config.scaled_stages()
+
+        self.stem = ConvBnAct(config.in_chans, config.stem_width, 3, 2, options=options)
+        total_blocks = sum(s.repeats for s in stages)
+        block_index = 0
+        built = []
+        for stage in stages:
+            blocks = []
+            for j in range(stage.repeats):
+                blocks.append(MBConv(
+                    stage.in_channels if j == 0 else stage.out_channels, stage.out_channels,
+                    stage.kernel_size, stage.stride if j == 0 else 1, stage.expand_ratio,
+                    config.se_ratio, config.drop_path_rate * block_index / total_blocks, options))
+                block_index += 1
+            built.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*built)
+        self.num_features = config.head_width
+        self.head = ConvBnAct(stages[-1].out_channels, self.num_features, 1, options=options)
+        self.dropout = nn.Dropout(config.dropout)
+        self.num_classes = num_classes
+        self.classifier: nn.Module = self._make_classifier(num_classes)
+
+        self.feature_info = self._feature_pyramid(stages)
+        self._feature_stages = [info.stage for info in self.feature_info]
+        self._init_weights()
+
+    @staticmethod
+    def _feature_pyramid(stages: list[ScaledStage]) -> list[FeatureInfo]:
+        """The last stage at each stride (2, 4, 8, 16, 32 for the reference stages)."""
+        info = []
+        stride = 2
+        for index, stage in enumerate(stages):
+            stride *= stage.stride
+            is_last_at_stride = index == len(stages) - 1 or stages[index + 1].stride > 1
+            if is_last_at_stride:
+                info.append(FeatureInfo(index, stride, stage.out_channels))
+        return info
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _init_weights(self) -> None:
+        """Reference init: conv N(0, sqrt(2 / fan_out)); dense U(+-1/sqrt(classes)); BN 1, 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                fan_out = kh * kw * module.out_channels // module.groups
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                bound = 1.0 / math.sqrt(module.out_features)
+                nn.init.uniform_(module.weight, -bound, bound)
+                nn.init.zeros_(module.bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: no classifier)."""
+        self.num_classes = num_classes
+        self.classifier = self._make_classifier(num_classes)
+        if isinstance(self.classifier, nn.Linear):
+            bound = 1.0 / math.sqrt(max(num_classes, 1))
+            nn.init.uniform_(self.classifier.weight, -bound, bound)
+            nn.init.zeros_(self.classifier.bias)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        self.grad_checkpointing = enable
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"EfficientNet expects an input of shape (N, {self.in_chans}, H, W), got {list(x.shape)}")
+
+    @torch.jit.unused
+    def _checkpointed_stages(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's feature map (N, num_features, H/32, W/32)."""
+        self._check_input(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            x = self._checkpointed_stages(x)
+        else:
+            x = self.stages(x)
+        return self.head(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, dropout and classify a feature map; ``pre_logits`` stops before the classifier."""
+        x = x.mean((2, 3))
+        x = self.dropout(x)
+        return x if pre_logits else self.classifier(x)
+
+    def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at strides 2, 4, 8, 16 and 32 (see :attr:`feature_info`), for backbones."""
+        self._check_input(x)
+        x = self.stem(x)
+        features: list[torch.Tensor] = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if index in self._feature_stages:
+                features.append(x)
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

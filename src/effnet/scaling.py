@@ -1,0 +1,119 @@
+"""Compound scaling: the formula of the paper for any phi, and the published variant table.
+
+The two are kept apart on purpose: the published B1-B7 coefficients were tuned by hand
+and are *not* what the formula gives at integer phi.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+BASE_RESOLUTION = 224
+
+
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """Scale a channel count by ``width`` and round it to a multiple of ``divisor``.
+
+    Rounds to the nearest multiple, never below ``divisor``, and adds one more ``divisor``
+    when rounding would lose more than 10% of the scaled width (the reference rule).
+    """
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Scale a stage's block count by ``depth``, rounding up (ceil, not int)."""
+    return int(math.ceil(depth * repeats))
+
+
+@dataclass(frozen=True)
+class CompoundScaling:
+    """The compound scaling rule: depth alpha^phi, width beta^phi, resolution gamma^phi.
+
+    The paper's grid search on B0 under ``alpha * beta^2 * gamma^2 ~= 2`` found the defaults.
+    """
+
+    alpha: float = 1.2
+    beta: float = 1.1
+    gamma: float = 1.15
+    base_resolution: int = BASE_RESOLUTION
+
+    @property
+    def flops_base(self) -> float:
+        """``alpha * beta^2 * gamma^2``: the factor FLOPs grow by per unit of phi."""
+        return self.alpha * self.beta**2 * self.gamma**2
+
+    def flops_growth(self, phi: float) -> float:
+        """How many times B0's FLOPs the formula predicts at ``phi``."""
+        return self.flops_base**phi
+
+    def depth(self, phi: float) -> float:
+        return self.alpha**phi
+
+    def width(self, phi: float) -> float:
+        return self.beta**phi
+
+    def resolution(self, phi: float, multiple: int = 8) -> int:
+        """Input resolution at ``phi``, rounded to the nearest multiple of ``multiple``."""
+        return max(multiple, int(round(self.base_resolution * self.gamma**phi / multiple)) * multiple)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One published EfficientNet variant: its coefficients and reference eval crop."""
+
+    name: str
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    crop_pct: float = 0.875
+    lite: bool = False
+
+
+def _b(name: str, width: float, depth: float, resolution: int, dropout: float, crop_pct: float) -> Variant:
+    return Variant(f"efficientnet_{name}", width, depth, resolution, dropout, crop_pct)
+
+
+def _lite(index: int, width: float, depth: float, resolution: int, dropout: float) -> Variant:
+    return Variant(f"efficientnet_lite{index}", width, depth, resolution, dropout, 0.875, lite=True)
+
+
+PUBLISHED_VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        _b("b0", 1.0, 1.0, 224, 0.2, 0.875),
+        _b("b1", 1.0, 1.1, 240, 0.2, 0.882),
+        _b("b2", 1.1, 1.2, 260, 0.3, 0.890),
+        _b("b3", 1.2, 1.4, 300, 0.3, 0.904),
+        _b("b4", 1.4, 1.8, 380, 0.4, 0.922),
+        _b("b5", 1.6, 2.2, 456, 0.4, 0.934),
+        _b("b6", 1.8, 2.6, 528, 0.5, 0.942),
+        _b("b7", 2.0, 3.1, 600, 0.5, 0.949),
+        _b("b8", 2.2, 3.6, 672, 0.5, 0.954),
+        _b("l2", 4.3, 5.3, 800, 0.5, 0.96),
+        _lite(0, 1.0, 1.0, 224, 0.2),
+        _lite(1, 1.0, 1.1, 240, 0.2),
+        _lite(2, 1.1, 1.2, 260, 0.3),
+        _lite(3, 1.2, 1.4, 300, 0.3),
+        _lite(4, 1.4, 1.8, 380, 0.3),
+    )
+}
+"""The published table (B0-B8, L2, Lite0-4), exactly as the reference defines it."""
+
+
+def nearest_published(width: float, depth: float, resolution: int, lite: bool = False) -> Variant:
+    """The published variant closest to the given coefficients (log-distance)."""
+
+    def distance(v: Variant) -> float:
+        return (
+            math.log(v.width / width) ** 2
+            + math.log(v.depth / depth) ** 2
+            + math.log(v.resolution / resolution) ** 2
+        )
+
+    return min((v for v in PUBLISHED_VARIANTS.values() if v.lite == lite), key=distance)
