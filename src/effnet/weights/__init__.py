@@ -1,0 +1,1 @@
+"""Weights: our checkpoint format, safe loading, converters from other layouts, downloads."""
