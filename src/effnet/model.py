@@ -184,6 +184,8 @@ class EfficientNet(nn.Module):
 
     def _init_weights(self) -> None:
         """Reference init: conv N(0, sqrt(2 / fan_out)); dense U(+-1/sqrt(classes)); BN 1, 0."""
+        if self.stem.conv.weight.is_meta:  # shape-only model (counting, planning): no values to set
+            return
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 kh, kw = module.kernel_size
@@ -241,6 +243,7 @@ class EfficientNet(nn.Module):
         x = self.dropout(x)
         return x if pre_logits else self.classifier(x)
 
+    @torch.jit.export
     def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps at strides 2, 4, 8, 16 and 32 (see :attr:`feature_info`), for backbones."""
         self._check_input(x)

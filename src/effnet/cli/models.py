@@ -16,8 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    names = list_models(args.filter)
+    if not names:
+        raise ValueError(f"no model name contains {args.filter!r}; known models: {', '.join(list_models())}")
     rows = []
-    for name in list_models(args.filter):
+    for name in names:
         s = summarize(name)
         rows.append([s.name, f"{s.params:,}", f"{s.macs / 1e9:.3f}", s.resolution])
     print(format_table(["model", "params", "GMACs", "resolution"], rows))

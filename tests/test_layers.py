@@ -1,0 +1,113 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effnet.layers import (Conv2dSame, DropPath, LayerOptions, MBConv, SqueezeExcite, create_conv2d,
+                           same_padding_amounts)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, expected",
+    [(224, 3, 2, (0, 1)), (225, 3, 2, (1, 1)), (112, 5, 2, (1, 2)), (113, 5, 2, (2, 2)),
+     (14, 5, 2, (1, 2)), (7, 3, 1, (1, 1)), (7, 5, 1, (2, 2)), (1, 3, 2, (1, 1)), (8, 1, 1, (0, 0))],
+)
+def test_same_padding_amounts_follow_tensorflow(size, kernel, stride, expected):
+    # TF: out = ceil(size / stride); total = max((out - 1) * stride + kernel - size, 0); extra goes after.
+    assert same_padding_amounts(size, kernel, stride) == expected
+
+
+@pytest.mark.parametrize("height, width", [(224, 224), (231, 257), (17, 18), (5, 3)])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_conv2d_same_equals_explicitly_padded_conv(height, width, kernel):
+    conv = Conv2dSame(4, 6, kernel, stride=2)
+    x = torch.randn(2, 4, height, width)
+    top, bottom = same_padding_amounts(height, kernel, 2)
+    left, right = same_padding_amounts(width, kernel, 2)
+    expected = F.conv2d(F.pad(x, [left, right, top, bottom]), conv.weight, None, 2)
+    out = conv(x)
+    assert out.shape[-2:] == (-(-height // 2), -(-width // 2))
+    torch.testing.assert_close(out, expected)
+
+
+def test_conv2d_same_matches_timm_peer():
+    from timm.layers import create_conv2d as timm_conv
+
+    ours = create_conv2d(8, 8, 5, stride=2, groups=8, padding="same")
+    peer = timm_conv(8, 8, 5, stride=2, groups=8, padding="same")
+    peer.load_state_dict(ours.state_dict())
+    for size in [(32, 32), (33, 47), (9, 10)]:
+        x = torch.randn(1, 8, *size)
+        torch.testing.assert_close(ours(x), peer(x))
+
+
+def test_symmetric_padding_is_static_and_same_only_where_needed():
+    assert isinstance(create_conv2d(3, 8, 3, 2), nn.Conv2d) and not isinstance(create_conv2d(3, 8, 3, 2), Conv2dSame)
+    assert create_conv2d(3, 8, 3, 2).padding == (1, 1)
+    assert isinstance(create_conv2d(3, 8, 3, 2, padding="same"), Conv2dSame)
+    stride1 = create_conv2d(3, 8, 5, 1, padding="same")  # stride 1, odd kernel: SAME is symmetric
+    assert not isinstance(stride1, Conv2dSame) and stride1.padding == (2, 2)
+    with pytest.raises(ValueError, match="unknown padding 'valid'"):
+        create_conv2d(3, 8, 3, padding="valid")
+
+
+def test_drop_path_is_identity_in_eval():
+    layer = DropPath(0.5).eval()
+    x = torch.randn(16, 4, 3, 3)
+    assert torch.equal(layer(x), x)
+
+
+def test_drop_path_drops_whole_samples_in_training():
+    layer = DropPath(0.5).train()
+    out = layer(torch.ones(512, 3, 4, 4))
+    per_sample = out.flatten(1)
+    dropped = (per_sample == 0).all(1)
+    kept = (per_sample == 2.0).all(1)  # kept samples scaled by 1 / (1 - 0.5)
+    assert torch.all(dropped | kept)
+    assert 0.35 < dropped.float().mean() < 0.65
+
+
+def test_drop_path_rejects_bad_probability():
+    with pytest.raises(ValueError, match="drop_prob must be in"):
+        DropPath(1.0)
+
+
+def test_squeeze_excite_gates_channels():
+    se = SqueezeExcite(96, 4)
+    assert (se.reduce.in_channels, se.reduce.out_channels, se.expand.out_channels) == (96, 4, 96)
+    assert se.reduce.bias is not None and se.expand.bias is not None
+    assert isinstance(se.act, nn.SiLU)
+    x = torch.randn(2, 96, 5, 5)
+    gate = torch.sigmoid(se.expand(F.silu(se.reduce(x.mean((2, 3), keepdim=True)))))
+    torch.testing.assert_close(se(x), x * gate)
+
+
+def test_mbconv_structure():
+    block = MBConv(16, 24, 3, 2, expand_ratio=6, se_ratio=0.25, drop_path_rate=0.1)
+    assert block.expand.conv.out_channels == 96
+    assert block.se.reduce.out_channels == 4  # from the block input (16 * 0.25), not 96 * 0.25
+    assert not block.has_residual and isinstance(block.drop_path, nn.Identity)
+    first = MBConv(32, 16, 3, 1, expand_ratio=1, se_ratio=0.25)
+    assert isinstance(first.expand, nn.Identity)
+    assert first.se.reduce.out_channels == 8
+    residual = MBConv(24, 24, 5, 1, expand_ratio=6, se_ratio=0.25, drop_path_rate=0.1)
+    assert residual.has_residual and isinstance(residual.drop_path, DropPath)
+    assert all(m.bias is None for m in residual.modules() if isinstance(m, nn.Conv2d) and m not in
+               (residual.se.reduce, residual.se.expand))
+
+
+def test_mbconv_residual_adds_input_in_eval():
+    block = MBConv(8, 8, 3, 1, expand_ratio=4, se_ratio=0.25, drop_path_rate=0.5).eval()
+    x = torch.randn(2, 8, 6, 6)
+    branch = block.project(block.se(block.dw(block.expand(x))))
+    torch.testing.assert_close(block(x), branch + x)
+
+
+def test_layer_options_refuse_unknown_values():
+    with pytest.raises(ValueError, match="unknown activation 'mish'"):
+        LayerOptions(activation="mish")
+    with pytest.raises(ValueError, match="unknown padding"):
+        LayerOptions(padding="reflect")
+    options = LayerOptions(bn_momentum=0.1, bn_eps=1e-5)
+    bn = options.norm(8)
+    assert (bn.momentum, bn.eps) == (0.1, 1e-5)
