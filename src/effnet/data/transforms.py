@@ -1,0 +1,158 @@
+"""Training and evaluation presets (torchvision.transforms.v2), and batch-level mixup/cutmix.
+
+Both presets take a PIL RGB image (see :mod:`effnet.data.images`) and return a normalized
+float32 CHW tensor. The evaluation preset reads everything from a
+:class:`~effnet.registry.Preprocessing`, the one source of truth for a network's input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from ..registry import Preprocessing
+
+AUTO_AUGMENTS = ("autoaugment", "randaugment", "trivialaugment")
+RANDAUGMENT_BINS = 11
+"""RandAugment magnitudes run 0..10 as in the RandAugment and EfficientNet papers (M10 = strongest)."""
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    return InterpolationMode(name.lower())
+
+
+def _to_normalized_tensor(preprocessing: Preprocessing) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))]
+
+
+def _auto_augment(name: str, interpolation: InterpolationMode, fill: list[int], ra_magnitude: float,
+                  ra_num_ops: int, ra_num_bins: int) -> v2.Transform:
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interpolation, fill=fill)
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide(interpolation=interpolation, fill=fill)
+    if name == "randaugment":
+        magnitude = int(round(ra_magnitude))
+        if not 0 <= magnitude < ra_num_bins:
+            raise ValueError(f"ra_magnitude {ra_magnitude} is outside the scale 0..{ra_num_bins - 1}; "
+                             f"pass ra_num_bins={magnitude + 1} or more for a finer scale reaching it")
+        return v2.RandAugment(num_ops=ra_num_ops, magnitude=magnitude, num_magnitude_bins=ra_num_bins,
+                              interpolation=interpolation, fill=fill)
+    raise ValueError(f"unknown auto_augment {name!r}; choose one of {AUTO_AUGMENTS} or None")
+
+
+def train_transforms(preprocessing: Preprocessing, resolution: int | None = None,
+                     scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5, color_jitter: float | None = 0.4,
+                     auto_augment: str | None = None, re_prob: float = 0.0, *,
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3), ra_magnitude: float = 9, ra_num_ops: int = 2,
+                     ra_num_bins: int = RANDAUGMENT_BINS) -> Callable:
+    """The training preset, applied in this order (each step only when enabled):
+
+    RandomResizedCrop to ``resolution`` (default: the preprocessing's) with ``scale``/``ratio``
+    and the preprocessing's interpolation, horizontal flip with probability ``hflip``,
+    ColorJitter (brightness, contrast and saturation by ``color_jitter``), ``auto_augment``
+    ("autoaugment" ImageNet policy, "randaugment" with ``ra_num_ops`` ops at ``ra_magnitude``
+    on a 0..``ra_num_bins - 1`` scale, "trivialaugment"), conversion to a float tensor and
+    normalization, then RandomErasing with probability ``re_prob`` (erased pixels become 0,
+    the mean colour). Augmentations fill uncovered pixels with the mean colour.
+    """
+    resolution = resolution or preprocessing.resolution
+    interpolation = interpolation_mode(preprocessing.interpolation)
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(resolution, scale=scale, ratio=ratio,
+                                                      interpolation=interpolation, antialias=True)]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if color_jitter:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    if auto_augment:
+        fill = [round(255 * m) for m in preprocessing.mean]
+        steps.append(_auto_augment(auto_augment.lower(), interpolation, fill, ra_magnitude, ra_num_ops, ra_num_bins))
+    steps += _to_normalized_tensor(preprocessing)
+    if re_prob > 0:
+        steps.append(v2.RandomErasing(p=re_prob, value=0.0))
+    steps.append(v2.ToPureTensor())
+    return v2.Compose(steps)
+
+
+def eval_transforms(preprocessing: Preprocessing, resolution: int | None = None) -> Callable:
+    """The evaluation preset: resize the short side to ``resolution / crop_pct`` (antialiased,
+    the preprocessing's interpolation), center-crop ``resolution``, scale to [0, 1], normalize."""
+    if resolution is not None and resolution != preprocessing.resolution:
+        preprocessing = dataclasses.replace(preprocessing, resolution=resolution)
+    return v2.Compose([
+        v2.Resize(preprocessing.resize_size, interpolation=interpolation_mode(preprocessing.interpolation),
+                  antialias=True),
+        v2.CenterCrop(preprocessing.resolution),
+        *_to_normalized_tensor(preprocessing),
+        v2.ToPureTensor(),
+    ])
+
+
+def smooth_one_hot(targets: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Soft targets: ``1 - smoothing + smoothing / C`` on the true class, ``smoothing / C`` elsewhere."""
+    off = label_smoothing / num_classes
+    soft = torch.full((targets.shape[0], num_classes), off, device=targets.device)
+    return soft.scatter_(1, targets.long().view(-1, 1), 1.0 - label_smoothing + off)
+
+
+class MixupCutmix:
+    """Mixup / CutMix on a batch: ``(images, targets) -> (mixed images, soft targets)``.
+
+    With probability ``prob`` the batch is mixed with itself shifted by one sample: CutMix
+    (chosen with probability ``switch_prob`` when both are enabled) pastes a box covering
+    ``1 - lam`` of the image, Mixup blends the whole image, with ``lam ~ Beta(alpha, alpha)``.
+    The targets mix the same way (CutMix uses the box's exact area) on top of label
+    smoothing, so every row sums to 1. Randomness comes from torch's global generator.
+    Loss: ``torch.nn.functional.cross_entropy(logits, soft_targets)``. The alphas and
+    ``prob`` may be changed between steps (progressive learning).
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
+                 switch_prob: float = 0.5, label_smoothing: float = 0.0) -> None:
+        if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= prob <= 1 or not 0 <= label_smoothing < 1:
+            raise ValueError(f"invalid mixup/cutmix settings: mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}, "
+                             f"prob={prob}, label_smoothing={label_smoothing}")
+        self.num_classes = num_classes
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.prob = prob
+        self.switch_prob = switch_prob
+        self.label_smoothing = label_smoothing
+
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = smooth_one_hot(targets, self.num_classes, self.label_smoothing)
+        if not self.enabled or torch.rand(()).item() >= self.prob:
+            return images, soft
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or torch.rand(()).item() < self.switch_prob)
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        lam = torch.distributions.Beta(alpha, alpha).sample().item()
+        partner = images.roll(1, dims=0)
+        if use_cutmix:
+            images, lam = _paste_box(images, partner, lam)
+        else:
+            images = images * lam + partner * (1.0 - lam)
+        return images, soft * lam + soft.roll(1, dims=0) * (1.0 - lam)
+
+
+def _paste_box(images: torch.Tensor, partner: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
+    """Paste a random box of area ``1 - lam`` from ``partner``; returns the images and the kept fraction."""
+    height, width = images.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    center_y = int(torch.randint(height, ()).item())
+    center_x = int(torch.randint(width, ()).item())
+    top, bottom = max(center_y - cut_h // 2, 0), min(center_y + cut_h // 2, height)
+    left, right = max(center_x - cut_w // 2, 0), min(center_x + cut_w // 2, width)
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+    return mixed, 1.0 - (bottom - top) * (right - left) / (height * width)
+
