@@ -111,3 +111,44 @@ def test_layer_options_refuse_unknown_values():
     options = LayerOptions(bn_momentum=0.1, bn_eps=1e-5)
     bn = options.norm(8)
     assert (bn.momentum, bn.eps) == (0.1, 1e-5)
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+@pytest.mark.parametrize("kernel, stride, size", [(5, 1, (13, 17)), (5, 2, (24, 24)), (5, 2, (23, 25)), (7, 2, (15, 9))])
+def test_depthwise_fast_backward_equals_reference_gradients(padding, kernel, stride, size):
+    conv = create_conv2d(6, 6, kernel, stride, groups=6, padding=padding).double()
+    assert conv._fast_depthwise_backward_applies(torch.empty(1, 6, 8, 8, dtype=torch.double))
+    x = torch.randn(3, 6, *size, dtype=torch.double, requires_grad=True)
+    out = conv(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    weight = conv.weight.detach().requires_grad_()
+    reference_input = x.detach().requires_grad_()
+    padded = reference_input
+    if isinstance(conv, Conv2dSame):
+        (top, bottom), (left, right) = (same_padding_amounts(s, kernel, stride) for s in size)
+        padded = F.pad(reference_input, [left, right, top, bottom])
+    reference = F.conv2d(padded, weight, None, stride, conv.padding, 1, 6)
+    reference.backward(grad)
+    torch.testing.assert_close(out, reference)
+    torch.testing.assert_close(conv.weight.grad, weight.grad)
+    torch.testing.assert_close(x.grad, reference_input.grad)
+
+
+def test_depthwise_fast_backward_only_where_it_pays():
+    x = torch.empty(1, 8, 8, 8)
+    assert not create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(x)  # 3x3: no gain measured
+    assert not create_conv2d(8, 16, 5)._fast_depthwise_backward_applies(x)  # not depthwise
+    with torch.no_grad():
+        assert not create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(x)
+
+
+def test_depthwise_fast_backward_stays_out_of_traced_and_exported_graphs():
+    model = nn.Sequential(create_conv2d(4, 4, 5, 2, groups=4), nn.ReLU())
+    x = torch.randn(2, 4, 16, 16)
+    traced = torch.jit.trace(model, x)
+    assert "PythonOp" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), model(x))
+    program = torch.export.export(model.train(), (x,))
+    assert "DepthwiseConv2dFunction" not in str(program.graph)
+    assert any(node.target == torch.ops.aten.conv2d.default for node in program.graph.nodes)

@@ -251,3 +251,15 @@ def test_config_validation():
         effnet.create_model("efficientnet_b0", drop_path_rate=1.5)
     with pytest.raises(ValueError, match="unknown activation"):
         effnet.create_model("efficientnet_b0", activation="tanhh")
+
+
+def test_compiled_training_step_has_no_graph_breaks():
+    model = tiny(drop_path_rate=0.0, drop_rate=0.0).train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 64, 64)
+    compiled(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    for expected, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-5)
