@@ -1,24 +1,43 @@
-"""Our checkpoint format: one ``.safetensors`` file whose header carries JSON metadata.
+"""Our checkpoint format, and safe reading of any weight file.
 
-The metadata holds everything needed to rebuild the model without guessing: the
-architecture config, ``num_classes``, class names and eval preprocessing.
+Our format is one ``.safetensors`` file whose header carries JSON metadata: the architecture
+config, ``num_classes``, class names and eval preprocessing, everything needed to rebuild
+the model without guessing. It round-trips exactly.
+
+:func:`read_tensors` reads ``.safetensors`` and PyTorch pickles (``.pth``, ``.pt``, ``.bin``),
+the latter only with ``torch.load(weights_only=True)``: a pickle that needs to run code is
+refused. Corrupt, truncated and unsafe files each get their own message, and loading is all
+or nothing: a model is only changed once every tensor has been read and checked.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import os
+import pickle
+import re
+import struct
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ..model import EfficientNet, EfficientNetConfig, StageSpec
 from ..registry import Preprocessing
+from .convert.base import assign_state_dict
+from .errors import CheckpointError
 
 FORMAT_NAME = "effnet"
 FORMAT_VERSION = 1
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_MAX_HEADER_BYTES = 100_000_000
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_OPCODE = 0x80
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|global: ([\w.]+)")
 
 
 def config_to_dict(config: EfficientNetConfig) -> dict[str, Any]:
@@ -27,6 +46,11 @@ def config_to_dict(config: EfficientNetConfig) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any]) -> EfficientNetConfig:
     data = dict(data)
+    known = {f.name for f in fields(EfficientNetConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CheckpointError(f"checkpoint config has fields this effnet does not know: {unknown}; "
+                              "it was written by a newer effnet, upgrade to read it")
     data["stages"] = tuple(StageSpec(**s) for s in data["stages"])
     return EfficientNetConfig(**data)
 
@@ -36,6 +60,8 @@ def model_metadata(model: EfficientNet, class_names: list[str] | None = None,
     """The JSON-able description of a model stored beside its weights."""
     class_names = class_names if class_names is not None else getattr(model, "class_names", None)
     preprocessing = preprocessing or getattr(model, "preprocessing", None) or Preprocessing(model.config.resolution)
+    if class_names is not None and model.num_classes and len(class_names) != model.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -50,28 +76,140 @@ def model_metadata(model: EfficientNet, class_names: list[str] | None = None,
 
 def save_model(model: EfficientNet, path: str | Path, class_names: list[str] | None = None,
                preprocessing: Preprocessing | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as safetensors with its metadata; returns the path written."""
+    """Write ``model`` as safetensors with its metadata; returns the path written.
+
+    The file is written beside the target and renamed into place, so an interrupted save
+    never leaves a half-written checkpoint under the final name.
+    """
     path = Path(path)
     metadata = model_metadata(model, class_names, preprocessing, extra)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"effnet": json.dumps(metadata)})
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata={"effnet": json.dumps(metadata)})
+    os.replace(partial, path)
     return path
 
 
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, after checking the file is complete."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path} is truncated: {size} bytes cannot hold a safetensors header; "
+                                  "fetch or save it again")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > _MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path} is not a safetensors file (corrupt): its first bytes announce a "
+                                  f"{header_size}-byte header; fetch or save it again")
+        if header_size > size - 8:
+            raise CheckpointError(f"{path} is truncated: its header needs {header_size + 8} bytes, the file has "
+                                  f"{size}; fetch or save it again")
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                      default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise CheckpointError(f"{path} is not a safetensors file (corrupt): its header is not valid; "
+                                  "fetch or save it again") from None
+    if 8 + header_size + end > size:
+        raise CheckpointError(f"{path} is truncated: its header describes {8 + header_size + end} bytes, the file "
+                              f"has {size} (an interrupted download or copy?); fetch or save it again")
+    return header
+
+
+def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
+    _safetensors_header(path)
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt): {error}") from None
+
+
+def _read_pickle(path: Path, device: str) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    is_zip = magic == _ZIP_MAGIC
+    if not is_zip and (not magic or magic[0] != _PICKLE_PROTOCOL_OPCODE):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (corrupt, or another format): "
+                              "fetch or save it again")
+    try:
+        loaded = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = _GLOBAL.search(str(error))
+        if found:
+            name = found.group(1) or found.group(2)
+            raise CheckpointError(
+                f"refused to load {path}: it is a pickle that would run code when loaded (it calls {name}). "
+                "effnet reads .pth files with torch.load(weights_only=True), which accepts tensors and plain "
+                "containers only, because unpickling can execute anything. If you trust the file's origin, "
+                "load it yourself and save just its state_dict (or convert it to .safetensors)") from None
+        raise CheckpointError(f"{path} is a corrupt PyTorch checkpoint (it does not unpickle): "
+                              "fetch or save it again") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        if is_zip and "central directory" in str(error):
+            raise CheckpointError(f"{path} is truncated: its zip archive has no end (an interrupted download or "
+                                  "copy?); fetch or save it again") from None
+        raise CheckpointError(f"{path} is a corrupt PyTorch checkpoint: {str(error).splitlines()[0]}; "
+                              "fetch or save it again") from None
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
+    return loaded
+
+
+def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file or a PyTorch pickle, read safely.
+
+    A pickle may hold a training checkpoint (a dict with a nested state dict); see
+    :func:`effnet.weights.convert.unwrap_state_dict`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if path.suffix in SAFETENSORS_SUFFIXES or (path.suffix not in PICKLE_SUFFIXES and magic[:1] not in (b"P", b"\x80")):
+        return _read_safetensors(path, device)
+    return _read_pickle(path, device)
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as handle:
-        raw = (handle.metadata() or {}).get("effnet")
+    """The metadata of a checkpoint written by :func:`save_model`."""
+    path = Path(path)
+    header = _safetensors_header(path)
+    raw = (header.get("__metadata__") or {}).get("effnet")
     if raw is None:
-        raise ValueError(f"{path} is a safetensors file without effnet metadata")
-    return json.loads(raw)
+        raise CheckpointError(f"{path} is a safetensors file without effnet metadata; load it with "
+                              "effnet.create_model(name, pretrained=path) to convert its weights")
+    try:
+        metadata = json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"{path} has corrupt effnet metadata (not JSON)") from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} metadata is of format {metadata.get('format')!r}, not {FORMAT_NAME!r}")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer effnet (format version {metadata['format_version']},"
+                              f" this one reads up to {FORMAT_VERSION}); upgrade effnet to read it")
+    return metadata
+
+
+def model_from_metadata(metadata: dict[str, Any]) -> EfficientNet:
+    """An untrained model with the architecture, name, class names and preprocessing of ``metadata``."""
+    try:
+        config = config_from_dict(metadata["config"])
+        model = EfficientNet(config, num_classes=metadata["num_classes"])
+        model.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint metadata does not describe a valid model: {error}") from None
+    model.model_name = metadata.get("model_name", "efficientnet_custom")
+    model.class_names = metadata.get("class_names")
+    return model
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> EfficientNet:
     """Rebuild a model saved by :func:`save_model`, with its class names and preprocessing."""
-    metadata = read_metadata(path)
-    model = EfficientNet(config_from_dict(metadata["config"]), num_classes=metadata["num_classes"])
-    model.load_state_dict(load_file(str(path), device=str(map_location)))
-    model.model_name = metadata["model_name"]
-    model.class_names = metadata["class_names"]
-    model.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
-    return model
+    model = model_from_metadata(read_metadata(path))
+    assign_state_dict(model, read_tensors(path, device=str(map_location)))
+    return model.to(map_location)
