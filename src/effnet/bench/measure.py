@@ -1,8 +1,13 @@
-"""Static measurements of a network: parameter count and multiply-accumulates."""
+"""Measurements of a network: parameters and multiply-accumulates (static), latency,
+throughput and peak memory (by running it)."""
 
 from __future__ import annotations
 
 import copy
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,3 +64,180 @@ def summarize(name: str | EfficientNetConfig, num_classes: int = 1000) -> ModelS
     label = name if isinstance(name, str) else model.model_name
     return ModelSummary(label, count_params(model), count_macs(model, config.resolution, config.in_chans),
                         config.resolution, config.width, config.depth)
+
+
+# --- time and memory of running a network -------------------------------------------------
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall-clock time of repeated calls that each process ``batch_size`` images."""
+
+    median_ms: float
+    p90_ms: float
+    iterations: int
+    batch_size: int
+
+    @property
+    def throughput(self) -> float:
+        """Images per second at the median latency."""
+        return self.batch_size * 1000.0 / self.median_ms
+
+    @classmethod
+    def from_times(cls, seconds: Sequence[float], batch_size: int) -> LatencyStats:
+        if not seconds:
+            raise ValueError("no timed calls to summarize")
+        ordered = sorted(seconds)
+        return cls(1000.0 * statistics.median(ordered), 1000.0 * _quantile(ordered, 0.9), len(ordered), batch_size)
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile of sorted values, interpolating linearly between neighbours."""
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued work on ``device`` to finish (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class TimingBudget:
+    """How long to time a call: ``iterations`` timed calls, but stop after ``max_seconds``.
+
+    Warm-up takes up to ``warmup`` calls, ending early once it has used a quarter of
+    ``max_seconds`` (the first call, which compiles and allocates, always runs). The timed
+    loop always makes ``min_iterations`` calls, so a network slower than the budget (B7 at
+    600 px on a laptop CPU) still gets a median and costs about ``min_iterations + 1`` calls.
+    """
+
+    warmup: int = 3
+    iterations: int = 30
+    min_iterations: int = 3
+    max_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 1 or self.min_iterations < 1 or self.iterations < self.min_iterations:
+            raise ValueError(f"invalid timing budget {self}: need warmup >= 1 and "
+                             "iterations >= min_iterations >= 1")
+        if self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+
+
+@dataclass(frozen=True)
+class CallMeasurement:
+    """Seconds of each timed call, and the extra memory the first timed call needed."""
+
+    seconds: list[float]
+    extra_memory: int | None
+
+
+def measure_calls(fn: Callable[[], object], device: torch.device | str = "cpu",
+                  budget: TimingBudget = TimingBudget()) -> CallMeasurement:
+    """Time calls of ``fn`` after warm-up, within ``budget``; see :func:`extra_memory` for memory.
+
+    Each call is bracketed by device synchronization, so on CUDA it measures the work, not the
+    launch. The first timed call also records its peak memory (this costs microseconds, so it
+    is timed like the others and no call is spent on memory alone).
+    """
+    start = time.perf_counter()
+    for index in range(budget.warmup):
+        if index > 0 and time.perf_counter() - start > budget.max_seconds / 4:
+            break
+        fn()
+        synchronize(device)
+    seconds: list[float] = []
+    memory: list[int | None] = []
+
+    def first_call() -> None:
+        memory.append(extra_memory(fn, device))
+
+    start = time.perf_counter()
+    while len(seconds) < budget.iterations and (len(seconds) < budget.min_iterations
+                                                or time.perf_counter() - start < budget.max_seconds):
+        began = time.perf_counter()
+        (fn if seconds else first_call)()
+        synchronize(device)
+        seconds.append(time.perf_counter() - began)
+    return CallMeasurement(seconds, memory[0])
+
+
+def time_interleaved(calls: Mapping[str, Callable[[], object]], rounds: int = 5, calls_per_round: int = 3,
+                     warmup: int = 1, device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Seconds per call of several callables, measured in turns so that drift hits all alike.
+
+    Each round runs ``calls_per_round`` calls of every callable, one callable after another (the
+    order rotates each round). Comparing medians of these lists gives ratios that hold up on a
+    shared or throttling machine, where back-to-back blocks would not.
+    """
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+        synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            for _ in range(calls_per_round):
+                began = time.perf_counter()
+                calls[name]()
+                synchronize(device)
+                times[name].append(time.perf_counter() - began)
+    return times
+
+
+def tensor_bytes(*items: nn.Module | torch.Tensor) -> int:
+    """Bytes held by tensors and by modules' parameters and buffers."""
+    total = 0
+    for item in items:
+        tensors = [item] if isinstance(item, torch.Tensor) else [*item.parameters(), *item.buffers()]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def extra_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int | None:
+    """Peak memory one call of ``fn`` needs beyond what is already allocated, in bytes.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` over the call minus the memory allocated before
+    it (exact, for the caching allocator's tensors). CPU: the growth of the process's peak
+    resident set over the call (Linux: the high-water mark ``VmHWM`` is reset through
+    ``/proc/self/clear_refs``, then read from ``/proc/self/status``). That counts every page the
+    call touched, oneDNN scratch space included, but memory the C allocator already holds from
+    earlier calls and reuses is not counted again, so it can read a little low. ``None`` where
+    it cannot be measured (CPU outside Linux).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if device.type != "cpu" or not _reset_peak_rss():
+        return None
+    before = _status_bytes("VmRSS")
+    fn()
+    return max(0, _status_bytes("VmHWM") - before)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field} line")

@@ -1,0 +1,175 @@
+"""Run the comparison: each network at each batch size, one row of measurements per run.
+
+A network that runs out of memory (or fails otherwise) gets its reason in its rows and the
+others still run, so a long benchmark never ends without a report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .measure import LatencyStats, TimingBudget, count_macs, count_params, measure_calls, tensor_bytes
+from .peers import BenchModel
+
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Precisions: fp32, or bf16/fp16 under ``torch.autocast`` (weights stay fp32, as in training)."""
+OUT_OF_MEMORY = "out of memory"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How to run every network: device, batch sizes, precision, layout, compilation, timing.
+
+    ``resolution`` replaces each network's native input size (for quick runs); the published
+    top-1 stays the one measured at the native size.
+    """
+
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = (1, 32)
+    dtype: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    resolution: int | None = None
+    timing: TimingBudget = field(default_factory=TimingBudget)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"resolution must be positive, got {self.resolution}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available here "
+                             f"(torch {torch.__version__}); use --device cpu")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {self.device!r} is not supported; use cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One network at one batch size. Sizes are per image; timings are per batch."""
+
+    model: str
+    source: str
+    device: str
+    dtype: str
+    batch: int
+    resolution: int
+    top1: float | None
+    params: int | None = None
+    macs: int | None = None
+    latency: LatencyStats | None = None
+    peak_memory: int | None = None
+    status: str = "ok"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the device (GPU or host) ran out of memory."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in message.lower()
+                                                or "DefaultCPUAllocator" in message)
+
+
+def failure_status(error: BaseException) -> str:
+    """The status a row gets for ``error``: "out of memory", or the error in one line."""
+    if is_out_of_memory(error):
+        return OUT_OF_MEMORY
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"error: {type(error).__name__}: {first_line[:200]}"
+
+
+def run_bench(models: Sequence[BenchModel], settings: BenchSettings = BenchSettings(),
+              progress: bool = False) -> list[BenchRow]:
+    """Measure every network at every batch size; ``progress`` shows a progress bar on stderr."""
+    rows: list[BenchRow] = []
+    with tqdm(total=len(models) * len(settings.batch_sizes), desc="bench", unit="run",
+              disable=not progress, leave=False) as bar:
+        for spec in models:
+            bar.set_postfix_str(spec.name)
+            rows.extend(_bench_model(spec, settings, bar))
+    return rows
+
+
+def _bench_model(spec: BenchModel, settings: BenchSettings, bar: tqdm) -> list[BenchRow]:
+    device = torch.device(settings.device)
+    resolution = settings.resolution or spec.resolution
+
+    def row(batch: int, **measured: object) -> BenchRow:
+        return BenchRow(spec.name, spec.source, str(device), settings.dtype, batch, resolution, spec.top1,
+                        **measured)
+
+    try:
+        network, runnable, sizes = _build(spec, device, resolution, settings)
+    except Exception as error:  # noqa: BLE001 - the reason goes into the report, the others still run
+        status = failure_status(error)
+    else:
+        status = None
+    if status is not None:
+        _release(device)
+        bar.update(len(settings.batch_sizes))
+        return [row(batch, status=status) for batch in settings.batch_sizes]
+
+    rows = []
+    for batch in settings.batch_sizes:
+        try:
+            rows.append(row(batch, **sizes, **_time_batch(network, runnable, batch, resolution, device, settings)))
+        except Exception as error:  # noqa: BLE001 - as above
+            rows.append(row(batch, **sizes, status=failure_status(error)))
+        _release(device)
+        bar.update(1)
+    del network, runnable
+    _release(device)
+    return rows
+
+
+def _build(spec: BenchModel, device: torch.device, resolution: int,
+           settings: BenchSettings) -> tuple[nn.Module, nn.Module, dict[str, int]]:
+    """The network (eval mode, on ``device``), what to call (compiled or not), params and MACs."""
+    network = spec.build().eval()
+    sizes = {"params": count_params(network), "macs": count_macs(network, resolution)}
+    network = network.to(device)
+    if settings.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    return network, torch.compile(network) if settings.compile else network, sizes
+
+
+def _time_batch(network: nn.Module, runnable: nn.Module, batch: int, resolution: int,
+                device: torch.device, settings: BenchSettings) -> dict[str, object]:
+    images = torch.randn(batch, 3, resolution, resolution, device=device)
+    if settings.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    dtype = DTYPES[settings.dtype]
+
+    def forward() -> None:
+        autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                    else contextlib.nullcontext())
+        with torch.no_grad(), autocast:
+            runnable(images)
+
+    measured = measure_calls(forward, device, settings.timing)
+    peak = None if measured.extra_memory is None else tensor_bytes(network, images) + measured.extra_memory
+    return {"latency": LatencyStats.from_times(measured.seconds, batch), "peak_memory": peak}
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

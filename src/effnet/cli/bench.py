@@ -1,0 +1,62 @@
+"""``effnet bench``: params, MACs, latency, throughput and peak memory measured here, beside
+the published top-1, for our networks and the usual peers."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..bench.measure import TimingBudget
+from ..bench.peers import DEFAULT_MODELS, resolve
+from ..bench.report import format_rows, output_folder, write_report
+from ..bench.runner import DTYPES, BenchSettings, run_bench
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be integers separated by commas, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="measure params, MACs, latency, throughput and memory on this machine",
+        description="Measure each network at each batch size (random weights: nothing is downloaded), "
+                    "print a table and write bench.csv, bench.md and accuracy plots to --out.")
+    parser.add_argument("--models", type=_names, default=list(DEFAULT_MODELS),
+                        help="comma-separated names: ours (efficientnet_b0), torchvision's (resnet50) or "
+                             f"SOURCE:NAME with SOURCE torchvision or timm (default: {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--batch", type=_batch_sizes, default=(1, 32), help="batch sizes (default 1,32)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                        help="fp32, or bf16/fp16 under autocast (default fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="run in the channels_last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each network (compile time "
+                        "is spent in warm-up, not timed)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input size for every network instead of each one's native size")
+    parser.add_argument("--iterations", type=int, default=30, help="timed calls per run at most (default 30)")
+    parser.add_argument("--min-iterations", type=int, default=3, help="timed calls per run at least (default 3)")
+    parser.add_argument("--max-seconds", type=float, default=10.0,
+                        help="stop timing a run after this long, once --min-iterations are done (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up calls at most (default 3)")
+    parser.add_argument("--out", default="runs/bench", help="folder for bench.csv, bench.md and the plots "
+                        "(default runs/bench)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    models = [resolve(name) for name in args.models]
+    timing = TimingBudget(args.warmup, args.iterations, args.min_iterations, args.max_seconds)
+    settings = BenchSettings(args.device, args.batch, args.dtype, args.channels_last, args.compile,
+                             args.resolution, timing)
+    out_dir = output_folder(args.out)
+    rows = run_bench(models, settings, progress=True)
+    print(format_rows(rows))
+    for path in write_report(rows, out_dir):
+        print(f"wrote {path}")
+    return 1 if any(row.status.startswith("error") for row in rows) else 0
