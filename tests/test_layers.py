@@ -114,7 +114,8 @@ def test_layer_options_refuse_unknown_values():
 
 
 @pytest.mark.parametrize("padding", ["symmetric", "same"])
-@pytest.mark.parametrize("kernel, stride, size", [(5, 1, (13, 17)), (5, 2, (24, 24)), (5, 2, (23, 25)), (7, 2, (15, 9))])
+@pytest.mark.parametrize("kernel, stride, size", [(5, 1, (13, 17)), (5, 2, (24, 24)), (5, 2, (23, 25)), (7, 2, (15, 9)),
+                                                  (5, 1, (1, 1)), (5, 2, (2, 1))])
 def test_depthwise_fast_backward_equals_reference_gradients(padding, kernel, stride, size):
     conv = create_conv2d(6, 6, kernel, stride, groups=6, padding=padding).double()
     assert conv._fast_depthwise_backward_applies(torch.empty(1, 6, 8, 8, dtype=torch.double))

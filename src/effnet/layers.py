@@ -41,8 +41,14 @@ def same_padding_amounts(size: int, kernel_size: int, stride: int, dilation: int
     The output has ``ceil(size / stride)`` positions; when the total padding is odd, the extra
     row or column goes after (right/bottom), as in TensorFlow.
     """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    span = (kernel_size - 1) * dilation + 1
+    if span >= stride:
+        # Never negative here, so no max(): under symbolic shapes (torch.compile with dynamic
+        # sizes) the output size then simplifies to ceil(size / stride) instead of nesting
+        # ever deeper expressions through the network.
+        total = (size + stride - 1) // stride * stride - stride + span - size
+    else:
+        total = max((-(-size // stride) - 1) * stride + span - size, 0)
     return total // 2, total - total // 2
 
 
@@ -61,7 +67,13 @@ def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: 
     faster on the CPU than the generic depthwise weight-gradient kernel for 5x5 kernels.
     """
     batch, channels = x.shape[:2]
-    x = F.pad(x, [padding[1], padding[1], padding[0], padding[0]]).contiguous()
+    x = F.pad(x, [padding[1], padding[1], padding[0], padding[0]])
+    if grad_out.shape[-2:] == (1, 1):
+        # One output position: the correlation is a product with the input's top-left window
+        # (a grouped conv with 1x1 kernels is many times slower here).
+        window = x[..., : kernel_size[0], : kernel_size[1]] * grad_out
+        return window.sum(0).unsqueeze(1)
+    x = x.contiguous()
     planes = x.view(1, batch * channels, x.shape[-2], x.shape[-1])
     kernels = grad_out.contiguous().view(batch * channels, 1, grad_out.shape[-2], grad_out.shape[-1])
     corr = F.conv2d(planes, kernels, dilation=stride, groups=batch * channels)

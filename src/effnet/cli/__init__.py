@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("models", "scale")
+COMMANDS = ("models", "scale", "data", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
