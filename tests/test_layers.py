@@ -3,8 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effnet.layers import (Conv2dSame, DropPath, LayerOptions, MBConv, SqueezeExcite, create_conv2d,
-                           same_padding_amounts)
+from effnet.layers import Conv2dSame, DropPath, LayerOptions, MBConv, SqueezeExcite, create_conv2d, same_padding_amounts
 
 
 @pytest.mark.parametrize(

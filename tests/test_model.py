@@ -160,7 +160,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model.zero_grad()
     model.set_grad_checkpointing(True)
     model(x).square().sum().backward()
-    for expected, p in zip(reference, model.parameters()):
+    for expected, p in zip(reference, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -264,5 +264,5 @@ def test_compiled_training_step_has_no_graph_breaks():
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model(x).sum().backward()
-    for expected, p in zip(grads, model.parameters()):
+    for expected, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-5)

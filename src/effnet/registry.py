@@ -72,11 +72,12 @@ def config_for_variant(variant: Variant) -> EfficientNetConfig:
                               dropout=variant.dropout, **lite)
 
 
-def config_for_phi(phi: float, scaling: CompoundScaling = CompoundScaling()) -> EfficientNetConfig:
+def config_for_phi(phi: float, scaling: CompoundScaling | None = None) -> EfficientNetConfig:
     """The network the compound-scaling formula gives at ``phi``.
 
     Dropout is taken from the published variant nearest in coefficients.
     """
+    scaling = scaling or CompoundScaling()
     width, depth, resolution = scaling.width(phi), scaling.depth(phi), scaling.resolution(phi)
     dropout = nearest_published(width, depth, resolution).dropout
     return EfficientNetConfig(width=width, depth=depth, resolution=resolution, dropout=dropout)

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     nearest = nearest_published(config.width, config.depth, config.resolution)
     published = summarize(nearest.name)
     print(f"alpha={scaling.alpha} beta={scaling.beta} gamma={scaling.gamma}: "
-          f"alpha*beta^2*gamma^2 = {scaling.flops_base:.3f}; predicted FLOPs x{scaling.flops_growth(args.phi):.2f} of B0")
+          f"alpha*beta^2*gamma^2 = {scaling.flops_base:.3f}; "
+          f"predicted FLOPs x{scaling.flops_growth(args.phi):.2f} of B0")
     rows = [[f"formula phi={args.phi:g}", f"{config.width:.3f}", f"{config.depth:.3f}", config.resolution,
              f"{formula.params:,}", f"{formula.macs / 1e9:.3f}"],
             [f"nearest published: {nearest.name}", f"{nearest.width:.3f}", f"{nearest.depth:.3f}",
