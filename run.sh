@@ -32,6 +32,6 @@ setup
 case "$job" in
   setup) ;;
   test) exec "$VENV/bin/python" -m pytest "$@" ;;
-  demo) exec "$VENV/bin/effnet" models "$@" ;;
+  demo) exec "$VENV/bin/effnet" demo "$@" ;;
   *) exec "$VENV/bin/effnet" "$job" "$@" ;;
 esac

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("models", "scale", "data", "bench")
+COMMANDS = ("models", "scale", "data", "bench", "train", "eval", "demo", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:

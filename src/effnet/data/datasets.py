@@ -157,12 +157,18 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def _files_in(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> list[Path]:
+    """Every non-hidden file under ``folder`` (any depth, links followed), in path order."""
     found = []
     for directory, subdirs, names in os.walk(folder, followlinks=True):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         found.extend(Path(directory, name) for name in names if not name.startswith("."))
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def image_files_under(folder: Path) -> list[Path]:
+    """The files of :func:`files_under` with an image extension."""
+    return [path for path in files_under(folder) if has_image_extension(path)]
 
 
 def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str] | None = None,
@@ -190,7 +196,7 @@ def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str
         names = list(classes)
     samples, other_files = [], []
     for label, name in enumerate(names):
-        files = _files_in(root / name)
+        files = files_under(root / name)
         images = [path for path in files if has_image_extension(path)]
         other_files += [path for path in files if not has_image_extension(path)]
         if not images:

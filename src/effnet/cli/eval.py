@@ -1,0 +1,49 @@
+"""``effnet eval``: top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..table import format_table
+from ..train.metrics import confusion_rows, per_class_rows, summary_rows
+from ..train.reporting import save_evaluation
+from ..train.trainer import evaluate_checkpoint
+
+CONFUSION_PRINT_LIMIT = 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint on an image folder (top-1/5, per class, confusion matrix)",
+        description="Evaluate a run's .pt, an effnet .safetensors or a run directory on DATA: its val/ "
+                    "folder (or val.csv), the --val-split held out in training, or every image of a folder of "
+                    "class folders or a path,label CSV. Classes are matched to the model's by name.")
+    parser.add_argument("--checkpoint", required=True, help="last.pt / best.pt, model.safetensors or a run dir")
+    parser.add_argument("--data", required=True, help="class folders, train/ + val/, or a path,label CSV")
+    parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
+                        help="for .pt checkpoints: raw or EMA weights (auto: the better one on validation)")
+    parser.add_argument("--val-split", type=float, help="evaluate the fraction held out in training (no val/)")
+    parser.add_argument("--seed", type=int, default=0, help="the training run's seed, for --val-split")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="also write confusion_matrix.png/.csv and per_class.csv here")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result, class_names, _ = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                                 num_workers=args.workers, weights=args.weights, device=args.device,
+                                                 val_split=args.val_split, seed=args.seed)
+    print(format_table(["metric", "value"], summary_rows(result)))
+    print()
+    print(format_table(["class", "images", "accuracy %"], per_class_rows(result, class_names)))
+    if len(class_names) <= CONFUSION_PRINT_LIMIT:
+        print()
+        print("confusion matrix (rows: true class, columns: predicted)")
+        print(format_table(["true \\ predicted", *class_names], confusion_rows(result, class_names)))
+    if args.out:
+        for path in save_evaluation(result, class_names, Path(args.out), title=str(args.checkpoint)):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,441 @@
+"""Training configuration: typed sections, YAML recipes and ``section.key=value`` overrides.
+
+A recipe (``src/effnet/recipes/<name>.yaml``, or any YAML path) sets some fields; the rest keep
+the defaults below. Overrides from the command line go on top, and the fully resolved config
+is what a run saves and what a resumed run reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelSettings:
+    """Which network to train; ``None`` rates come from the variant.
+
+    ``pretrained``: ``false``, ``true`` (the variant's default weights), a weights tag or a
+    file path (see :func:`effnet.create_model`). ``overrides``: any EfficientNetConfig field.
+    ``zero_init_head`` starts the classifier at zero, so that first predictions are uniform:
+    the reference init (uniform +-1/sqrt(classes)) gives logits of several units at small
+    image sizes, where pooling averages few positions, and slows short runs from scratch.
+    """
+
+    name: str = "efficientnet_b0"
+    pretrained: bool | str = False
+    drop_rate: float | None = None
+    drop_path_rate: float | None = None
+    zero_init_head: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSettings:
+    """Where the images are, their sizes, batching and loading.
+
+    ``path``: class folders, ``train/`` + ``val/``, or a CSV listing (see ``effnet.data``).
+    ``img_size`` is the final training size (``None``: the variant's resolution).
+    """
+
+    path: str | None = None
+    img_size: int | None = None
+    eval_img_size: int | None = None
+    crop_pct: float | None = None
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    val_split: float | None = None
+    strict: bool = False
+
+
+@dataclass
+class AugmentSettings:
+    """The training transform preset, mixup/cutmix and label smoothing."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    auto_augment: str | None = None
+    ra_magnitude: int = 9
+    ra_num_ops: int = 2
+    re_prob: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class OptimizerSettings:
+    """``adamw``, ``sgd`` (Nesterov by default) or ``rmsprop_tf``.
+
+    With ``lr_base_batch`` set, ``lr`` is per that many images and scales linearly with the
+    global batch (batch size x processes x accumulation steps). ``eps`` ``None`` takes the
+    optimizer's default (1e-8 for AdamW, 1e-3 for TF RMSprop).
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    lr_base_batch: int | None = None
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    alpha: float = 0.9
+    eps: float | None = None
+
+
+@dataclass
+class ScheduleSettings:
+    """Linear warm-up, then ``cosine`` decay to ``min_lr_ratio * lr`` or the TF ``step`` decay."""
+
+    name: str = "cosine"
+    warmup_epochs: float = 1.0
+    warmup_lr_ratio: float = 0.01
+    min_lr_ratio: float = 0.0
+    decay_rate: float = 0.97
+    decay_epochs: float = 2.4
+
+
+@dataclass
+class ProgressiveSettings:
+    """Progressive resizing from ``start_size`` up to ``data.img_size``.
+
+    ``linear``: the size grows every epoch. ``staged`` (EfficientNetV2): ``stages`` equal
+    stages, and RandAugment magnitude, head dropout and mixup alpha grow with the size over
+    the given (first, last) ranges. A ``start_size`` at or above the final size means no
+    resizing. Sizes are rounded to multiples of ``size_step``. RandAugment
+    magnitudes run 0..10 (``effnet.data.transforms``), so EfficientNetV2-S's 5 -> 15 on
+    TensorFlow's open-ended scale becomes 5 -> 10 here.
+    """
+
+    mode: str = "none"
+    start_size: int = 128
+    size_step: int = 32
+    stages: int = 4
+    ra_magnitude: tuple[float, float] = (5.0, 10.0)
+    dropout: tuple[float, float] = (0.1, 0.3)
+    mixup_alpha: tuple[float, float] = (0.0, 0.2)
+
+
+@dataclass
+class EmaSettings:
+    """Exponential moving average of the weights, evaluated and saved beside the raw ones."""
+
+    enabled: bool = True
+    decay: float = 0.9998
+    warmup: bool = True
+
+
+@dataclass
+class RunSettings:
+    """How the loop runs: length, device, precision and safety nets.
+
+    ``amp``: ``None``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with grad scaling).
+    ``channels_last``: NHWC activations (faster for depthwise convs on CUDA and on recent CPUs).
+    """
+
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: str | None = None
+    channels_last: bool = True
+    compile: bool = False
+    clip_grad: float | None = None
+    accum_steps: int = 1
+    sync_bn: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+
+FINETUNE_STRATEGIES = ("linear", "full", "gradual")
+
+
+@dataclass
+class FinetuneSettings:
+    """Which layer groups train when, and their learning rates (see :mod:`effnet.finetune`).
+
+    ``strategy``: ``full`` (everything trains, the default), ``linear`` (the classifier only)
+    or ``gradual`` (the classifier first, then one more group from the top every
+    ``epochs_per_group`` epochs). ``layer_decay`` below 1 gives each group ``lr * layer_decay **
+    depth`` (classifier depth 0, stem deepest). The defaults change nothing in plain training.
+    """
+
+    strategy: str = "full"
+    epochs_per_group: int = 1
+    layer_decay: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        """Whether these settings change the training of a plain run."""
+        return self.strategy != "full" or self.layer_decay != 1.0
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSettings,
+    "data": DataSettings,
+    "augment": AugmentSettings,
+    "optimizer": OptimizerSettings,
+    "schedule": ScheduleSettings,
+    "progressive": ProgressiveSettings,
+    "ema": EmaSettings,
+    "run": RunSettings,
+    "finetune": FinetuneSettings,
+}
+
+OPTIMIZERS = ("adamw", "sgd", "rmsprop_tf")
+SCHEDULES = ("cosine", "step")
+PROGRESSIVE_MODES = ("none", "linear", "staged")
+AUTO_AUGMENTS = (None, "autoaugment", "randaugment", "trivialaugment")
+AMP_MODES = (None, "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run, grouped by concern."""
+
+    recipe: str = "default"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    progressive: ProgressiveSettings = field(default_factory=ProgressiveSettings)
+    ema: EmaSettings = field(default_factory=EmaSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able data (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build and validate a config; unknown sections or keys are refused by name."""
+        config = cls()
+        for key, value in (data or {}).items():
+            if key == "recipe":
+                config.recipe = str(value)
+                continue
+            if key not in SECTIONS:
+                raise ValueError(f"{source}: unknown section {key!r}; valid sections: recipe, {', '.join(SECTIONS)}")
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: section {key!r} must be a mapping of settings, got {value!r}")
+            for name, item in value.items():
+                set_value(config, f"{key}.{name}", item, source)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, with the setting's name and what to use."""
+        choices = {
+            "optimizer.name": (self.optimizer.name, OPTIMIZERS),
+            "schedule.name": (self.schedule.name, SCHEDULES),
+            "progressive.mode": (self.progressive.mode, PROGRESSIVE_MODES),
+            "augment.auto_augment": (self.augment.auto_augment, AUTO_AUGMENTS),
+            "run.amp": (self.run.amp, AMP_MODES),
+            "finetune.strategy": (self.finetune.strategy, FINETUNE_STRATEGIES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+        positive = {
+            "run.epochs": self.run.epochs, "data.batch_size": self.data.batch_size,
+            "run.accum_steps": self.run.accum_steps, "optimizer.lr": self.optimizer.lr,
+            "progressive.stages": self.progressive.stages, "progressive.size_step": self.progressive.size_step,
+            "schedule.decay_epochs": self.schedule.decay_epochs,
+            "finetune.epochs_per_group": self.finetune.epochs_per_group,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.data.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+        if not 0 < self.finetune.layer_decay <= 1:
+            raise ValueError(f"finetune.layer_decay must be in (0, 1] (1: one learning rate for all layers), "
+                             f"got {self.finetune.layer_decay}")
+        if not 0 <= self.augment.label_smoothing < 1:
+            raise ValueError(f"augment.label_smoothing must be in [0, 1), got {self.augment.label_smoothing}")
+        if not 0 <= self.schedule.warmup_epochs < self.run.epochs:
+            raise ValueError(f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be >= 0 and shorter than "
+                             f"run.epochs={self.run.epochs}; e.g. --set schedule.warmup_epochs=0")
+        if self.progressive.mode == "staged" and self.augment.auto_augment != "randaugment":
+            raise ValueError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
+                             "set augment.auto_augment=randaugment")
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped with the package."""
+    return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_dir() -> Any:
+    return resources.files("effnet") / "recipes"
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """A recipe's raw settings, by shipped name (``seed``, ``paper``, ...) or YAML path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {path} does not exist")
+        text = path.read_text()
+        name = path.stem
+    else:
+        resource = _recipe_dir() / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise ValueError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())} "
+                             "(or give a path to a .yaml file)")
+        text = resource.read_text()
+        name = str(name_or_path)
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {name_or_path} must be a YAML mapping of sections")
+    data.setdefault("recipe", name)
+    return data
+
+
+def build_config(recipe: str | Path = "seed", overrides: dict[str, Any] | None = None,
+                 assignments: list[str] | None = None) -> TrainConfig:
+    """Recipe, then ``overrides`` (``{"run.epochs": 5}``), then ``section.key=value`` strings."""
+    config = TrainConfig.from_dict(load_recipe(recipe), source=f"recipe {recipe}")
+    apply_overrides(config, overrides or {}, assignments or [])
+    return config
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any], assignments: list[str]) -> list[str]:
+    """Apply dotted overrides in place and validate; returns the keys whose value changed.
+
+    ``overrides`` entries whose value is ``None`` mean "not given" and are skipped (command-line
+    flags left out); ``assignments`` always apply, so ``--set run.amp=null`` clears a setting.
+    """
+    changed = []
+    items = [(k, v) for k, v in overrides.items() if v is not None]
+    items += [parse_assignment(text) for text in assignments]
+    for key, value in items:
+        before = get_value(config, key)
+        set_value(config, key, value, "override")
+        if get_value(config, key) != before:
+            changed.append(key)
+    config.validate()
+    return changed
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"optimizer.lr=0.01"`` -> ``("optimizer.lr", 0.01)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optimizer.lr=0.01")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def get_value(config: TrainConfig, key: str) -> Any:
+    target, name, _ = _resolve(config, key, "config")
+    if isinstance(target, dict):
+        return target.get(name)
+    return getattr(target, name)
+
+
+def set_value(config: TrainConfig, key: str, value: Any, source: str = "override") -> None:
+    """Set ``section.key`` with type coercion and checks. A mapping such as ``model.overrides`` is
+    replaced as a whole, or changed one entry at a time with ``model.overrides.<field>``."""
+    target, name, hint = _resolve(config, key, source)
+    if isinstance(target, dict):
+        target[name] = value
+        return
+    setattr(target, name, _coerce(value, hint, f"{source}: {key}"))
+
+
+def _resolve(config: TrainConfig, key: str, source: str) -> tuple[Any, str, Any]:
+    parts = key.split(".")
+    if parts[0] not in SECTIONS or len(parts) < 2:
+        raise ValueError(f"{source}: unknown setting {key!r}; settings look like SECTION.KEY with SECTION one of "
+                         f"{', '.join(SECTIONS)}")
+    section = getattr(config, parts[0])
+    hints = typing.get_type_hints(type(section))
+    if parts[1] not in hints:
+        raise ValueError(f"{source}: unknown setting {key!r}; {parts[0]} has: {', '.join(hints)}")
+    if len(parts) == 2:
+        return section, parts[1], hints[parts[1]]
+    if len(parts) == 3 and _origin(hints[parts[1]]) is dict:
+        return getattr(section, parts[1]), parts[2], None
+    raise ValueError(f"{source}: unknown setting {key!r}")
+
+
+def _origin(hint: Any) -> Any:
+    return typing.get_origin(hint) or hint
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Turn YAML/CLI values into the field's type (``"1e-5"`` -> 1e-5, lists -> tuples)."""
+    args = typing.get_args(hint)
+    if _origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        for option in inner[:-1]:
+            try:
+                return _coerce(value, option, where)
+            except ValueError:
+                continue
+        return _coerce(value, inner[-1], where)
+    if _origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{where} expects a list of {len(args)} values, e.g. [0.08, 1.0]; got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if _origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} expects a mapping, got {value!r}")
+        return dict(value)
+    try:
+        if hint is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+                return value.lower() in ("true", "yes", "on")
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            if value is None or isinstance(value, (dict, list)):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (sections in order)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+def read_config(path: str | Path) -> TrainConfig:
+    """Read a saved ``config.yaml`` back."""
+    return TrainConfig.from_dict(yaml.safe_load(Path(path).read_text()), source=str(path))

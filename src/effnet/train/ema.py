@@ -1,0 +1,54 @@
+"""Exponential moving average of a model's weights (the reference evaluates these)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """A frozen copy of the model whose weights trail the trained ones.
+
+    After each optimizer update: ``ema = decay * ema + (1 - decay) * weights`` for parameters
+    and floating buffers (BatchNorm running statistics); integer buffers are copied. With
+    ``warmup``, the decay starts low, ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates,
+    so that short runs are not dominated by the random initialization.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.module = copy.deepcopy(model).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+        self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        self.updates += 1
+        ema_floats, model_floats = [], []
+        pairs = zip(self.module.state_dict().values(), model.state_dict().values(), strict=True)
+        for ema_tensor, tensor in pairs:
+            if ema_tensor.is_floating_point():
+                ema_floats.append(ema_tensor)
+                model_floats.append(tensor.detach())
+            else:
+                ema_tensor.copy_(tensor)
+        torch._foreach_lerp_(ema_floats, model_floats, 1.0 - decay)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]

@@ -1,0 +1,154 @@
+"""What a run shows and leaves behind: progress bars, metrics CSV, TensorBoard, PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import atomic_write
+from .metrics import EvalResult
+
+LOG = logging.getLogger("effnet.train")
+
+
+def setup_logging(run_dir: Path | None, enabled: bool) -> logging.Handler | None:
+    """Log to stderr and ``run_dir/train.log`` (on rank 0 only); returns the file handler to close."""
+    if not enabled:
+        LOG.setLevel(logging.WARNING)
+        return None
+    LOG.setLevel(logging.INFO)
+    if not any(getattr(h, "_effnet_console", False) for h in LOG.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console._effnet_console = True  # type: ignore[attr-defined]
+        LOG.addHandler(console)
+    if run_dir is None:
+        return None
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    LOG.addHandler(handler)
+    return handler
+
+
+def close_logging(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        LOG.removeHandler(handler)
+        handler.close()
+
+
+def progress_bar(total: int, description: str, enabled: bool) -> tqdm:
+    """A tqdm bar (images/s, loss and lr go in its postfix; tqdm adds the ETA). Shown on a
+    terminal only: piped to a file, the per-epoch log lines tell the progress."""
+    return tqdm(total=total, desc=description, unit="batch", disable=None if enabled else True, leave=False,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def write_metrics_csv(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """The whole per-epoch history as CSV (rewritten atomically each epoch)."""
+    if not history:
+        return
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    atomic_write(path, lambda temp: temp.write_text(buffer.getvalue()))
+
+
+def _csv_value(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+class TensorBoardLog:
+    """Per-epoch scalars under ``run_dir/tensorboard`` (events after a resume point are purged)."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def log(self, row: dict[str, Any]) -> None:
+        step = int(row["epoch"])
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and value is not None:
+                group = "val" if key.startswith(("val_", "ema_")) else "train"
+                self.writer.add_scalar(f"{group}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Loss and top-1 per epoch, train and validation (raw and EMA weights)."""
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    for key, label in (("train_loss", "train"), ("val_loss", "val"), ("ema_val_loss", "val (EMA)")):
+        _line(loss_axes, history, epochs, key, label)
+    for key, label in (("val_top1", "val"), ("ema_val_top1", "val (EMA)")):
+        _line(acc_axes, history, epochs, key, label)
+    loss_axes.set(title="loss", xlabel="epoch")
+    acc_axes.set(title="top-1 accuracy (%)", xlabel="epoch")
+    for axes in (loss_axes, acc_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=100))
+
+
+def _line(axes: Any, history: Sequence[dict[str, Any]], epochs: list[int], key: str, label: str) -> None:
+    values = [row.get(key) for row in history]
+    if any(v is not None for v in values):
+        axes.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=label)
+
+
+def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: Path, title: str = "") -> None:
+    """The confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
+    from matplotlib.figure import Figure
+
+    n = len(class_names)
+    size = min(4 + 0.45 * n, 24)
+    figure = Figure(figsize=(size, size * 0.9), layout="constrained")
+    axes = figure.subplots()
+    matrix = confusion.numpy()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    if n <= 40:
+        axes.set_xticks(range(n), labels=list(class_names), rotation=90 if n > 10 else 0)
+        axes.set_yticks(range(n), labels=list(class_names))
+    if n <= 20:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                axes.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                          color="white" if matrix[i, j] > threshold else "black")
+    axes.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=100))
+
+
+def save_evaluation(result: EvalResult, class_names: Sequence[str], out_dir: Path, title: str = "") -> list[Path]:
+    """``confusion_matrix.png``, ``confusion_matrix.csv`` and ``per_class.csv`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, matrix_csv, per_class_csv = (out_dir / "confusion_matrix.png", out_dir / "confusion_matrix.csv",
+                                      out_dir / "per_class.csv")
+    heading = f"{title}: top-1 {result.top1:.2f}%" if title else f"top-1 {result.top1:.2f}%"
+    plot_confusion(result.confusion, class_names, png, heading)
+    lines = ["true\\predicted," + ",".join(class_names)]
+    lines += [f"{name}," + ",".join(str(int(v)) for v in row)
+              for name, row in zip(class_names, result.confusion.tolist(), strict=True)]
+    atomic_write(matrix_csv, lambda temp: temp.write_text("\n".join(lines) + "\n"))
+    per_class = zip(class_names, result.per_class_count, result.per_class_accuracy, strict=True)
+    rows = ["class,images,accuracy"] + [f"{name},{n},{acc:.4f}" for name, n, acc in per_class]
+    atomic_write(per_class_csv, lambda temp: temp.write_text("\n".join(rows) + "\n"))
+    return [png, matrix_csv, per_class_csv]

@@ -1,0 +1,813 @@
+"""The training loop: from an image folder to a trained, evaluated, resumable model.
+
+One :class:`Trainer` runs a whole run in one process or as one rank of a ``torchrun`` DDP
+job. Every epoch it trains (progressive size and regularization, mixup/cutmix, AMP,
+accumulation, clipping, EMA), evaluates raw and EMA weights, writes ``last.pt`` (and
+``best.pt`` and ``model.safetensors`` when the best top-1 improves), the metrics CSV,
+TensorBoard scalars and the curves PNG. Faults are handled so that work is never lost:
+
+- a non-finite loss stops the run before the bad update is applied and before anything
+  is saved, leaving the last good checkpoint as it was (:class:`TrainingDiverged`);
+- SIGINT/SIGTERM finish the current update, save a resumable ``last.pt`` (mid-epoch) and
+  return with ``status == "interrupted"``; a second signal stops at once;
+- checkpoints are written atomically, so a kill during a save leaves the previous one.
+
+Fine-tuning (the ``finetune`` settings, :mod:`effnet.finetune`): the optimizer gets one
+param group per layer group with its ``lr_scale`` (discriminative rates), and each epoch
+starts by freezing and unfreezing layer groups as the strategy says for that epoch (frozen
+BatchNorm stays in eval mode). ``model.pretrained`` may also name one of our trained models
+(a run directory, ``.pt`` or ``.safetensors``), which then gets a head for the new classes.
+
+Resuming restores model, optimizer, schedule, scaler, EMA, history and every RNG state; an
+interrupted epoch replays its data order and skips the batches already trained, so a
+resumed run with ``num_workers=0`` follows the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from .. import finetune
+from ..data.datasets import VAL_CSV_NAMES, VAL_FOLDER_NAMES, ImageDataset, build_datasets, read_csv, scan_folder
+from ..data.loaders import build_loader
+from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
+from ..factory import create_model
+from ..model import EfficientNet
+from ..weights.io import config_to_dict
+from . import checkpoint as ckpt
+from .config import TrainConfig, apply_overrides, build_config
+from .distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    pick_device,
+    shutdown,
+)
+from .ema import ModelEMA
+from .metrics import EvalResult, autocast_context, evaluate
+from .optim import build_optimizer, scaled_lr
+from .progressive import EpochSettings, ProgressivePlan
+from .reporting import (
+    LOG,
+    TensorBoardLog,
+    close_logging,
+    plot_curves,
+    progress_bar,
+    save_evaluation,
+    setup_logging,
+    write_metrics_csv,
+)
+from .schedule import LRSchedule
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the run stopped without saving the bad weights.
+
+    A ``ValueError`` so that the command line reports it as a settings problem.
+    """
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and where its outputs are."""
+
+    run_dir: Path
+    status: str  # "completed", "stopped" (stop_after reached) or "interrupted" (signal)
+    epochs_completed: int
+    epochs: int
+    best_top1: float | None
+    best_epoch: int | None
+    best_weights: str | None
+    class_names: list[str]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: EvalResult | None = None
+    wall_time_s: float = 0.0
+    train_images: int = 0
+    is_main: bool = True
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / ckpt.LAST
+
+
+def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
+    """``runs/<model>-<date>-<time>``."""
+    return Path(root) / f"{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def config_for_run(recipe: str | Path = "seed", overrides: dict[str, Any] | None = None,
+                   assignments: list[str] | None = None, resume: str | Path | None = None) -> TrainConfig:
+    """The config of a new run (recipe + overrides), or of a resumed one (its saved config +
+    overrides; the trainer logs what changed)."""
+    if resume is None:
+        return build_config(recipe, overrides, assignments)
+    state = ckpt.load_checkpoint(ckpt.resolve_resume(resume))
+    config = TrainConfig.from_dict(state["config"], source=f"checkpoint {resume}")
+    apply_overrides(config, overrides or {}, assignments or [])
+    return config
+
+
+def _changes(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [line for key in dict.fromkeys(list(before) + list(after))
+                for line in _changes(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [] if before == after else [f"{prefix[:-1]}: {before!r} -> {after!r}"]
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to stop after the current update."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None:
+            raise KeyboardInterrupt  # second signal: stop now
+        self.signal_name = signal.Signals(signum).name
+        LOG.warning("%s received: saving a resumable checkpoint after this update "
+                    "(send it again to stop without saving)", self.signal_name)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against per-class probabilities (mixup/cutmix targets)."""
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+class _IgnoreStopSignals:
+    """A DataLoader ``worker_init_fn`` wrapper: workers ignore SIGINT/SIGTERM (a Ctrl-C reaches the
+    whole process group), so only the main process reacts, saves, and then shuts them down."""
+
+    def __init__(self, init_fn: Any) -> None:
+        self.init_fn = init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+
+def _signals_to_main_process(loader: DataLoader) -> DataLoader:
+    if loader.num_workers > 0:
+        loader.worker_init_fn = _IgnoreStopSignals(loader.worker_init_fn)
+    return loader
+
+
+def _loader_generators(loader: DataLoader) -> list[torch.Generator]:
+    found: dict[int, torch.Generator] = {}
+    for owner in (loader, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found[id(generator)] = generator
+    return list(found.values())
+
+
+class Trainer:
+    """A training run; build it with a config (``data.path`` set) and call :meth:`fit`.
+
+    ``resume``: a run directory or checkpoint to continue; ``run_dir`` defaults to the
+    resumed run's directory, else ``runs/<model>-<time>``.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path | None = None,
+                 resume: str | Path | None = None) -> None:
+        self.config = config
+        self.context: DistContext = init_distributed(config.run.device)
+        self.resume_state: dict[str, Any] | None = None
+        if resume is not None:
+            resume_path = ckpt.resolve_resume(resume)
+            self.resume_state = ckpt.load_checkpoint(resume_path)
+            run_dir = run_dir or resume_path.parent
+        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.model.name)
+        if self.resume_state is None and (self.run_dir / ckpt.LAST).exists():
+            raise ValueError(f"{self.run_dir} already holds a run ({ckpt.LAST}); continue it with "
+                             f"--resume {self.run_dir}, or choose another --out")
+        self._check_settings()
+        self._seed(config.run.seed)
+        self._build_data()
+        self._build_model()
+        self._seed(config.run.seed + self.context.rank)
+        self._build_training_state()
+        if self.resume_state is not None:
+            self._load_resume_state(self.resume_state)
+
+    # ----------------------------------------------------------------- set-up
+    def _check_settings(self) -> None:
+        run, device = self.config.run, self.context.device
+        if self.config.data.path is None:
+            raise ValueError("no training data: give --data DIR (a folder of class folders, or train/ and val/)")
+        if run.amp == "fp16" and device.type != "cuda":
+            raise ValueError("run.amp=fp16 needs a CUDA device (fp16 training uses CUDA grad scaling); "
+                             "use run.amp=bf16 on the CPU")
+        if run.sync_bn and self.context.distributed and device.type == "cpu":
+            raise ValueError("run.sync_bn needs CUDA devices (SyncBatchNorm does not run on the CPU); "
+                             "drop --sync-bn for CPU runs")
+        if run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = not run.deterministic
+
+    @staticmethod
+    def _seed(seed: int) -> None:
+        import random
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _build_data(self) -> None:
+        """Datasets first: bad data paths and empty folders fail before any training work."""
+        data = self.config.data
+        splits = build_datasets(data.path, val_split=data.val_split, seed=self.config.run.seed, strict=data.strict)
+        self.train_set, self.val_set, self.class_names = splits.train, splits.val, list(splits.classes)
+        if len(self.train_set) == 0:
+            raise ValueError(f"no usable training images in {data.path}")
+        if len(self.val_set) == 0:
+            raise ValueError(f"no validation images for {data.path}: add a val/ folder or set data.val_split")
+        for name, dataset in (("train", self.train_set), ("val", self.val_set)):
+            if dataset.skipped:
+                LOG.warning("%s: skipped %d unusable file(s) (see the warnings above)", name, len(dataset.skipped))
+        if self.resume_state is not None and self.resume_state["class_names"] != self.class_names:
+            raise ValueError(f"the data's classes {self.class_names} differ from the resumed run's "
+                             f"{self.resume_state['class_names']}; resume with the same data")
+
+    def _build_model(self) -> None:
+        """A new model from the settings, or, when resuming, the checkpoint's exact architecture
+        (pretrained weights may have set padding and BN epsilon that the settings do not name)."""
+        if self.resume_state is not None:
+            model = ckpt.model_from_checkpoint(self.resume_state, "model")
+        else:
+            settings = self.config.model
+            options: dict[str, Any] = dict(settings.overrides)
+            for key in ("drop_rate", "drop_path_rate"):
+                if getattr(settings, key) is not None:
+                    options[key] = getattr(settings, key)
+            start = settings.pretrained if isinstance(settings.pretrained, str) else None
+            if start is not None and finetune.is_trained_checkpoint(start):
+                model = finetune.start_from_trained(start, self.class_names, settings.zero_init_head, **options)
+                if model.model_name != settings.name:
+                    raise ValueError(f"model.pretrained={start} holds a {model.model_name} network but model.name is "
+                                     f"{settings.name}; set model.name={model.model_name}")
+            else:
+                if settings.pretrained:
+                    options["pretrained"] = settings.pretrained
+                try:
+                    model = create_model(settings.name, num_classes=len(self.class_names), **options)
+                except TypeError as error:
+                    raise ValueError(f"model.overrides: {error}") from None
+                if settings.zero_init_head:
+                    nn.init.zeros_(model.classifier.weight)
+                    nn.init.zeros_(model.classifier.bias)
+        data = self.config.data
+        self.train_size = data.img_size or model.config.resolution
+        self.eval_size = data.eval_img_size or self.train_size
+        base = model.preprocessing
+        self.preprocessing = replace(base, resolution=self.eval_size, crop_pct=data.crop_pct or base.crop_pct)
+        model.preprocessing = self.preprocessing
+        self.raw_model: EfficientNet = model
+
+    def _build_training_state(self) -> None:
+        config, context = self.config, self.context
+        device = context.device
+        model = self.raw_model
+        self.channels_last = config.run.channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if config.run.sync_bn and context.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(device=device, memory_format=self.memory_format)
+        self.raw_model = model
+        self.train_module: nn.Module = model
+        tuning = config.finetune
+        self.unfreeze = finetune.UnfreezeSchedule(tuning.strategy, tuning.epochs_per_group) \
+            if tuning.strategy != "full" else None
+        self.trainable_groups: list[str] | None = None
+        if context.distributed:  # frozen groups get no gradients: DDP must not wait for them
+            self.train_module = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=self.unfreeze is not None)
+        if config.run.compile:
+            self.train_module = torch.compile(self.train_module)
+        self.ema = ModelEMA(model, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
+
+        self.plan = ProgressivePlan(config.progressive, config.augment, self.train_size, config.run.epochs)
+        self.val_set.transform = eval_transforms(self.preprocessing)
+        self.val_loader = self._build_val_loader()
+        self._train_loader: DataLoader | None = None
+        self._loader_key: tuple | None = None
+        batches = len(self._loader_for(self.plan.at(0)))
+        if batches == 0:
+            raise ValueError(f"{len(self.train_set)} training images make no full batch of "
+                             f"{config.data.batch_size} per process; lower data.batch_size")
+        self.steps_per_epoch = math.ceil(batches / config.run.accum_steps)
+        global_batch = config.data.batch_size * context.world_size * config.run.accum_steps
+        self.base_lr = scaled_lr(config.optimizer, global_batch)
+        groups = finetune.param_groups(model, self.base_lr, tuning.layer_decay, config.optimizer.weight_decay) \
+            if tuning.active else None
+        self.optimizer = build_optimizer(model, config.optimizer, self.base_lr, groups)
+        self.schedule = LRSchedule(self.optimizer, config.schedule, self.base_lr, config.run.epochs,
+                                   self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.run.amp == "fp16")
+        self.start_epoch = 0
+        self.resume_step = 0
+        self.epoch_sums = {"loss": 0.0, "images": 0, "seconds": 0.0}
+        self.epoch_rng: list[dict[str, Any]] | None = None
+        self.resume_rng: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"top1": None, "epoch": None, "weights": None}
+
+    def _build_val_loader(self) -> DataLoader:
+        data, context = self.config.data, self.context
+        dataset = self.val_set
+        if context.distributed:  # a shard per rank, no padding: every image counts once
+            dataset = Subset(self.val_set, range(context.rank, len(self.val_set), context.world_size))
+        return _signals_to_main_process(build_loader(
+            dataset, data.eval_batch_size or 2 * data.batch_size, train=False, num_workers=data.num_workers,
+            distributed=False, seed=self.config.run.seed))
+
+    def _loader_for(self, settings: EpochSettings) -> DataLoader:
+        """The training loader for an epoch's size and magnitude (rebuilt when they change)."""
+        key = (settings.img_size, settings.ra_magnitude)
+        if self._train_loader is None or key != self._loader_key:
+            a = self.config.augment
+            self.train_set.transform = train_transforms(
+                self.preprocessing, resolution=settings.img_size, scale=a.scale, hflip=a.hflip,
+                color_jitter=a.color_jitter, auto_augment=a.auto_augment, ra_magnitude=settings.ra_magnitude,
+                ra_num_ops=a.ra_num_ops, re_prob=a.re_prob)
+            self._train_loader = _signals_to_main_process(build_loader(
+                self.train_set, self.config.data.batch_size, train=True, num_workers=self.config.data.num_workers,
+                distributed=self.context.distributed, seed=self.config.run.seed))
+            self._loader_key = key
+        return self._train_loader
+
+    def _load_resume_state(self, state: dict[str, Any]) -> None:
+        # The loader whose generator states were saved: the epoch in progress, or the one just ended.
+        self._loader_for(self.plan.at(state["epoch"] if state["step_in_epoch"] else max(state["epoch"] - 1, 0)))
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                self.ema = ModelEMA(self.raw_model, self.config.ema.decay, self.config.ema.warmup)
+        self.start_epoch = state["epoch"]
+        self.resume_step = state["step_in_epoch"]
+        self.epoch_sums = dict(state["epoch_sums"])
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        rank = self.context.rank
+        same_world = len(state["rng"]) == self.context.world_size
+        self.resume_rng = state["rng"][rank] if same_world else None
+        if self.resume_step and state.get("epoch_rng") and same_world:
+            self.epoch_rng = state["epoch_rng"]
+        elif self.resume_step:
+            LOG.warning("resuming mid-epoch with a different number of processes: the rest of epoch %d "
+                        "sees a new data order", self.start_epoch + 1)
+        if self.resume_rng is not None and not self.resume_step:
+            self._set_rng(self.resume_rng)
+
+    # ------------------------------------------------------------------- RNG
+    def _rng_state(self) -> dict[str, Any]:
+        state = ckpt.rng_state()
+        loader = self._train_loader
+        state["loader"] = [g.get_state() for g in _loader_generators(loader)] if loader is not None else []
+        return state
+
+    def _set_rng(self, state: dict[str, Any]) -> None:
+        ckpt.set_rng_state(state)
+        if self._train_loader is not None:
+            generators = _loader_generators(self._train_loader)
+            for generator, saved in zip(generators, state.get("loader", []), strict=False):
+                generator.set_state(saved)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``run.epochs`` (or until epoch ``stop_after``, saving a resumable state)."""
+        config, context = self.config, self.context
+        started = time.perf_counter()
+        handler = None
+        tensorboard = None
+        if context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in ckpt.remove_stale_temps(self.run_dir):
+                LOG.warning("removed %s, left by a save that did not finish", stale.name)
+            from .config import save_config
+
+            ckpt.atomic_write(self.run_dir / "config.yaml", lambda temp: save_config(config, temp))
+        handler = setup_logging(self.run_dir if context.is_main else None, context.is_main)
+        try:
+            self._log_start()
+            if context.is_main and config.run.tensorboard:
+                tensorboard = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self.start_epoch + 1)
+            status = "completed"
+            with _StopRequest() as stop:
+                for epoch in range(self.start_epoch, config.run.epochs):
+                    settings = self.plan.at(epoch)
+                    finished = self._train_epoch(epoch, settings, stop)
+                    if not finished:
+                        status = "interrupted"
+                        break
+                    row = self._end_epoch(epoch, settings)
+                    self.start_epoch = epoch + 1  # a later fit() continues from here
+                    if tensorboard is not None:
+                        tensorboard.log(row)
+                    if self._stop_agreed(stop):
+                        status = "interrupted"
+                        break
+                    if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < config.run.epochs:
+                        status = "stopped"
+                        break
+            result = self._result(status, time.perf_counter() - started)
+            if status == "completed":
+                result.final = self._finish()
+            elif context.is_main:
+                LOG.info("%s after %d/%d epochs; continue with: effnet train --resume %s", status,
+                         result.epochs_completed, config.run.epochs, self.run_dir)
+            return result
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
+            close_logging(handler)
+
+    def _log_start(self) -> None:
+        if not self.context.is_main:
+            return
+        config = self.config
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        LOG.info("run %s: %s (%s params), %d classes, %d train / %d val images, recipe %s",
+                 self.run_dir, config.model.name, f"{n_params:,}", len(self.class_names), len(self.train_set),
+                 len(self.val_set), config.recipe)
+        LOG.info("device %s x %d process(es), batch %d x %d accumulation, lr %.4g (%s, %s schedule), "
+                 "image size %s -> eval %d, amp %s", self.context.device, self.context.world_size,
+                 config.data.batch_size, config.run.accum_steps, self.base_lr, config.optimizer.name,
+                 config.schedule.name, self._size_text(), self.eval_size, config.run.amp or "off")
+        if config.model.pretrained:
+            LOG.info("starting from pretrained weights: %s", config.model.pretrained)
+        tuning = config.finetune
+        if tuning.active:
+            LOG.info("fine-tuning: %s strategy%s, layer decay %g", tuning.strategy,
+                     f" (one more layer group every {tuning.epochs_per_group} epoch(s))"
+                     if tuning.strategy == "gradual" else "", tuning.layer_decay)
+        if self.resume_state is not None:
+            where = f"epoch {self.start_epoch + 1}" + (f", batch {self.resume_step + 1}" if self.resume_step else "")
+            LOG.info("resuming from %s", where)
+            changes = _changes(self.resume_state["config"], config.to_dict())
+            if changes:
+                LOG.warning("resuming with changed settings (the run will not match an uninterrupted one): %s",
+                            "; ".join(changes))
+
+    def _size_text(self) -> str:
+        sizes = sorted({self.plan.at(e).img_size for e in range(self.config.run.epochs)})
+        return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}..{sizes[-1]} ({self.config.progressive.mode})"
+
+    # ---------------------------------------------------------- one epoch
+    def _train_epoch(self, epoch: int, settings: EpochSettings, stop: _StopRequest) -> bool:
+        """Train one epoch; False when a signal stopped it (a resumable state is saved)."""
+        config, context, device = self.config, self.context, self.context.device
+        loader = self._loader_for(settings)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        if settings.dropout is not None:
+            self.raw_model.dropout.p = settings.dropout
+        mix = self._mixer(settings)
+        skip = self.resume_step
+        self.resume_step = 0
+        if skip and self.epoch_rng is not None:
+            self._set_rng(self.epoch_rng[context.rank])
+        else:
+            if skip == 0:
+                self.epoch_sums = {"loss": 0.0, "images": 0, "seconds": 0.0}
+            self.epoch_rng = all_gather_objects(self._rng_state(), context)
+        self.train_module.train()
+        if self.unfreeze is not None:
+            self._set_trainable_groups(epoch)
+        accum = config.run.accum_steps
+        total = len(loader)
+        iterator = iter(loader)
+        for _ in range(skip):
+            next(iterator)
+        if skip and self.resume_rng is not None:
+            self._set_rng(self.resume_rng)
+        self.resume_rng = None
+        bar = progress_bar(total, f"epoch {epoch + 1}/{config.run.epochs} @{settings.img_size}px",
+                           config.run.progress and context.is_main)
+        bar.update(skip)
+        started = time.perf_counter()
+        images_done = 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        try:
+            for step in range(skip, total):
+                images, targets = next(iterator)
+                images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                targets = targets.to(device, non_blocking=True)
+                batch = targets.shape[0]
+                if mix is not None:
+                    images, soft_targets = mix(images, targets)
+                group_start = step - step % accum
+                group_size = min(accum, total - group_start)
+                update_now = step + 1 == group_start + group_size
+                sync = contextlib.nullcontext() if update_now or not context.distributed \
+                    else self.train_module.no_sync()
+                with sync:
+                    with autocast_context(device, config.run.amp):
+                        logits = self.train_module(images)
+                    logits = logits.float()
+                    if mix is not None:
+                        loss = soft_target_cross_entropy(logits, soft_targets)
+                    else:
+                        loss = F.cross_entropy(logits, targets, label_smoothing=config.augment.label_smoothing)
+                    non_finite = (~torch.isfinite(loss.detach())).float().reshape(1)
+                    if all_reduce_sum(non_finite, context).item() > 0:  # checked before the update
+                        self._diverged(epoch, step, loss)
+                    self.scaler.scale(loss / group_size).backward()
+                loss_sum += loss.detach().double() * batch
+                images_done += batch
+                if update_now:
+                    self._update()
+                bar.update(1)
+                if step % 10 == 0 or step + 1 == total:
+                    seconds = time.perf_counter() - started
+                    bar.set_postfix(loss=f"{loss_sum.item() / max(images_done, 1):.4f}",
+                                    lr=f"{self.schedule.lr:.3g}",
+                                    img_s=f"{images_done * context.world_size / max(seconds, 1e-9):.1f}")
+                if update_now and step + 1 < total and self._stop_agreed(stop):
+                    self._add_epoch_sums(loss_sum, images_done, started)
+                    self._save_interrupted(epoch, step + 1)
+                    self.start_epoch, self.resume_step = epoch, step + 1  # as if loaded from last.pt
+                    self.resume_rng = self._rng_state()
+                    return False
+        finally:
+            bar.close()
+        self._add_epoch_sums(loss_sum, images_done, started)
+        return True
+
+    def _set_trainable_groups(self, epoch: int) -> None:
+        """Freeze and unfreeze layer groups for ``epoch`` (after ``train()``: frozen BN back to eval)."""
+        trainable = finetune.start_epoch(self.raw_model, epoch, self.unfreeze)
+        if trainable != self.trainable_groups and self.context.is_main:
+            LOG.info("epoch %d: training %s (%s fine-tuning)", epoch + 1, ", ".join(trainable),
+                     self.config.finetune.strategy)
+        self.trainable_groups = trainable
+
+    def _stop_agreed(self, stop: _StopRequest) -> bool:
+        """Whether any process got a signal: all must stop at the same update."""
+        flag = torch.tensor([float(stop.requested)], device=self.context.device)
+        return all_reduce_sum(flag, self.context).item() > 0
+
+    def _add_epoch_sums(self, loss_sum: torch.Tensor, images: int, started: float) -> None:
+        self.epoch_sums["loss"] += float(loss_sum.item())
+        self.epoch_sums["images"] += images
+        self.epoch_sums["seconds"] += time.perf_counter() - started
+
+    def _mixer(self, settings: EpochSettings) -> MixupCutmix | None:
+        a = self.config.augment
+        if settings.mixup_alpha <= 0 and a.cutmix_alpha <= 0:
+            return None
+        return MixupCutmix(len(self.class_names), mixup_alpha=settings.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
+                           prob=a.mix_prob, switch_prob=a.mix_switch_prob, label_smoothing=a.label_smoothing)
+
+    def _update(self) -> None:
+        """One optimizer update from the accumulated gradients."""
+        clip = self.config.run.clip_grad
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
+
+    def _diverged(self, epoch: int, step: int, loss: torch.Tensor) -> None:
+        last = self.run_dir / ckpt.LAST
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
+        value = loss.item()
+        what = f"{value}" if not math.isfinite(value) else "non-finite in another process"
+        message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {self.schedule.lr:.4g}); "
+                   f"the run stopped and {kept}. Lower the learning rate (--set optimizer.lr=...), clip gradients "
+                   f"(--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then resume with "
+                   f"--resume {self.run_dir} or start again.")
+        LOG.error(message)
+        raise TrainingDiverged(message)
+
+    # ------------------------------------------------------ end of epoch
+    def _end_epoch(self, epoch: int, settings: EpochSettings) -> dict[str, Any]:
+        config, context = self.config, self.context
+        sums = self.epoch_sums
+        images = all_reduce_sum(torch.tensor([sums["loss"], float(sums["images"])], dtype=torch.float64), context)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "img_size": settings.img_size, "lr": self.schedule.lr,
+            "train_loss": float(images[0] / max(images[1], 1)),
+        }
+        evals = {"model": self._evaluate(self.raw_model)}
+        row.update(val_loss=evals["model"].loss, val_top1=evals["model"].top1, val_top5=evals["model"].top5)
+        if self.ema is not None:
+            evals["ema"] = self._evaluate(self.ema.module)
+            row.update(ema_val_loss=evals["ema"].loss, ema_val_top1=evals["ema"].top1, ema_val_top5=evals["ema"].top5)
+        row["epoch_time_s"] = sums["seconds"]
+        row["train_img_per_s"] = float(images[1]) / max(sums["seconds"], 1e-9)
+        source = max(evals, key=lambda k: evals[k].top1)
+        improved = self.best["top1"] is None or evals[source].top1 > self.best["top1"]
+        if improved:
+            self.best = {"top1": evals[source].top1, "epoch": epoch + 1, "weights": source}
+        self.history.append(row)
+        self._check_finite_weights(epoch)
+        state = self._state(epoch + 1, 0, source)
+        if context.is_main:
+            ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
+            if improved:
+                ckpt.save_checkpoint(state, self.run_dir / ckpt.BEST)
+                weights = self.ema.module if source == "ema" else self.raw_model
+                ckpt.save_model_file(weights, self.run_dir / ckpt.MODEL, self.class_names,
+                                     self.preprocessing, extra={"epoch": epoch + 1, "val_top1": evals[source].top1,
+                                                                "weights": source})
+            write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+            plot_curves(self.history, self.run_dir / "curves.png")
+            ema_text = f", EMA {row['ema_val_top1']:.2f}%" if "ema_val_top1" in row else ""
+            LOG.info("epoch %d/%d @%dpx: train loss %.4f, val loss %.4f, top-1 %.2f%%%s, top-5 %.2f%%, "
+                     "%.1f img/s, %.0fs%s", epoch + 1, config.run.epochs, settings.img_size, row["train_loss"],
+                     row["val_loss"], row["val_top1"], ema_text, row["val_top5"], row["train_img_per_s"],
+                     row["epoch_time_s"], " (best)" if improved else "")
+        barrier(context)
+        return row
+
+    def _evaluate(self, model: nn.Module) -> EvalResult:
+        return evaluate(model, self.val_loader, len(self.class_names), self.context.device,
+                        amp=self.config.run.amp, channels_last=self.channels_last, context=self.context)
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        for name, tensor in self.raw_model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                message = (f"weight {name} became non-finite in epoch {epoch + 1}; nothing was saved and the last "
+                           f"good checkpoint in {self.run_dir} is kept. Lower the learning rate or clip gradients "
+                           "(--set run.clip_grad=1.0).")
+                LOG.error(message)
+                raise TrainingDiverged(message)
+
+    def _state(self, epoch: int, step_in_epoch: int, eval_weights: str) -> dict[str, Any]:
+        """Everything a resume needs, in ``weights_only``-loadable types."""
+        rng = all_gather_objects(self._rng_state(), self.context)
+        return {
+            "format": "effnet-train", "format_version": 1,
+            "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "eval_weights": eval_weights,
+            "best": dict(self.best),
+            "history": list(self.history),
+            "epoch_sums": dict(self.epoch_sums),
+            "rng": rng,
+            "epoch_rng": self.epoch_rng if step_in_epoch else None,
+            "config": self.config.to_dict(),
+            "model_name": self.raw_model.model_name,
+            "model_config": config_to_dict(self.raw_model.config),
+            "num_classes": len(self.class_names),
+            "class_names": list(self.class_names),
+            "preprocessing": self.preprocessing.to_dict(),
+            "world_size": self.context.world_size,
+        }
+
+    def _save_interrupted(self, epoch: int, step_in_epoch: int) -> None:
+        self._check_finite_weights(epoch)
+        state = self._state(epoch, step_in_epoch, self.best["weights"] or "model")
+        if self.context.is_main:
+            ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
+            LOG.warning("saved %s at epoch %d, batch %d", self.run_dir / ckpt.LAST, epoch + 1, step_in_epoch)
+        barrier(self.context)
+
+    # --------------------------------------------------------------- end
+    def _result(self, status: str, seconds: float) -> TrainResult:
+        return TrainResult(self.run_dir, status, len(self.history), self.config.run.epochs, self.best["top1"],
+                           self.best["epoch"], self.best["weights"], list(self.class_names), list(self.history),
+                           wall_time_s=seconds, train_images=len(self.train_set), is_main=self.context.is_main)
+
+    def _finish(self) -> EvalResult:
+        """Evaluate the best weights; write the confusion matrix (PNG and CSV)."""
+        best = ckpt.load_checkpoint(self.run_dir / ckpt.BEST) if self.context.is_main else None
+        best = broadcast_object(best, self.context)
+        model = ckpt.model_from_checkpoint(best).to(self.context.device, memory_format=self.memory_format)
+        final = self._evaluate(model)
+        if self.context.is_main:
+            title = f"{self.config.model.name}, epoch {best['best']['epoch']} ({best['eval_weights']} weights): " \
+                    f"top-1 {final.top1:.2f}%"
+            save_evaluation(final, self.class_names, self.run_dir, title)
+            LOG.info("best: epoch %d (%s weights), val top-1 %.2f%%, top-5 %.2f%%; model in %s",
+                     best["best"]["epoch"], best["eval_weights"], final.top1, final.top5, self.run_dir / ckpt.MODEL)
+        return final
+
+
+def result_rows(result: TrainResult) -> list[list[object]]:
+    """(label, value) rows summing up a run, for a printed table."""
+    rows: list[list[object]] = [["status", result.status], ["run", str(result.run_dir)],
+                                ["epochs", f"{result.epochs_completed}/{result.epochs}"]]
+    if result.best_top1 is not None:
+        rows.append(["best epoch", f"{result.best_epoch} ({result.best_weights} weights)"])
+    if result.final is not None:
+        rows += [["val images", result.final.count], ["val top-1 %", f"{result.final.top1:.2f}"],
+                 ["val top-5 %", f"{result.final.top5:.2f}"], ["val loss", f"{result.final.loss:.4f}"]]
+    elif result.best_top1 is not None:
+        rows.append(["val top-1 %", f"{result.best_top1:.2f}"])
+    seconds = sum(row.get("epoch_time_s", 0.0) for row in result.history)
+    images = sum(row.get("train_img_per_s", 0.0) * row.get("epoch_time_s", 0.0) for row in result.history)
+    rows.append(["wall time", f"{result.wall_time_s:.0f} s"])
+    if seconds:
+        rows.append(["train img/s", f"{images / seconds:.1f}"])
+    if result.status == "completed":
+        rows.append(["model", str(result.run_dir / ckpt.MODEL)])
+    else:
+        rows.append(["resume with", f"effnet train --resume {result.run_dir}"])
+    return rows
+
+
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: str | Path | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Build a :class:`Trainer`, run it, and leave the process group (under ``torchrun``)."""
+    trainer = Trainer(config, run_dir, resume)
+    try:
+        return trainer.fit(stop_after)
+    finally:
+        shutdown(trainer.context)
+
+
+def evaluation_dataset(data: str | Path, val_split: float | None = None, seed: int = 0) -> ImageDataset:
+    """The images to evaluate in ``data``: its validation split (``val/``, ``val.csv``, or the
+    ``val_split`` held out with ``seed`` as in training), else every image of a class-folder
+    tree or CSV listing."""
+    data = Path(data)
+    if val_split is not None:
+        return build_datasets(data, val_split=val_split, seed=seed).val
+    if data.is_dir():
+        if any((data / name).is_dir() for name in VAL_FOLDER_NAMES) or \
+                any((data / name).is_file() for name in VAL_CSV_NAMES):
+            return build_datasets(data).val
+        if (data / "train").is_dir() or (data / "train.csv").is_file():
+            raise ValueError(f"{data} has a training split but no val/ (or val.csv) to evaluate; pass the "
+                             "val_split used in training (--val-split) to evaluate the held-out images")
+        return scan_folder(data)
+    if data.is_file() and data.suffix.lower() == ".csv":
+        return read_csv(data)
+    return build_datasets(data).val  # its errors say what is wrong with the path
+
+
+def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64, num_workers: int = 2,
+                        weights: str = "auto", device: str = "auto", val_split: float | None = None,
+                        seed: int = 0) -> tuple[EvalResult, list[str], EfficientNet]:
+    """Evaluate a run's ``.pt``, our ``.safetensors`` or a run directory on the images of
+    :func:`evaluation_dataset`; returns the metrics, the model's class names and the model.
+
+    Classes are matched by name, so the data may list them in another order or hold only some.
+    """
+    model = ckpt.load_trained_model(path, weights)
+    dataset = evaluation_dataset(data, val_split, seed)
+    class_names = list(getattr(model, "class_names", None) or dataset.classes)
+    if len(class_names) != model.num_classes:
+        raise ValueError(f"the model has {model.num_classes} outputs but {len(class_names)} class names")
+    unknown = [c for c in dataset.classes if c not in class_names]
+    if unknown:
+        raise ValueError(f"{data} has classes the model does not know: {unknown}; the model's classes: {class_names}")
+    target_map = [class_names.index(c) for c in dataset.classes]
+    dataset.transform = eval_transforms(model.preprocessing)
+    loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers)
+    target = pick_device(device)
+    model.to(target)
+    result = evaluate(model, loader, len(class_names), target, target_map=target_map)
+    return result, class_names, model

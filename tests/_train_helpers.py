@@ -1,0 +1,86 @@
+"""Shared by the training tests: a tiny image folder and a tiny, fast training config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effnet.train.config import TrainConfig, build_config
+
+TINY_MODEL = {"width": 0.25, "depth": 0.25}
+
+
+def pattern(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A noisy picture whose class is easy to learn: stripes in three orientations, or a blob."""
+    y, x = np.mgrid[0:size, 0:size]
+    period = 4
+    if label == 0:
+        image = (y // period) % 2
+    elif label == 1:
+        image = (x // period) % 2
+    elif label == 2:
+        image = ((x + y) // period) % 2
+    else:
+        image = ((x - size / 2) ** 2 + (y - size / 2) ** 2 < (size / 4) ** 2).astype(int)
+    noisy = image * 200 + rng.integers(0, 55, size=(size, size))
+    return np.stack([noisy, np.roll(noisy, label, axis=0), noisy[::-1]], axis=-1).astype(np.uint8)
+
+
+def make_image_folder(root: Path, classes: int = 3, train_per_class: int = 8, val_per_class: int = 4,
+                      size: int = 24, seed: int = 0) -> Path:
+    """``root/train/<class>/*.png`` and ``root/val/<class>/*.png``."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for label in range(classes):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                Image.fromarray(pattern(label, size, rng)).save(folder / f"{index:03d}.png")
+    return root
+
+
+TINY_SETTINGS: dict[str, Any] = {
+    "model.overrides": TINY_MODEL, "data.img_size": 32, "data.batch_size": 8, "data.num_workers": 0,
+    "run.epochs": 2, "run.progress": False, "run.tensorboard": False, "progressive.mode": "none",
+    "schedule.warmup_epochs": 0.5, "optimizer.lr": 0.003, "optimizer.lr_base_batch": None,
+    "augment.color_jitter": 0.0, "augment.scale": [0.5, 1.0], "data.crop_pct": 1.0,
+}
+
+
+def tiny_assignments(**overrides: Any) -> list[str]:
+    """``--set`` strings for a tiny B0 (width and depth 0.25) at 32 px, batch 8, no workers."""
+    return [f"{key}={json.dumps(value)}" for key, value in {**TINY_SETTINGS, **overrides}.items()]
+
+
+def tiny_config(data: Path, **overrides: Any) -> TrainConfig:
+    """The seed recipe with :func:`tiny_assignments` on ``data``."""
+    return build_config("seed", {"data.path": str(data)}, tiny_assignments(**overrides))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "train_img_per_s")} for row in history]
+
+
+@pytest.fixture(autouse=False)
+def single_thread():
+    """Tiny models run faster on one thread, and do not stall when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,84 @@
+"""Checkpoint files: atomic replacement, safe loading, RNG states, errors that say what to do."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from effnet.train import checkpoint as ckpt
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path) -> None:
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint({"model": {"w": torch.ones(3)}, "model_config": {}, "epoch": 1}, path)
+    ckpt.save_checkpoint({"model": {"w": torch.zeros(3)}, "model_config": {}, "epoch": 2}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path) -> None:
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint({"model": {}, "model_config": {}, "epoch": 1}, path)
+
+    def broken(temp):
+        temp.write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_write(path, broken)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_temp_file_is_written_beside_the_target_then_renamed(tmp_path, monkeypatch) -> None:
+    seen = []
+
+    def publish(temp, path):
+        seen.append((temp.parent, temp.name, temp.stat().st_size > 0, path.exists()))
+        temp.replace(path)
+
+    monkeypatch.setattr(ckpt, "_publish", publish)
+    ckpt.save_checkpoint({"model": {}, "model_config": {}}, tmp_path / "best.pt")
+    assert seen == [(tmp_path, f".best.pt.tmp-{os.getpid()}", True, False)]
+
+
+def test_stale_temps_are_removed(tmp_path) -> None:
+    (tmp_path / ".last.pt.tmp-123").write_bytes(b"x")
+    (tmp_path / "last.pt").write_bytes(b"y")
+    assert [p.name for p in ckpt.remove_stale_temps(tmp_path)] == [".last.pt.tmp-123"]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    ckpt.save_checkpoint({"model": {}, "model_config": {}, "rng": ckpt.rng_state()}, tmp_path / "s.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "s.pt")["rng"])
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(2), expected[2])
+
+
+def test_unreadable_checkpoints_get_clear_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ckpt.load_checkpoint(tmp_path / "nothing.pt")
+    truncated = tmp_path / "last.pt"
+    truncated.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="truncated or corrupt.*best.pt may still be good"):
+        ckpt.load_checkpoint(truncated)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="not an effnet training checkpoint"):
+        ckpt.load_checkpoint(other)
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    with pytest.raises(FileNotFoundError, match="has no last.pt"):
+        ckpt.resolve_resume(empty_run)

@@ -1,0 +1,103 @@
+"""Recipes and overrides: every shipped recipe loads, overrides are typed, mistakes are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from effnet.train.config import (
+    TrainConfig,
+    apply_overrides,
+    build_config,
+    load_recipe,
+    parse_assignment,
+    read_config,
+    recipe_names,
+    save_config,
+)
+
+
+def test_shipped_recipes_load_and_validate() -> None:
+    names = recipe_names()
+    assert {"seed", "paper", "torchvision", "finetune", "demo", "demo_finetune"} <= set(names)
+    for name in names:
+        config = build_config(name)
+        assert config.recipe == name
+
+
+def test_paper_recipe_is_the_reference() -> None:
+    config = build_config("paper")
+    o, s = config.optimizer, config.schedule
+    assert (o.name, o.lr, o.lr_base_batch, o.alpha, o.momentum, o.eps, o.weight_decay) == \
+        ("rmsprop_tf", 0.016, 256, 0.9, 0.9, 1e-3, 1e-5)
+    assert (s.name, s.decay_rate, s.decay_epochs, s.warmup_epochs) == ("step", 0.97, 2.4, 5)
+    assert config.augment.label_smoothing == 0.1 and config.ema.decay == 0.9999
+
+
+def test_demo_recipes_never_flip_digits() -> None:
+    for name in ("demo", "demo_finetune"):
+        assert build_config(name).augment.hflip == 0.0
+
+
+def test_assignments_are_typed_from_the_field() -> None:
+    config = build_config("seed", assignments=["optimizer.lr=0.01", "optimizer.weight_decay=1e-5",
+                                               "augment.scale=[0.5, 1]", "run.amp=bf16", "run.clip_grad=null",
+                                               "model.overrides.width=0.5", "run.compile=true"])
+    assert config.optimizer.lr == 0.01
+    assert config.optimizer.weight_decay == 1e-5  # YAML reads "1e-5" as text; the float field converts it
+    assert config.augment.scale == (0.5, 1.0)
+    assert config.run.amp == "bf16" and config.run.clip_grad is None and config.run.compile is True
+    assert config.model.overrides == {"width": 0.5}
+
+
+def test_flag_overrides_skip_missing_values() -> None:
+    config = build_config("seed", {"run.epochs": 3, "data.img_size": None})
+    assert config.run.epochs == 3 and config.data.img_size is None
+
+
+def test_pretrained_takes_a_flag_or_a_tag() -> None:
+    assert build_config("seed", assignments=["model.pretrained=true"]).model.pretrained is True
+    assert build_config("seed", assignments=["model.pretrained=tf_lite"]).model.pretrained == "tf_lite"
+
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("optimizer.lr", "expected SECTION.KEY=VALUE"),
+    ("optimiser.lr=0.1", "unknown setting 'optimiser.lr'"),
+    ("optimizer.learning_rate=0.1", "optimizer has: name, lr"),
+    ("optimizer.name=adam", "optimizer.name='adam' is not one of adamw, sgd, rmsprop_tf"),
+    ("run.epochs=ten", "run.epochs expects int"),
+    ("run.epochs=0", "run.epochs must be positive"),
+    ("augment.scale=0.5", "expects a list of 2 values"),
+    ("schedule.warmup_epochs=40", "must be >= 0 and shorter than run.epochs=30"),
+    ("progressive.mode=staged", "set augment.auto_augment=randaugment"),
+])
+def test_bad_settings_are_refused_by_name(assignment: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        build_config("seed", assignments=[assignment])
+
+
+def test_unknown_recipe_lists_the_shipped_ones(tmp_path) -> None:
+    with pytest.raises(ValueError, match="shipped recipes: .*seed"):
+        load_recipe("seeds")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimizer:\n  name: sgd\n  moment: 0.9\n")
+    with pytest.raises(ValueError, match="recipe .*bad.yaml: unknown setting 'optimizer.moment'"):
+        build_config(bad)
+
+
+def test_recipe_file_and_saved_config_round_trip(tmp_path) -> None:
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("optimizer:\n  name: sgd\n  lr: 0.05\nrun:\n  epochs: 4\n")
+    config = build_config(recipe, assignments=["data.batch_size=16"])
+    assert (config.recipe, config.optimizer.name, config.run.epochs, config.data.batch_size) == ("mine", "sgd", 4, 16)
+    saved = save_config(config, tmp_path / "config.yaml")
+    assert read_config(saved) == config
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_apply_overrides_reports_what_changed() -> None:
+    config = build_config("seed")
+    changed = apply_overrides(config, {"run.epochs": 30, "data.batch_size": 8}, ["optimizer.lr=0.5"])
+    assert changed == ["data.batch_size", "optimizer.lr"]
+    assert parse_assignment("run.amp=") == ("run.amp", None)

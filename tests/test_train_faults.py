@@ -1,0 +1,237 @@
+"""Faults never lose work: NaN losses, SIGINT/SIGTERM, SIGKILL during a save, bad data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_helpers import (
+    assert_same_tensors,
+    load,
+    make_image_folder,
+    single_thread,  # noqa: F401 (fixture)
+    tiny_assignments,
+    tiny_config,
+    without_timing,
+)
+from effnet.train.trainer import Trainer, TrainingDiverged, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SMALL_BATCH = {"data.batch_size": 4}  # 6 updates per epoch: room to signal mid-epoch
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory):
+    torch.set_num_threads(1)
+    return train(tiny_config(data, **SMALL_BATCH), run_dir=tmp_path_factory.mktemp("runs") / "straight")
+
+
+def _poison_outputs_from_epoch(trainer: Trainer, epoch: int) -> None:
+    def hook(module, inputs, output):
+        return output * float("nan") if len(trainer.history) >= epoch - 1 and module.training else output
+
+    trainer.raw_model.register_forward_hook(hook)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path) -> None:
+    trainer = Trainer(tiny_config(data), run_dir=tmp_path / "run")
+    _poison_outputs_from_epoch(trainer, 2)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, batch 1 .*last good checkpoint "
+                                               r".*last.pt is kept.*--resume"):
+        trainer.fit()
+    last = load(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 1 and len(last["history"]) == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert load(tmp_path / "run" / "best.pt")["epoch"] == 1
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 2  # header and epoch 1
+
+
+def test_nan_loss_before_any_checkpoint_writes_none(data, tmp_path) -> None:
+    trainer = Trainer(tiny_config(data), run_dir=tmp_path / "run")
+    _poison_outputs_from_epoch(trainer, 1)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_non_finite_weights_are_never_saved(data, tmp_path) -> None:
+    """A BatchNorm statistic can blow up while the training loss stays finite."""
+    trainer = Trainer(tiny_config(data), run_dir=tmp_path / "run")
+    trainer.fit(stop_after=1)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    update = trainer._update
+
+    def poisoned_update():
+        update()
+        trainer.raw_model.head.bn.running_var.fill_(float("inf"))
+
+    trainer._update = poisoned_update
+    with pytest.raises(TrainingDiverged, match="head.bn.running_var became non-finite in epoch 2"):
+        trainer.fit()
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+CHILD = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from effnet.cli import main
+    from effnet.train import checkpoint, trainer
+
+    mode, marker, args = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    if mode == "signal":  # slow updates, and say when two are done
+        update = trainer.Trainer._update
+        count = [0]
+        def slow_update(self):
+            update(self)
+            count[0] += 1
+            if count[0] == 2:
+                marker.write_text("ready")
+            time.sleep(0.3)
+        trainer.Trainer._update = slow_update
+    else:  # hang in the second save of last.pt, between the temp file and the rename
+        publish = checkpoint._publish
+        saves = [0]
+        def hanging_publish(temp, path):
+            if path.name == "last.pt":
+                saves[0] += 1
+                if saves[0] == 2:
+                    marker.write_text(temp.name)
+                    time.sleep(600)
+            publish(temp, path)
+        checkpoint._publish = hanging_publish
+    sys.exit(main(args))
+""")
+
+
+def _start_child(tmp_path: Path, mode: str, args: list[str]) -> tuple[subprocess.Popen, Path]:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    marker = tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, str(script), mode, str(marker), json.dumps(args)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # its own process group, as a terminal job
+    return process, marker
+
+
+def _wait_for(marker: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"child exited early:\n{process.stdout.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("child never reached the point to interrupt")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_resumable_checkpoint_mid_epoch(data, straight_run, tmp_path, signum) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run_dir), "--no-progress"]
+    args += [a for item in tiny_assignments(**SMALL_BATCH) for a in ("--set", item)]
+    process, marker = _start_child(tmp_path, "signal", args)
+    _wait_for(marker, process)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert f"{signum.name} received" in output and "--resume" in output
+    state = load(run_dir / "last.pt")
+    assert state["epoch"] == 0 and 2 <= state["step_in_epoch"] < 6
+
+    resumed = Trainer(tiny_config(data, **SMALL_BATCH), resume=run_dir).fit()
+    assert resumed.status == "completed"
+    a, b = load(straight_run.run_dir / "last.pt"), load(run_dir / "last.pt")
+    assert_same_tensors(a["model"], b["model"])
+    assert_same_tensors(a["ema"]["module"], b["ema"]["module"])
+    assert without_timing(a["history"]) == without_timing(b["history"])
+
+
+def test_ctrl_c_with_loader_workers_saves_and_exits(data, tmp_path) -> None:
+    """Ctrl-C signals the whole process group, DataLoader workers included."""
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run_dir), "--no-progress", "--workers", "2"]
+    args += [a for item in tiny_assignments(**SMALL_BATCH, **{"data.num_workers": 2}) for a in ("--set", item)]
+    process, marker = _start_child(tmp_path, "signal", args)
+    _wait_for(marker, process)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "exited unexpectedly" not in output
+    assert output.count("SIGINT received") == 1  # the main process alone reacts; workers ignore it
+    assert load(run_dir / "last.pt")["step_in_epoch"] > 0
+    assert Trainer(tiny_config(data, **SMALL_BATCH), resume=run_dir).fit().status == "completed"
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint(data, straight_run, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run_dir), "--no-progress"]
+    args += [a for item in tiny_assignments(**SMALL_BATCH) for a in ("--set", item)]
+    process, marker = _start_child(tmp_path, "kill", args)
+    _wait_for(marker, process)
+    temp = run_dir / marker.read_text()
+    assert temp.stat().st_size > 0  # the new checkpoint is fully written but not yet renamed
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    assert load(run_dir / "last.pt")["epoch"] == 1  # the previous checkpoint, intact
+    resumed = Trainer(tiny_config(data, **SMALL_BATCH), resume=run_dir).fit()
+    assert resumed.status == "completed" and not temp.exists()
+    assert_same_tensors(load(straight_run.run_dir / "last.pt")["model"], load(run_dir / "last.pt")["model"])
+
+
+def test_missing_data_fails_before_anything_is_written(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        Trainer(tiny_config(tmp_path / "nowhere"), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_class_folder_fails_before_training(data, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    for split in ("train", "val"):
+        for folder in (data / split).iterdir():
+            (broken / split / folder.name).mkdir(parents=True)
+            for image in folder.iterdir():
+                (broken / split / folder.name / image.name).write_bytes(image.read_bytes())
+    (broken / "train" / "class_3").mkdir()
+    (broken / "val" / "class_3").mkdir()
+    with pytest.raises(ValueError, match="class_3"):
+        Trainer(tiny_config(broken), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_files_are_skipped_or_refused_with_strict(data, tmp_path, caplog) -> None:
+    messy = tmp_path / "messy"
+    for split in ("train", "val"):
+        for folder in (data / split).iterdir():
+            (messy / split / folder.name).mkdir(parents=True)
+            for image in folder.iterdir():
+                (messy / split / folder.name / image.name).write_bytes(image.read_bytes())
+    (messy / "train" / "class_0" / "zero.png").write_bytes(b"")
+    (messy / "train" / "class_1" / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="zero.png"):
+        Trainer(tiny_config(messy, **{"data.strict": True}), run_dir=tmp_path / "strict")
+    assert not (tmp_path / "strict").exists()
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(tiny_config(messy), run_dir=tmp_path / "lenient")
+    assert len(trainer.train_set) == 24
+    assert "train: skipped 2 unusable file(s)" in caplog.text

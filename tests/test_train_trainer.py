@@ -1,0 +1,181 @@
+"""The training loop end to end on a tiny model: resume bit for bit, the files a run leaves,
+accumulation, mixup with staged progressive learning, and evaluation of the saved model."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import yaml
+
+from _train_helpers import (
+    assert_same_tensors,
+    load,
+    make_image_folder,
+    single_thread,  # noqa: F401 (fixture)
+    tiny_config,
+    without_timing,
+)
+from effnet.train.checkpoint import load_trained_model
+from effnet.train.trainer import Trainer, evaluate_checkpoint, train
+from effnet.weights.io import load_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory):
+    """Two epochs in one go, with every output on (TensorBoard too)."""
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("runs") / "straight"
+    result = train(tiny_config(data, **{"run.tensorboard": True}), run_dir=run_dir)
+    return result
+
+
+def test_resume_continues_the_same_run_bit_for_bit(data, straight_run, tmp_path) -> None:
+    config = tiny_config(data, **{"run.tensorboard": True})
+    first = train(config, run_dir=tmp_path / "split", stop_after=1)
+    assert first.status == "stopped" and first.epochs_completed == 1
+    assert load(tmp_path / "split" / "last.pt")["epoch"] == 1
+    # The resumed model is the checkpoint's architecture, whatever the settings say now.
+    changed = Trainer(tiny_config(data, **{"model.overrides": {"width": 0.5}}), resume=tmp_path / "split")
+    assert changed.raw_model.config.width == 0.25
+    resumed = Trainer(tiny_config(data, **{"run.tensorboard": True}), resume=tmp_path / "split").fit()
+    assert resumed.status == "completed" and resumed.epochs_completed == 2
+
+    a, b = load(straight_run.run_dir / "last.pt"), load(tmp_path / "split" / "last.pt")
+    assert_same_tensors(a["model"], b["model"])
+    assert_same_tensors(a["ema"]["module"], b["ema"]["module"])
+    assert a["schedule"] == b["schedule"] and a["ema"]["updates"] == b["ema"]["updates"]
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert_same_tensors(state_a, state_b)
+    assert without_timing(a["history"]) == without_timing(b["history"])
+    assert resumed.final.top1 == straight_run.final.top1
+    assert torch.equal(resumed.final.confusion, straight_run.final.confusion)
+
+
+def test_a_run_leaves_checkpoints_metrics_and_plots(data, straight_run) -> None:
+    run_dir = straight_run.run_dir
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "model.safetensors", "metrics.csv", "curves.png",
+            "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv", "train.log", "tensorboard"} <= names
+    assert not [n for n in names if ".tmp-" in n]
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["path"] == str(data) and saved["model"]["overrides"] == {"width": 0.25, "depth": 0.25}
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "val_top1", "val_top5", "ema_val_top1", "lr", "img_size", "train_img_per_s"} <= set(rows[0])
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    best = load(run_dir / "best.pt")
+    assert best["class_names"] == ["class_0", "class_1", "class_2"]
+    assert best["preprocessing"]["resolution"] == 32 and best["preprocessing"]["crop_pct"] == 1.0
+    assert set(best) >= {"model", "optimizer", "schedule", "scaler", "ema", "epoch", "best", "rng", "config"}
+    assert best["best"]["epoch"] == straight_run.best_epoch
+
+    model = load_model(run_dir / "model.safetensors")
+    assert model.class_names == best["class_names"] and model.preprocessing.resolution == 32
+    from_pt = load_trained_model(run_dir / "best.pt")
+    assert_same_tensors(model.state_dict(), from_pt.state_dict())
+
+
+def test_evaluating_the_saved_model_reproduces_the_final_metrics(data, straight_run) -> None:
+    final = straight_run.final
+    for path in (straight_run.run_dir / "model.safetensors", straight_run.run_dir / "best.pt", straight_run.run_dir):
+        result, classes, _ = evaluate_checkpoint(path, data, num_workers=0)
+        assert classes == ["class_0", "class_1", "class_2"]
+        assert result.count == 12
+        assert result.top1 == pytest.approx(final.top1) and torch.equal(result.confusion, final.confusion)
+        assert result.per_class_count == [4, 4, 4]
+
+
+def _copy_classes(source, target, names: dict[str, str]) -> None:
+    for split in ("train", "val"):
+        for old, new in names.items():
+            (target / split / new).mkdir(parents=True)
+            for image in (source / split / old).iterdir():
+                (target / split / new / image.name).write_bytes(image.read_bytes())
+
+
+def test_evaluation_maps_the_data_classes_onto_the_model_classes(data, straight_run, tmp_path) -> None:
+    model_file = straight_run.run_dir / "model.safetensors"
+    full, _, _ = evaluate_checkpoint(model_file, data, num_workers=0)
+    _copy_classes(data, tmp_path / "two", {"class_1": "class_1", "class_2": "class_2"})
+    part, classes, _ = evaluate_checkpoint(model_file, tmp_path / "two", num_workers=0)
+    assert classes == ["class_0", "class_1", "class_2"] and part.count == 8
+    assert part.per_class_count == [0, 4, 4]
+    assert torch.equal(part.confusion[1:], full.confusion[1:])
+
+    _copy_classes(data, tmp_path / "cats", {"class_0": "cat"})
+    with pytest.raises(ValueError, match=r"classes the model does not know: \['cat'\]"):
+        evaluate_checkpoint(model_file, tmp_path / "cats", num_workers=0)
+
+
+def test_gradient_accumulation_counts_updates(data, tmp_path) -> None:
+    config = tiny_config(data, **{"data.batch_size": 4, "run.accum_steps": 4, "run.epochs": 1,
+                                  "schedule.warmup_epochs": 0})
+    train(config, run_dir=tmp_path / "accum")
+    state = load(tmp_path / "accum" / "last.pt")
+    assert state["schedule"]["step_count"] == 2  # 6 batches of 4 -> groups of 4 and 2
+    assert state["ema"]["updates"] == 2
+
+
+def test_staged_progressive_learning_with_mixup_runs(data, tmp_path) -> None:
+    config = tiny_config(data, **{
+        "progressive.mode": "staged", "progressive.start_size": 16, "progressive.size_step": 16,
+        "progressive.stages": 2, "progressive.dropout": [0.05, 0.25], "progressive.mixup_alpha": [0.1, 0.3],
+        "augment.auto_augment": "randaugment", "augment.cutmix_alpha": 1.0, "run.clip_grad": 1.0})
+    trainer = Trainer(config, run_dir=tmp_path / "staged")
+    result = trainer.fit()
+    assert [row["img_size"] for row in result.history] == [16, 32]
+    assert trainer.raw_model.dropout.p == pytest.approx(0.25)
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in result.history)
+
+
+def test_a_new_run_refuses_a_directory_holding_a_run(data, straight_run) -> None:
+    with pytest.raises(ValueError, match="already holds a run.*--resume"):
+        Trainer(tiny_config(data), run_dir=straight_run.run_dir)
+
+
+def test_bf16_autocast_on_the_cpu(data, tmp_path) -> None:
+    result = train(tiny_config(data, **{"run.amp": "bf16", "run.epochs": 1, "schedule.warmup_epochs": 0,
+                                        "ema.enabled": False}), run_dir=tmp_path / "bf16")
+    assert result.status == "completed" and result.final.count == 12
+    assert load(tmp_path / "bf16" / "last.pt")["ema"] is None
+
+
+def test_fp16_needs_cuda(data, tmp_path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        Trainer(tiny_config(data, **{"run.amp": "fp16"}), run_dir=tmp_path / "fp16")
+
+
+def test_evaluation_dataset_picks_the_images_to_score(data, tmp_path) -> None:
+    from effnet.train.trainer import evaluation_dataset
+
+    assert len(evaluation_dataset(data)) == 12  # val/ beside train/
+    assert len(evaluation_dataset(data / "train")) == 24  # a folder of class folders: all of it
+    assert len(evaluation_dataset(data / "train", val_split=0.25)) == 6  # what training held out
+    train_only = tmp_path / "train_only"
+    _copy_classes(data, train_only, {"class_0": "class_0"})
+    (train_only / "val").rename(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="no val/ .*--val-split"):
+        evaluation_dataset(train_only)
+
+
+def test_zero_init_head_starts_from_uniform_predictions(data, tmp_path) -> None:
+    trainer = Trainer(tiny_config(data, **{"model.zero_init_head": True}), run_dir=tmp_path / "zero")
+    classifier = trainer.raw_model.classifier
+    assert not classifier.weight.any() and not classifier.bias.any()
+    reference = Trainer(tiny_config(data), run_dir=tmp_path / "reference").raw_model.classifier
+    assert reference.weight.abs().max() > 0.1  # uniform +-1/sqrt(3)
