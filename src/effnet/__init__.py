@@ -1,6 +1,7 @@
 """effnet: EfficientNet models, weights, training, inference, deployment and benchmarks."""
 
 from .factory import create_model, resolve_config
+from .infer import Classifier
 from .layers import LayerOptions
 from .model import EfficientNet, EfficientNetConfig, FeatureInfo, StageSpec
 from .registry import Preprocessing, config_for_phi, get_entry, list_models
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PUBLISHED_VARIANTS",
+    "Classifier",
     "CompoundScaling",
     "EfficientNet",
     "EfficientNetConfig",

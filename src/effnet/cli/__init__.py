@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("models", "scale", "data", "bench", "train", "eval", "demo", "finetune")
+COMMANDS = ("models", "scale", "data", "bench", "train", "eval", "demo", "finetune", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

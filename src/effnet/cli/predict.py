@@ -1,0 +1,77 @@
+"""``effnet predict``: the top classes of image files, folders and globs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from ..infer import FORMATS, Prediction, collect_images, format_for, load_classifier, open_writer, predict_files
+
+PREFIX = "effnet predict: "
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="classify image files, folders and globs (top-k classes as a table, CSV or JSON)",
+        description="Classify images with a pretrained model (--model NAME), one of our checkpoints "
+                    "(--checkpoint: an effnet .safetensors, a run's best.pt or a run directory), or another "
+                    "library's weight file read as an architecture (--model NAME --checkpoint FILE). Folders "
+                    "are searched recursively; globs are expanded here too. A file that cannot be read is "
+                    "reported and the rest go on; the exit code is 1 if any failed.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    parser.add_argument("--model", help="a model name (e.g. efficientnet_lite0): its default pretrained weights, "
+                                        "or the architecture of --checkpoint")
+    parser.add_argument("--checkpoint", help="effnet .safetensors, a run's .pt or run directory; with --model, "
+                                             "any torchvision/timm/EfficientNet-PyTorch/Keras weight file")
+    parser.add_argument("--num-classes", type=int,
+                        help="classifier size of a --model --checkpoint weight file (default: as stored in "
+                             "effnet files, else 1000)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
+    parser.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else table)")
+    parser.add_argument("--out", help="write the results to this file instead of the screen")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="processes reading images (default 0: this one)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--amp", choices=("bf16", "fp16"), help="mixed-precision autocast")
+    parser.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _report_failure(prediction: Prediction) -> None:
+    print(f"{PREFIX}{prediction.source}: {prediction.error}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    images = collect_images(args.paths)
+    for argument, reason in images.problems:
+        print(f"{PREFIX}{argument}: {reason}", file=sys.stderr)
+    if not images.files:
+        raise ValueError("no images to classify (see the messages above)")
+    output_format = format_for(args.out, args.format)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        classifier = load_classifier(args.model, args.checkpoint, num_classes=args.num_classes,
+                                     device=args.device, amp=args.amp, tta_flip=args.tta)
+    for warning in caught:
+        print(f"{PREFIX}warning: {warning.message}", file=sys.stderr)
+    out = Path(args.out) if args.out else None
+    stream = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout
+    writer = open_writer(output_format, stream)
+    try:
+        summary = predict_files(classifier, images.files, writer, top_k=args.top_k, batch_size=args.batch_size,
+                                num_workers=args.workers, progress=False if args.no_progress else None,
+                                on_failure=_report_failure)
+    finally:
+        writer.close()
+        if out:
+            stream.close()
+    if out:
+        print(f"wrote {summary.succeeded} prediction(s) to {out}")
+    if summary.failed or images.problems:
+        if summary.failed:
+            print(f"{PREFIX}{summary.describe()}", file=sys.stderr)
+        return 1
+    return 0

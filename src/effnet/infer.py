@@ -1,0 +1,564 @@
+"""Inference: a trained network with its labels and preprocessing, from pictures to top-k classes.
+
+:class:`Classifier` holds a model together with its class names and its eval preprocessing,
+both taken from the model (that is, from the checkpoint it was loaded from): the one source
+of truth, so a picture is prepared exactly as in evaluation. What it accepts as an image:
+
+- a path: decoded by :func:`effnet.data.load_image` (EXIF orientation applied, transparency
+  on white, 16-bit scaled, bad files raise :class:`~effnet.data.ImageReadError`);
+- a PIL image of any mode (converted to RGB by the same rules);
+- a numpy array ``HxW`` or ``HxWxC`` (C = 1, 3 or 4): ``uint8`` 0..255, or float 0..1
+  (rounded to 8 bits, as a file would hold it);
+- a ``uint8`` tensor ``CxHxW``: pixels, prepared like an array;
+- a float tensor ``CxHxW`` or ``1xCxHxW``: **already preprocessed** (resized and normalized
+  with :attr:`Classifier.preprocessing`), used as it is.
+
+:meth:`Classifier.predict_batch` streams one :class:`Prediction` per input, in input order;
+an input that cannot be read comes back with its ``error`` set instead of stopping the run.
+:func:`collect_images`, :func:`predict_files` and :func:`open_writer` are what ``effnet
+predict`` runs: files, folders and globs in, a table, CSV or JSON out.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import warnings
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .data.datasets import image_files_under
+from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, to_rgb
+from .data.transforms import eval_transforms
+from .factory import create_model
+from .registry import Preprocessing
+from .table import format_table
+from .weights.errors import CheckpointError
+from .weights.io import read_metadata
+
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FORMATS = ("table", "csv", "json")
+_GLOB_CHARS = frozenset("*?[")
+
+
+class MissingClassNamesWarning(UserWarning):
+    """A model without class names: predictions name classes by index ("class_3")."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one input: ``top_k`` ``(class_name, probability)`` pairs, best first, and
+    their class indices; or, when the input could not be used, ``error`` saying why."""
+
+    source: str
+    top_k: tuple[tuple[str, float], ...] = ()
+    indices: tuple[int, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        """The most probable class (None for a failed input)."""
+        return self.top_k[0][0] if self.top_k else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.top_k[0][1] if self.top_k else None
+
+    def ranked(self) -> Iterator[tuple[int, int, str, float]]:
+        """``(rank, class_index, class_name, probability)`` for each of the top classes, rank 1 first."""
+        for rank, ((name, probability), index) in enumerate(zip(self.top_k, self.indices, strict=True), start=1):
+            yield rank, index, name, probability
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else the CPU; anything else must be usable here."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as error:
+        raise ValueError(f"device {str(device)!r} cannot be used here ({str(error).splitlines()[0]}); "
+                         "use 'cpu', or 'auto' for the best one available") from None
+    return resolved
+
+
+def to_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+    """An 8-bit RGB PIL image from a PIL image, an ``HxW[xC]`` array or a ``uint8`` ``CxHxW`` tensor.
+
+    Float arrays must hold values in 0..1; they are rounded to 8 bits.
+    """
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3:
+            raise ValueError(f"a pixel tensor must be uint8 CxHxW, got {image.dtype} {list(image.shape)}")
+        image = image.permute(1, 2, 0).cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f"an image array must be HxW or HxWxC with C = 1, 3 or 4, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
+            raise ValueError(f"a float image array must hold values in 0..1, found {np.nanmin(array):g}.."
+                             f"{np.nanmax(array):g}; divide 0..255 data by 255 or pass it as uint8")
+        array = np.rint(array * 255.0).astype(np.uint8)
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8 (0..255) or float (0..1), got {array.dtype}")
+    return to_rgb(Image.fromarray(array))
+
+
+def prepare_image(image: ImageInput, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """The model input (float ``CxHxW``) for any accepted image: see the module docstring."""
+    if isinstance(image, (str, Path)):
+        return transform(load_image(image))
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        if image.dim() == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.dim() != 3:
+            raise ValueError(f"a preprocessed tensor must be CxHxW or 1xCxHxW, got {list(image.shape)}; "
+                             "for a batch use Classifier.probabilities")
+        return image
+    return transform(to_pil(image))
+
+
+class _PreparedImages(Dataset):
+    """Inputs prepared one by one (in DataLoader workers when asked), keeping their failures."""
+
+    def __init__(self, images: Sequence[ImageInput], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return prepare_image(self.images[index], self.transform), None
+        except ImageReadError as error:
+            return None, error.reason
+        except ValueError as error:
+            return None, str(error)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _source_name(image: ImageInput, index: int) -> str:
+    return str(image) if isinstance(image, (str, Path)) else f"<image {index}>"
+
+
+class Classifier:
+    """A network ready to classify pictures: model, class names, preprocessing, device, AMP.
+
+    ``class_names`` and ``preprocessing`` default to the model's (``model.class_names``,
+    ``model.preprocessing``, set by :func:`effnet.create_model` and the checkpoint loaders).
+    Without class names, classes are named by index (``class_0``, ``class_1``, ...) and a
+    :class:`MissingClassNamesWarning` says so once. ``device``: ``None``/``"auto"`` (CUDA when
+    available), ``"cpu"``, ``"cuda:1"`` ...; the model is moved there and put in eval mode.
+    ``amp``: ``None`` (full precision), ``"bf16"`` or ``"fp16"`` autocast. ``tta_flip``: average
+    the probabilities of each image and its horizontal mirror.
+    """
+
+    def __init__(self, model: nn.Module, class_names: Sequence[str] | None = None,
+                 preprocessing: Preprocessing | None = None, device: str | torch.device | None = None,
+                 amp: str | None = None, tta_flip: bool = False) -> None:
+        if amp is not None and amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp {amp!r}; use None (full precision), 'bf16' or 'fp16'")
+        preprocessing = preprocessing or getattr(model, "preprocessing", None)
+        if preprocessing is None:
+            raise ValueError("the model carries no preprocessing (model.preprocessing); pass "
+                             "preprocessing=effnet.Preprocessing(resolution, crop_pct, interpolation, mean, std)")
+        names = class_names if class_names is not None else getattr(model, "class_names", None)
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes == 0:
+            raise ValueError("the model has no classifier (num_classes=0): it outputs features, not classes")
+        if names is not None and num_classes is not None and len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocessing: Preprocessing = preprocessing
+        self.class_names: list[str] | None = list(names) if names is not None else None
+        self.num_classes: int | None = num_classes or (len(names) if names is not None else None)
+        self.amp = amp
+        self.tta_flip = tta_flip
+        self.transform = eval_transforms(preprocessing)
+        if self.class_names is None:
+            warnings.warn(f"{getattr(model, 'model_name', 'the model')} has no class names: predictions name "
+                          "classes by index (class_0, class_1, ...). Pass class_names=[...], or save the "
+                          "checkpoint with its class names, to get names", MissingClassNamesWarning, stacklevel=2)
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, name: str, weights: bool | str = True, **options: Any) -> Classifier:
+        """A registry model with published weights: ``weights`` is ``True`` (the variant's default
+        source) or a tag (see :func:`effnet.weights.list_sources`). ``options`` go to the constructor."""
+        return cls(create_model(name, pretrained=weights), **options)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, model_name: str | None = None, *, num_classes: int | None = None,
+                        **options: Any) -> Classifier:
+        """A model from a file.
+
+        Without ``model_name``: one of ours, i.e. an effnet ``.safetensors`` (with its metadata),
+        a training run's ``best.pt``/``last.pt``, or a run directory. With ``model_name``: any
+        weight file a converter reads (torchvision, timm, EfficientNet-PyTorch, Keras, ours),
+        built as that architecture with a ``num_classes`` head (default: the size stored in our
+        files, else 1000); a file whose head has another size is refused with the size it has.
+        """
+        if model_name is not None:
+            path = Path(path)
+            if path.is_dir():
+                raise ValueError(f"{path} is a run directory, which records its architecture: load it without "
+                                 f"a model name (drop {model_name!r} / --model)")
+            if num_classes is None:
+                num_classes = _stored_num_classes(path)
+            model = create_model(model_name, num_classes=num_classes, pretrained=path, strict_head=True)
+            return cls(model, **options)
+        from .train.checkpoint import load_trained_model
+
+        try:
+            model = load_trained_model(path)
+        except ValueError as error:
+            raise ValueError(f"{error} (if {path} holds another library's weights, give its architecture too: "
+                             "Classifier.from_checkpoint(path, model_name='efficientnet_b0'), or effnet "
+                             "predict --model NAME --checkpoint FILE)") from None
+        return cls(model, **options)
+
+    # --------------------------------------------------------------- running
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if self.class_names is not None else f"class_{index}"
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """The model input (float ``CxHxW``) for one image: see the module docstring."""
+        return prepare_image(image, self.transform)
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, classes)`` (float32, on the CPU) of a preprocessed ``NxCxHxW`` batch."""
+        if batch.dim() != 4 or not batch.is_floating_point():
+            raise ValueError(f"expected a preprocessed float batch NxCxHxW, got {batch.dtype} {list(batch.shape)}")
+        batch = batch.to(self.device, non_blocking=True)
+        if self.tta_flip:
+            batch = torch.cat([batch, batch.flip(3)])
+        if self.amp is not None:
+            with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]):
+                logits = self.model(batch)
+        else:
+            logits = self.model(batch)
+        probabilities = logits.float().softmax(dim=1)
+        if self.tta_flip:
+            original, mirrored = probabilities.chunk(2)
+            probabilities = (original + mirrored) / 2
+        return probabilities.cpu()
+
+    def _top(self, probabilities: torch.Tensor, top_k: int) -> tuple[tuple[tuple[str, float], ...], tuple[int, ...]]:
+        values, indices = probabilities.topk(min(top_k, probabilities.numel()))
+        index_list = tuple(int(i) for i in indices)
+        return tuple((self.class_name(i), float(v)) for i, v in zip(index_list, values, strict=True)), index_list
+
+    def predict(self, image: ImageInput, top_k: int = 5) -> list[tuple[str, float]]:
+        """The ``top_k`` most probable classes of one image as ``(class_name, probability)``, best
+        first. A file that cannot be read raises :class:`~effnet.data.ImageReadError`."""
+        _check_top_k(top_k)
+        probabilities = self.probabilities(self.preprocess(image).unsqueeze(0))[0]
+        return list(self._top(probabilities, top_k)[0])
+
+    def predict_batch(self, images: Sequence[ImageInput], batch_size: int = 32, num_workers: int = 0,
+                      top_k: int = 5) -> Iterator[Prediction]:
+        """One :class:`Prediction` per input, in input order, as each batch finishes.
+
+        Inputs are read and prepared in ``num_workers`` DataLoader processes (0: in this one).
+        An input that cannot be used (missing, corrupt or non-image file, bad array) yields a
+        Prediction with ``error`` set; the others go on.
+        """
+        _check_top_k(top_k)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+        return self._stream(list(images), batch_size, num_workers, top_k)
+
+    def _stream(self, images: list[ImageInput], batch_size: int, num_workers: int,
+                top_k: int) -> Iterator[Prediction]:
+        loader = DataLoader(_PreparedImages(images, self.transform), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=_as_list, pin_memory=self.device.type == "cuda")
+        start = 0
+        for batch in loader:
+            results: list[Prediction | None] = [None] * len(batch)
+            by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+            for position, (tensor, error) in enumerate(batch):
+                if tensor is None:
+                    results[position] = Prediction(_source_name(images[start + position], start + position),
+                                                   error=error)
+                else:
+                    by_shape[tuple(tensor.shape)].append(position)
+            for positions in by_shape.values():
+                probabilities = self.probabilities(torch.stack([batch[p][0] for p in positions]))
+                for position, row in zip(positions, probabilities, strict=True):
+                    top, indices = self._top(row, top_k)
+                    results[position] = Prediction(_source_name(images[start + position], start + position),
+                                                   top, indices)
+            yield from results
+            start += len(batch)
+
+
+def _stored_num_classes(path: Path) -> int:
+    """The head size recorded in one of our ``.safetensors`` files; 1000 (ImageNet) for other files."""
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            return int(read_metadata(path)["num_classes"])
+        except CheckpointError:  # a safetensors file without effnet metadata
+            pass
+    return 1000
+
+
+def _check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
+def load_classifier(model_name: str | None = None, checkpoint: str | Path | None = None, *,
+                    num_classes: int | None = None, **options: Any) -> Classifier:
+    """The classifier ``effnet predict`` builds: a registry name with its default pretrained
+    weights, one of our checkpoints, or (both given) another library's weight file read as
+    that architecture (see :meth:`Classifier.from_checkpoint`). ``options`` go to :class:`Classifier`."""
+    if checkpoint is not None:
+        return Classifier.from_checkpoint(checkpoint, model_name, num_classes=num_classes, **options)
+    if model_name is not None:
+        return Classifier.from_pretrained(model_name, **options)
+    raise ValueError("no model: give a model name for its pretrained weights (e.g. efficientnet_lite0), "
+                     "a checkpoint (an effnet .safetensors, a run's best.pt or a run directory), or both "
+                     "to read another library's weight file as that architecture")
+
+
+# ----------------------------------------------------------------- files in
+@dataclass
+class ImageList:
+    """The files found for a list of paths, folders and globs, and the arguments that gave none."""
+
+    files: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def collect_images(paths: Iterable[str | Path]) -> ImageList:
+    """Expand files, folders (recursively, image extensions only, hidden files skipped) and glob
+    patterns (``*``, ``?``, ``[...]``, ``**``; expanded here, for shells that do not) into a list
+    of files in argument order, without duplicates.
+
+    A file named explicitly is kept whatever its extension (it fails later if it is no image).
+    A missing path, a folder without images and a pattern matching nothing are listed in
+    ``problems`` as ``(argument, reason)``.
+    """
+    found = ImageList()
+    seen: set[Path] = set()
+    extensions = ", ".join(IMAGE_EXTENSIONS)
+
+    def add(files: Iterable[Path]) -> None:
+        for file in files:
+            if file not in seen:
+                seen.add(file)
+                found.files.append(file)
+
+    for argument in paths:
+        text = str(argument)
+        path = Path(text)
+        if path.is_file():
+            add([path])
+        elif path.is_dir():
+            images = image_files_under(path)
+            if not images:
+                found.problems.append((text, f"folder with no images (looked for {extensions}, in subfolders too)"))
+            add(images)
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            images = []
+            for match in map(Path, matches):
+                if match.is_dir():
+                    images += image_files_under(match)
+                elif has_image_extension(match):
+                    images.append(match)
+            if not images:
+                reason = (f"matches no image files (looked for {extensions})" if matches
+                          else "matches no files")
+                found.problems.append((text, reason))
+            add(images)
+        else:
+            found.problems.append((text, "no such file or folder"))
+    return found
+
+
+# ---------------------------------------------------------------- results out
+def format_for(out: str | Path | None, format: str | None = None) -> str:
+    """The output format: ``format`` when given, else from ``out``'s suffix (.csv, .json), else table."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    suffix = Path(out).suffix.lower().lstrip(".") if out is not None else ""
+    return suffix if suffix in ("csv", "json") else "table"
+
+
+class PredictionWriter(ABC):
+    """Writes predictions as they come; :meth:`close` finishes the output (call it even after an
+    interruption: what was predicted so far is kept)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    @abstractmethod
+    def write(self, prediction: Prediction) -> None:
+        """Add one prediction to the output."""
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class TableWriter(PredictionWriter):
+    """An aligned table (printed at the end: column widths need every row): image, rank, class,
+    probability; a failed file has its error in the class column."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self.rows: list[list[object]] = []
+
+    def write(self, prediction: Prediction) -> None:
+        if not prediction.ok:
+            self.rows.append([prediction.source, "", f"error: {prediction.error}", ""])
+        for rank, _, name, probability in prediction.ranked():
+            self.rows.append([prediction.source if rank == 1 else "", rank, name, f"{probability:.2%}"])
+
+    def close(self) -> None:
+        if self.rows:
+            self.stream.write(format_table(["image", "rank", "class", "probability"], self.rows) + "\n")
+        super().close()
+
+
+class CsvWriter(PredictionWriter):
+    """One row per image and rank: path, rank, class_index, class_name, probability, error."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self.csv = csv.writer(stream, lineterminator="\n")
+        self.csv.writerow(["path", "rank", "class_index", "class_name", "probability", "error"])
+
+    def write(self, prediction: Prediction) -> None:
+        if not prediction.ok:
+            self.csv.writerow([prediction.source, "", "", "", "", prediction.error])
+        for rank, index, name, probability in prediction.ranked():
+            self.csv.writerow([prediction.source, rank, index, name, f"{probability:.6f}", ""])
+        self.stream.flush()
+
+
+class JsonWriter(PredictionWriter):
+    """A JSON list, one object per image: ``{"path", "predictions": [{"rank", "class_index",
+    "class_name", "probability"}], "error"}``, streamed and closed even after an interruption."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self.count = 0
+        stream.write("[")
+
+    def write(self, prediction: Prediction) -> None:
+        entry = {
+            "path": prediction.source,
+            "predictions": [{"rank": rank, "class_index": index, "class_name": name, "probability": probability}
+                            for rank, index, name, probability in prediction.ranked()],
+            "error": prediction.error,
+        }
+        self.stream.write(("," if self.count else "") + "\n  " + json.dumps(entry))
+        self.count += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n]\n")
+        super().close()
+
+
+def open_writer(format: str, stream: IO[str]) -> PredictionWriter:
+    """A writer for ``format`` (``table``, ``csv`` or ``json``) on ``stream``."""
+    writers = {"table": TableWriter, "csv": CsvWriter, "json": JsonWriter}
+    if format not in writers:
+        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    return writers[format](stream)
+
+
+@dataclass
+class PredictionSummary:
+    """How a run over files went: how many were classified, and the ones that failed."""
+
+    total: int
+    failed: list[Prediction] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> int:
+        return self.total - len(self.failed)
+
+    def describe(self) -> str:
+        """E.g. ``"3 of 120 files failed"``."""
+        return f"{len(self.failed)} of {self.total} file{'s' if self.total != 1 else ''} failed"
+
+
+def predict_files(classifier: Classifier, files: Sequence[str | Path], writer: PredictionWriter, *,
+                  top_k: int = 5, batch_size: int = 32, num_workers: int = 0, progress: bool | None = None,
+                  on_failure: Callable[[Prediction], None] | None = None) -> PredictionSummary:
+    """Classify ``files`` into ``writer`` with a progress bar on stderr (by default for more than
+    one file). Each failure is passed to ``on_failure`` as it happens (printed above the bar) and
+    the rest go on. The writer is not closed here."""
+    show = len(files) > 1 if progress is None else progress
+    summary = PredictionSummary(len(files))
+    with tqdm(total=len(files), disable=not show, unit="image", desc="predict", dynamic_ncols=True) as bar:
+        for prediction in classifier.predict_batch(files, batch_size=batch_size, num_workers=num_workers,
+                                                   top_k=top_k):
+            writer.write(prediction)
+            if not prediction.ok:
+                summary.failed.append(prediction)
+                if on_failure is not None:
+                    with bar.external_write_mode():
+                        on_failure(prediction)
+            bar.update(1)
+    return summary
+
+
+
+__all__ = [
+    "FORMATS",
+    "Classifier",
+    "CsvWriter",
+    "ImageList",
+    "JsonWriter",
+    "MissingClassNamesWarning",
+    "Prediction",
+    "PredictionSummary",
+    "PredictionWriter",
+    "TableWriter",
+    "collect_images",
+    "format_for",
+    "load_classifier",
+    "open_writer",
+    "predict_files",
+    "prepare_image",
+    "resolve_device",
+    "to_pil",
+]
