@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("models", "scale", "data", "bench", "train", "eval", "demo", "finetune", "predict")
+COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,151 @@
+"""CPU batch-1 latency of our deployment paths against ONNX Runtime running torchvision's B0.
+
+    python benchmarks/deploy_latency.py [--checkpoint CKPT] [--threads 2] [--rounds 20]
+                                        [--calib DIR] [--explore] [--compile]
+
+The peer is torchvision's efficientnet_b0 (random weights) exported the plain way,
+``torch.onnx.export(model, (x,), path)``, and run by ONNX Runtime with the same number of
+threads. Ours is B0 (random weights with realistic BatchNorm statistics, or --checkpoint),
+exported by ``effnet export`` (BatchNorm folded, verified) and run by ONNX Runtime with all
+graph optimizations; then INT8: ONNX Runtime QDQ (per-channel) and PT2E on oneDNN kernels;
+with --compile also torch.compile (Inductor, frozen weights). INT8 is calibrated on --calib
+images, or on random normal inputs when none are given (speed does not depend on it; accuracy
+does, see deploy_int8.py). With --explore, ONNX Runtime session options (threads, execution
+mode, optimization level) are timed too.
+
+Every candidate is timed in turns with the others (effnet.bench.measure.time_interleaved),
+many calls per round, and compared by medians: absolute times move with the machine's load,
+the ratios to the peer measured in the same run are what to read. Aim: <= 0.5x the peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+import effnet  # noqa: E402
+from effnet.bench.measure import time_interleaved  # noqa: E402
+from effnet.deploy.calibration import calibration_images  # noqa: E402
+from effnet.deploy.export import export_model  # noqa: E402
+from effnet.deploy.pipeline import load_deployable  # noqa: E402
+from effnet.deploy.quantize import OrtRecipe, lower_for_cpu, quantize_onnx, quantize_pt2e  # noqa: E402
+from effnet.deploy.runtime import Runner, onnx_runner, onnxruntime_session, torch_runner  # noqa: E402
+from effnet.table import format_table  # noqa: E402
+
+AIM = 0.5
+
+
+def our_model(checkpoint: str | None) -> torch.nn.Module:
+    if checkpoint:
+        return load_deployable(checkpoint)
+    model = effnet.create_model("efficientnet_b0").eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                size = module.num_features
+                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(size, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+    return model
+
+
+def session_runner(path: Path, name: str, **options) -> Runner:
+    session = onnxruntime_session(path, **options)
+    input_name = session.get_inputs()[0].name
+    return Runner(name, lambda batch: session.run(None, {input_name: batch})[0])
+
+
+def candidates(args: argparse.Namespace, work: Path) -> dict[str, Runner]:
+    model = our_model(args.checkpoint)
+    resolution = model.preprocessing.resolution
+    example = torch.randn(1, 3, resolution, resolution)
+    runners: dict[str, Runner] = {}
+
+    peer = torchvision.models.efficientnet_b0(weights=None).eval()
+    peer_path = work / "torchvision_b0.onnx"
+    torch.onnx.export(peer, (torch.randn(1, 3, resolution, resolution),), str(peer_path))
+    runners["peer: torchvision B0, plain torch.onnx.export, ORT fp32"] = onnx_runner(peer_path, args.threads)
+
+    ours = work / "effnet_b0.onnx"
+    result = export_model(model, ours, "onnx", fold_bn=True)
+    print(f"our export: {result.verification.describe()}", flush=True)
+    runners["ours: ORT fp32 (BN folded, opt all)"] = onnx_runner(ours, args.threads)
+
+    if args.calib:
+        calibration = calibration_images(args.calib, model.preprocessing, 128)
+    else:
+        calibration = torch.randn(64, 3, resolution, resolution)
+    int8 = quantize_onnx(ours, work / "effnet_b0.int8.onnx", calibration, OrtRecipe())
+    runners["ours: ORT int8 QDQ per-channel"] = onnx_runner(int8, args.threads)
+    converted = quantize_pt2e(model, calibration)
+    runners["ours: PT2E int8 (oneDNN)"] = lower_for_cpu(converted)
+    runners["ours: eager PyTorch fp32"] = torch_runner(model)
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        compiled = torch.compile(model)
+        runners["ours: torch.compile Inductor fp32 (frozen)"] = torch_runner(compiled)
+    if args.explore:
+        for label, options in {
+            "ORT fp32, default threads": {"threads": None},
+            "ORT fp32, opt extended": {"threads": args.threads, "optimization": "extended"},
+            "ORT fp32, opt basic": {"threads": args.threads, "optimization": "basic"},
+            "ORT fp32, parallel executor": {"threads": args.threads, "parallel": True},
+        }.items():
+            runners[f"ours: {label}"] = session_runner(ours, label, **options)
+    batch = example.numpy()
+    for name, runner in runners.items():
+        runner(batch)  # load, lower or compile before timing
+        print(f"ready: {name}", flush=True)
+    return runners
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=None, help="our B0 checkpoint (default: random weights)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=10, help="calls of each candidate per round")
+    parser.add_argument("--calib", default=None, help="calibration images for the INT8 candidates")
+    parser.add_argument("--explore", action="store_true", help="also time ONNX Runtime session options")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="effnet-latency-") as work:
+        runners = candidates(args, Path(work))
+        batch = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+        times = time_interleaved({name: (lambda r=runner: r(batch)) for name, runner in runners.items()},
+                                 rounds=args.rounds, calls_per_round=args.calls, warmup=3)
+    peer_name = next(iter(times))
+    peer = statistics.median(times[peer_name])
+    rows = []
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        rows.append([name, f"{1000 * median:.2f}", f"{1000 * np.percentile(seconds, 10):.2f}",
+                     f"{1000 * np.percentile(seconds, 90):.2f}", f"{median / peer:.2f}x"])
+    print(f"\nB0 @224, batch 1, {args.threads} threads, {args.rounds} rounds x {args.calls} calls, interleaved; "
+          f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} (a shared machine skews "
+          "absolute times, not the ratios)")
+    print(format_table(["candidate", "median ms", "p10 ms", "p90 ms", "vs peer"], rows))
+    best_name, best = min(((n, statistics.median(s)) for n, s in times.items() if n != peer_name),
+                          key=lambda item: item[1])
+    verdict = "met" if best / peer <= AIM else "NOT met"
+    print(f"\nbest: {best_name}: {best / peer:.2f}x the peer's latency (aim <= {AIM}x: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

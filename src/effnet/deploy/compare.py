@@ -1,0 +1,113 @@
+"""Compare deployed variants of one network: size, speed, top-1 and agreement with fp32."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bench.measure import LatencyStats, TimingBudget, measure_calls
+from ..table import format_table
+from .runtime import Runner
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 on labelled images, the share of predictions equal to the reference's, and how
+    close the logits stay to the reference's: signal-to-quantization-noise ratio in dB
+    (``10 log10(sum ref^2 / sum (out - ref)^2)``; infinite when identical)."""
+
+    top1: float
+    agreement: float
+    sqnr_db: float
+    count: int
+
+
+def evaluate_runners(runners: Mapping[str, Runner], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     reference: str) -> dict[str, Accuracy]:
+    """Top-1 and agreement with ``runners[reference]`` for every runner, in one pass over ``batches``."""
+    if reference not in runners:
+        raise ValueError(f"reference {reference!r} is not among the runners {list(runners)}")
+    correct = dict.fromkeys(runners, 0)
+    agree = dict.fromkeys(runners, 0)
+    noise = dict.fromkeys(runners, 0.0)
+    signal = 0.0
+    count = 0
+    for images, labels in batches:
+        batch = images.numpy()
+        targets = labels.numpy()
+        logits = {name: runner(batch).astype(np.float64) for name, runner in runners.items()}
+        expected = logits[reference]
+        signal += float((expected ** 2).sum())
+        for name, output in logits.items():
+            predicted = output.argmax(1)
+            correct[name] += int((predicted == targets).sum())
+            agree[name] += int((predicted == expected.argmax(1)).sum())
+            noise[name] += float(((output - expected) ** 2).sum())
+        count += len(targets)
+    if count == 0:
+        raise ValueError("no images to evaluate on")
+    return {name: Accuracy(correct[name] / count, agree[name] / count, _decibels(signal, noise[name]), count)
+            for name in runners}
+
+
+def _decibels(signal: float, noise: float) -> float:
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Batch-1 latency and batch-N throughput of one runner."""
+
+    latency: LatencyStats
+    throughput: LatencyStats
+
+
+def measure_speed(runner: Runner, input_shape: tuple[int, ...], throughput_batch: int = 32,
+                  max_seconds: float = 10.0) -> Speed:
+    """Median batch-1 latency and batch-``throughput_batch`` throughput on random input."""
+    generator = np.random.default_rng(0)
+    one = generator.standard_normal((1, *input_shape), dtype=np.float32)
+    many = generator.standard_normal((throughput_batch, *input_shape), dtype=np.float32)
+    single = measure_calls(lambda: runner(one), budget=TimingBudget(warmup=5, iterations=50, max_seconds=max_seconds))
+    batched = measure_calls(lambda: runner(many), budget=TimingBudget(warmup=1, iterations=10, max_seconds=max_seconds))
+    return Speed(LatencyStats.from_times(single.seconds, 1),
+                 LatencyStats.from_times(batched.seconds, throughput_batch))
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    """One line of the comparison: a deployed variant and what it costs and keeps."""
+
+    name: str
+    file_bytes: int | None
+    speed: Speed | None = None
+    accuracy: Accuracy | None = None
+
+
+def file_size(path: str | Path | None) -> int | None:
+    return Path(path).stat().st_size if path is not None and Path(path).is_file() else None
+
+
+def format_rows(rows: Iterable[DeploymentRow]) -> str:
+    """The comparison as a table: format, file size, batch-1 latency, batch throughput, top-1,
+    agreement with the reference and logit SQNR."""
+    rows = list(rows)
+    batch = next((row.speed.throughput.batch_size for row in rows if row.speed), 32)
+    headers = ["format", "size MB", "latency b1 ms", f"img/s b{batch}", "top-1 %", "agreement %", "SQNR dB"]
+    body = []
+    for row in rows:
+        body.append([
+            row.name,
+            f"{row.file_bytes / 1e6:.2f}" if row.file_bytes is not None else "-",
+            f"{row.speed.latency.median_ms:.2f}" if row.speed else "-",
+            f"{row.speed.throughput.throughput:.1f}" if row.speed else "-",
+            f"{100 * row.accuracy.top1:.2f}" if row.accuracy else "-",
+            f"{100 * row.accuracy.agreement:.2f}" if row.accuracy else "-",
+            f"{row.accuracy.sqnr_db:.1f}" if row.accuracy and math.isfinite(row.accuracy.sqnr_db) else "-",
+        ])
+    return format_table(headers, body)
