@@ -6,9 +6,10 @@ stochastic depth and the MBConv block (which also covers the depthwise-separable
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
