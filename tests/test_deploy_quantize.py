@@ -108,7 +108,7 @@ def test_pt2e_runs_on_int8_kernels_and_round_trips_as_pt2(tmp_path, images, conv
         simulated = converted(batch).numpy()
     lowered = lower_for_cpu(converted)
     assert np.abs(lowered(batch.numpy()) - simulated).max() < 0.05 * np.abs(simulated).max()
-    assert lowered(batch[:2].numpy()).shape == (2, 3)  # a smaller batch is padded
+    np.testing.assert_allclose(lowered(batch[:2].numpy()), lowered(batch.numpy())[:2], rtol=1e-3, atol=1e-3)
     path = save_pt2e(converted, tmp_path / "int8.pt2", SHAPE)
     with torch.no_grad():
         assert torch.allclose(torch.export.load(str(path)).module()(batch), converted(batch))

@@ -373,8 +373,8 @@ def lower_for_cpu(converted: torch.fx.GraphModule, name: str = "pt2e int8 (oneDN
     """A runner of a PT2E-converted network on oneDNN int8 kernels.
 
     torchao's ``lower_pt2e_quantized_to_x86`` fixes the batch size, so a lowered graph is
-    made for each batch size met (once, on first use); a smaller batch is padded to the
-    next larger size already lowered.
+    made for each batch size met (once, on first use): a batch-1 latency is that of a
+    batch-1 graph, never of a padded larger batch.
     """
     _import_torchao()
     from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
@@ -383,14 +383,11 @@ def lower_for_cpu(converted: torch.fx.GraphModule, name: str = "pt2e int8 (oneDN
 
     def predict(batch: np.ndarray) -> np.ndarray:
         count = len(batch)
-        size = min((s for s in lowered if s >= count), default=count)
-        if size not in lowered:
+        if count not in lowered:
             with torch.no_grad():
-                lowered[size] = lower_pt2e_quantized_to_x86(converted, (torch.zeros(size, *batch.shape[1:]),))
-        padded = batch if size == count else np.concatenate(
-            [batch, np.zeros((size - count, *batch.shape[1:]), dtype=np.float32)])
+                lowered[count] = lower_pt2e_quantized_to_x86(converted, (torch.zeros(count, *batch.shape[1:]),))
         with torch.inference_mode():
-            return lowered[size](torch.from_numpy(padded))[:count].float().numpy()
+            return lowered[count](torch.from_numpy(batch)).float().numpy()
 
     return Runner(name, predict)
 
