@@ -89,8 +89,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a readable effnet checkpoint (truncated or corrupt?): {error}. "
-                         f"If it is a run's {LAST}, its {BEST} may still be good.") from error
+        raise ValueError(f"{path} is not a readable effnet checkpoint: truncated or corrupt, not a torch file, or "
+                         f"a pickle that needs code to load (refused: effnet reads with weights_only=True) "
+                         f"({type(error).__name__}). If it is a run's {LAST}, its {BEST} may still be good.") from error
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise ValueError(f"{path} is a torch file but not an effnet training checkpoint "
                          "(no 'model' and 'model_config' entries)")
