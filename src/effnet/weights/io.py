@@ -148,11 +148,12 @@ def _read_pickle(path: Path, device: str) -> dict[str, Any]:
                 "load it yourself and save just its state_dict (or convert it to .safetensors)") from None
         raise CheckpointError(f"{path} is a corrupt PyTorch checkpoint (it does not unpickle): "
                               "fetch or save it again") from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except Exception as error:  # the unpickler raises whatever a corrupt byte stream provokes
         if is_zip and "central directory" in str(error):
             raise CheckpointError(f"{path} is truncated: its zip archive has no end (an interrupted download or "
                                   "copy?); fetch or save it again") from None
-        raise CheckpointError(f"{path} is a corrupt PyTorch checkpoint: {str(error).splitlines()[0]}; "
+        detail = (str(error).splitlines() or [""])[0]
+        raise CheckpointError(f"{path} is a corrupt PyTorch checkpoint ({type(error).__name__}: {detail}); "
                               "fetch or save it again") from None
     if not isinstance(loaded, dict):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
