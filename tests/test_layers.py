@@ -139,6 +139,9 @@ def test_depthwise_fast_backward_only_where_it_pays():
     x = torch.empty(1, 8, 8, 8)
     assert not create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(x)  # 3x3: no gain measured
     assert not create_conv2d(8, 16, 5)._fast_depthwise_backward_applies(x)  # not depthwise
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert not create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(channels_last)  # no gain there
+    assert create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(x)
     with torch.no_grad():
         assert not create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(x)
 

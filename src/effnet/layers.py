@@ -108,9 +108,10 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state dict) with a faster CPU backward for depthwise convs.
 
-    The fast path applies to bias-free depthwise convs with kernels of 5 or more, on CPU
-    tensors, when gradients are needed, outside TorchScript, tracing, ``torch.compile`` and
-    export (which generate their own graphs). Everything else is the plain ``F.conv2d``.
+    The fast path applies to bias-free depthwise convs with kernels of 5 or more, on NCHW
+    CPU tensors (in channels_last PyTorch's own kernel is as fast, and the fast path would
+    copy to NCHW), when gradients are needed, outside TorchScript, tracing, ``torch.compile``
+    and export (which generate their own graphs). Everything else is the plain ``F.conv2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +126,8 @@ class Conv2d(nn.Conv2d):
     def _fast_depthwise_backward_applies(self, x):  # unannotated: TorchScript never compiles it
         return (self.groups > 1 and self.groups == self.in_channels == self.out_channels
                 and self.kernel_size[0] >= 5 and self.bias is None and self.dilation == (1, 1)
-                and x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad
+                and x.device.type == "cpu" and x.is_contiguous() and torch.is_grad_enabled()
+                and self.weight.requires_grad
                 and not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()))
 
     @torch.jit.unused
