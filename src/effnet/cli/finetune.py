@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..finetune import STRATEGIES, start_settings
-from ..table import format_table
-from ..train.config import build_config, recipe_names
-from ..train.trainer import result_rows, train
+from ..train.config import build_config
+from .train import add_run_arguments, run_overrides, train_and_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,33 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs-per-group", type=int, help="gradual: epochs before the next group unfreezes")
     parser.add_argument("--layer-decay", type=float,
                         help="learning rate x this per layer group below the classifier (1: the same for all)")
-    parser.add_argument("--recipe", default="finetune",
-                        help=f"shipped recipe ({', '.join(recipe_names())}) or a YAML file (default: finetune)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--img-size", type=int, help="training and evaluation image size (default: the model's)")
-    parser.add_argument("--batch-size", type=int, help="images per process and step")
-    parser.add_argument("--lr", type=float, help="learning rate of the classifier (the top layer group)")
-    parser.add_argument("--workers", type=int, help="DataLoader worker processes")
-    parser.add_argument("--val-split", type=float, help="hold out this fraction when there is no val/ folder")
-    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any recipe setting, e.g. --set optimizer.weight_decay=0 (repeatable)")
-    parser.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_run_arguments(parser, recipe="finetune",
+                      img_size_help="training and evaluation image size (default: the model's)",
+                      lr_help="learning rate of the classifier (the top layer group)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = {
-        "data.path": args.data, **start_settings(args.source), "finetune.strategy": args.strategy,
-        "finetune.epochs_per_group": args.epochs_per_group, "finetune.layer_decay": args.layer_decay,
-        "run.epochs": args.epochs, "data.img_size": args.img_size, "data.batch_size": args.batch_size,
-        "optimizer.lr": args.lr, "data.num_workers": args.workers, "data.val_split": args.val_split,
-        "run.device": args.device, "run.seed": args.seed, "run.progress": False if args.no_progress else None,
+        **run_overrides(args), "data.path": args.data, **start_settings(args.source),
+        "finetune.strategy": args.strategy, "finetune.epochs_per_group": args.epochs_per_group,
+        "finetune.layer_decay": args.layer_decay,
     }
-    config = build_config(args.recipe, overrides, args.set)
-    result = train(config, run_dir=args.out)
-    if result.is_main:
-        print(format_table(["", ""], result_rows(result)))
-    return 130 if result.status == "interrupted" else 0
+    return train_and_report(build_config(args.recipe, overrides, args.set), args)

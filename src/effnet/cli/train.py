@@ -3,10 +3,46 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..table import format_table
-from ..train.config import recipe_names
+from ..train.config import TrainConfig, recipe_names
 from ..train.trainer import config_for_run, result_rows, train
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_help: str, lr_help: str) -> None:
+    """The flags ``train`` and ``finetune`` share (read back by :func:`run_overrides`)."""
+    parser.add_argument("--recipe", default=recipe,
+                        help=f"shipped recipe ({', '.join(recipe_names())}) or a YAML file (default: {recipe})")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--img-size", type=int, help=img_size_help)
+    parser.add_argument("--batch-size", type=int, help="images per process and step")
+    parser.add_argument("--lr", type=float, help=lr_help)
+    parser.add_argument("--workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--val-split", type=float, help="hold out this fraction when there is no val/ folder")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any recipe setting, e.g. --set optimizer.weight_decay=0 (repeatable)")
+    parser.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe settings given by :func:`add_run_arguments`' flags (None: keep the recipe's)."""
+    return {
+        "run.epochs": args.epochs, "data.img_size": args.img_size, "data.batch_size": args.batch_size,
+        "optimizer.lr": args.lr, "data.num_workers": args.workers, "data.val_split": args.val_split,
+        "run.device": args.device, "run.seed": args.seed, "run.progress": False if args.no_progress else None,
+    }
+
+
+def train_and_report(config: TrainConfig, args: argparse.Namespace, resume: str | None = None) -> int:
+    """Train, print the result table on the main process; exit code 130 when interrupted."""
+    result = train(config, run_dir=args.out, resume=resume)
+    if result.is_main:
+        print(format_table(["", ""], result_rows(result)))
+    return 130 if result.status == "interrupted" else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,43 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Under `torchrun --nproc-per-node N` the same command runs DDP.")
     parser.add_argument("--data", help="class folders, train/ + val/, or a path,label CSV")
     parser.add_argument("--model", help="model name, e.g. efficientnet_b0 (see `effnet models`)")
-    parser.add_argument("--recipe", default="seed",
-                        help=f"shipped recipe ({', '.join(recipe_names())}) or a YAML file (default: seed)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--img-size", type=int, help="final training image size (default: the variant's)")
+    add_run_arguments(parser, recipe="seed", img_size_help="final training image size (default: the variant's)",
+                      lr_help="learning rate (per optimizer.lr_base_batch images if set)")
     parser.add_argument("--eval-img-size", type=int, help="evaluation image size (default: --img-size)")
-    parser.add_argument("--batch-size", type=int, help="images per process and step")
-    parser.add_argument("--lr", type=float, help="learning rate (per optimizer.lr_base_batch images if set)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd", "rmsprop_tf"))
-    parser.add_argument("--workers", type=int, help="DataLoader worker processes")
-    parser.add_argument("--val-split", type=float, help="hold out this fraction when there is no val/ folder")
     parser.add_argument("--pretrained", nargs="?", const=True, default=None,
                         help="start from pretrained weights (optionally a tag or file) for fine-tuning")
     parser.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16 needs CUDA)")
-    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm in DDP runs (CUDA)")
     parser.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any recipe setting, e.g. --set optimizer.lr=0.01 (repeatable)")
-    parser.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = {
-        "data.path": args.data, "model.name": args.model, "run.epochs": args.epochs,
-        "data.img_size": args.img_size, "data.eval_img_size": args.eval_img_size,
-        "data.batch_size": args.batch_size, "optimizer.lr": args.lr, "optimizer.name": args.optimizer,
-        "data.num_workers": args.workers, "data.val_split": args.val_split, "model.pretrained": args.pretrained,
-        "run.amp": args.amp, "run.device": args.device, "run.compile": args.compile, "run.sync_bn": args.sync_bn,
-        "data.strict": args.strict, "run.seed": args.seed, "run.progress": False if args.no_progress else None,
+        **run_overrides(args), "data.path": args.data, "model.name": args.model,
+        "data.eval_img_size": args.eval_img_size, "optimizer.name": args.optimizer,
+        "model.pretrained": args.pretrained, "run.amp": args.amp, "run.compile": args.compile,
+        "run.sync_bn": args.sync_bn, "data.strict": args.strict,
     }
     config = config_for_run(args.recipe, overrides, args.set, resume=args.resume)
-    result = train(config, run_dir=args.out, resume=args.resume)
-    if result.is_main:
-        print(format_table(["", ""], result_rows(result)))
-    return 130 if result.status == "interrupted" else 0
+    return train_and_report(config, args, resume=args.resume)
