@@ -1,6 +1,6 @@
 """CPU batch-1 latency of our deployment paths against ONNX Runtime running torchvision's B0.
 
-    python benchmarks/deploy_latency.py [--checkpoint CKPT] [--threads 2] [--rounds 20]
+    python benchmarks/deploy_latency.py [--checkpoint CKPT] [--threads 2] [--rounds 20] [--pause 0.1]
                                         [--calib DIR] [--explore] [--compile] [--no-lite]
 
 The peer is torchvision's efficientnet_b0 (random weights) exported the plain way,
@@ -11,13 +11,19 @@ graph optimizations; then INT8: ONNX Runtime QDQ (per-channel) and PT2E on oneDN
 with --compile also torch.compile (Inductor, frozen weights). INT8 is calibrated on --calib
 images, or on random normal inputs when none are given (speed does not depend on it; accuracy
 does, see deploy_int8.py). EfficientNet-Lite0 with its real ImageNet weights, the variant
-made for CPU inference, is timed too (fp32 and INT8 through ONNX Runtime): another network,
-reported beside B0, not instead of it. With --explore, ONNX Runtime session options (threads, execution
+made for CPU inference, is timed too (fp32 and INT8 through ONNX Runtime, also with the stem
+kept in float, the recipe that keeps its accuracy): another network, reported beside B0, not
+instead of it. With --explore, ONNX Runtime session options (threads, execution
 mode, optimization level) are timed too.
 
 Every candidate is timed in turns with the others (effnet.bench.measure.time_interleaved),
 many calls per round, and compared by medians: absolute times move with the machine's load,
-the ratios to the peer measured in the same run are what to read. Aim: <= 0.5x the peer.
+the ratios to the peer measured in the same run are what to read. Before each candidate's
+calls the process idles for --pause seconds: every ONNX Runtime session and PyTorch's OpenMP
+pool keep their worker threads spinning for a while after a call, and on two cores they would
+take the cores from the next candidate (timed back to back, every candidate's p90 doubles).
+The int8 instructions the CPU offers (VNNI, AMX) are printed: without them int8 kernels gain
+little over fp32. Aim: <= 0.5x the peer.
 """
 
 from __future__ import annotations
@@ -46,6 +52,17 @@ from effnet.table import format_table  # noqa: E402
 
 AIM = 0.5
 LITE = "Lite0 (another network, 75.1% ImageNet top-1)"
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_instructions() -> str:
+    """The int8 dot-product instruction sets this CPU reports (Linux), for reading the figures."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "not reported"
+    present = [flag for flag in INT8_FLAGS if flag in flags.split()]
+    return ", ".join(present) if present else "none (no VNNI, no AMX)"
 
 
 def our_model(checkpoint: str | None) -> torch.nn.Module:
@@ -71,13 +88,15 @@ def session_runner(path: Path, name: str, **options) -> Runner:
 
 
 def onnx_candidates(model: torch.nn.Module, label: str, path: Path, calibration: torch.Tensor,
-                    threads: int) -> dict[str, Runner]:
-    """``model`` exported by ``effnet export`` (BN folded, verified) and its INT8 QDQ version, in ONNX Runtime."""
+                    threads: int, int8_recipes: dict[str, OrtRecipe]) -> dict[str, Runner]:
+    """``model`` exported by ``effnet export`` (BN folded, verified) and its INT8 QDQ versions, in ONNX Runtime."""
     result = export_model(model, path, "onnx", fold_bn=True)
     print(f"{label} export: {result.verification.describe()}", flush=True)
-    int8 = quantize_onnx(path, path.with_suffix(".int8.onnx"), calibration, OrtRecipe())
-    return {f"{label}: ORT fp32 (BN folded, opt all)": onnx_runner(path, threads),
-            f"{label}: ORT int8 QDQ per-channel": onnx_runner(int8, threads)}
+    runners = {f"{label}: ORT fp32 (BN folded, opt all)": onnx_runner(path, threads)}
+    for index, (name, recipe) in enumerate(int8_recipes.items()):
+        int8 = quantize_onnx(path, path.with_suffix(f".int8-{index}.onnx"), calibration, recipe)
+        runners[f"{label}: ORT int8 QDQ {name}"] = onnx_runner(int8, threads)
+    return runners
 
 
 def candidates(args: argparse.Namespace, work: Path) -> dict[str, Runner]:
@@ -95,13 +114,16 @@ def candidates(args: argparse.Namespace, work: Path) -> dict[str, Runner]:
         calibration = calibration_images(args.calib, model.preprocessing, 128)
     else:
         calibration = torch.randn(64, 3, resolution, resolution)
-    runners.update(onnx_candidates(model, "ours", work / "effnet_b0.onnx", calibration, args.threads))
+    runners.update(onnx_candidates(model, "ours", work / "effnet_b0.onnx", calibration, args.threads,
+                                   {"per-channel": OrtRecipe()}))
     converted = quantize_pt2e(model, calibration)
     runners["ours: PT2E int8 (oneDNN)"] = lower_for_cpu(converted)
     runners["ours: eager PyTorch fp32"] = torch_runner(model)
     if not args.no_lite:
         lite = effnet.create_model("efficientnet_lite0", pretrained=True).eval()
-        runners.update(onnx_candidates(lite, LITE, work / "effnet_lite0.onnx", calibration, args.threads))
+        runners.update(onnx_candidates(lite, LITE, work / "effnet_lite0.onnx", calibration, args.threads,
+                                       {"per-channel": OrtRecipe(),
+                                        "per-channel, stem float": OrtRecipe(keep_float=("stem",))}))
     if args.compile:
         import torch._inductor.config as inductor_config
 
@@ -129,6 +151,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=10, help="calls of each candidate per round")
+    parser.add_argument("--pause", type=float, default=0.1,
+                        help="idle seconds before each candidate's calls, for spinning worker threads to park")
     parser.add_argument("--calib", default=None, help="calibration images for the INT8 candidates")
     parser.add_argument("--explore", action="store_true", help="also time ONNX Runtime session options")
     parser.add_argument("--no-lite", action="store_true",
@@ -140,7 +164,8 @@ def main() -> int:
         runners = candidates(args, Path(work))
         batch = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
         times = time_interleaved({name: (lambda r=runner: r(batch)) for name, runner in runners.items()},
-                                 rounds=args.rounds, calls_per_round=args.calls, warmup=3)
+                                 rounds=args.rounds, calls_per_round=args.calls, warmup=3,
+                                 pause=args.pause)
     peer_name = next(iter(times))
     peer = statistics.median(times[peer_name])
     rows = []
@@ -149,8 +174,9 @@ def main() -> int:
         rows.append([name, f"{1000 * median:.2f}", f"{1000 * np.percentile(seconds, 10):.2f}",
                      f"{1000 * np.percentile(seconds, 90):.2f}", f"{median / peer:.2f}x"])
     print(f"\nB0 @224, batch 1, {args.threads} threads, {args.rounds} rounds x {args.calls} calls, interleaved; "
-          f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} (a shared machine skews "
-          "absolute times, not the ratios)")
+          f"{args.pause} s pause before each candidate; {os.cpu_count()} CPUs visible, load average "
+          f"{os.getloadavg()[0]:.1f} (a shared machine skews absolute times, not the ratios); int8 instructions: "
+          f"{int8_instructions()}")
     print(format_table(["candidate", "median ms", "p10 ms", "p90 ms", "vs peer"], rows))
     for network, names in (("B0", [n for n in times if n.startswith("ours")]),
                            ("Lite0", [n for n in times if n.startswith(LITE)])):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import effnet
+from effnet.bench import measure as measure_module
 from effnet.bench.measure import (
     LatencyStats,
     TimingBudget,
@@ -63,6 +64,15 @@ def test_time_interleaved_rotates_the_order_and_counts_every_call():
     times = time_interleaved(calls, rounds=3, calls_per_round=2, warmup=0)
     assert {name: len(seconds) for name, seconds in times.items()} == {"a": 6, "b": 6, "c": 6}
     assert order[::2] == list("abc" "bca" "cab")
+
+
+def test_time_interleaved_pauses_before_each_block(monkeypatch):
+    events = []
+    monkeypatch.setattr(measure_module.time, "sleep", lambda seconds: events.append(("sleep", seconds)))
+    calls = {name: (lambda name=name: events.append(("call", name))) for name in "ab"}
+    time_interleaved(calls, rounds=2, calls_per_round=2, warmup=0, pause=0.25)
+    assert events == [("sleep", 0.25), ("call", "a"), ("call", "a"), ("sleep", 0.25), ("call", "b"), ("call", "b"),
+                      ("sleep", 0.25), ("call", "b"), ("call", "b"), ("sleep", 0.25), ("call", "a"), ("call", "a")]
 
 
 def test_resolve_names_sources_and_published_accuracy():

@@ -167,12 +167,16 @@ def measure_calls(fn: Callable[[], object], device: torch.device | str = "cpu",
 
 
 def time_interleaved(calls: Mapping[str, Callable[[], object]], rounds: int = 5, calls_per_round: int = 3,
-                     warmup: int = 1, device: torch.device | str = "cpu") -> dict[str, list[float]]:
+                     warmup: int = 1, device: torch.device | str = "cpu",
+                     pause: float = 0.0) -> dict[str, list[float]]:
     """Seconds per call of several callables, measured in turns so that drift hits all alike.
 
     Each round runs ``calls_per_round`` calls of every callable, one callable after another (the
     order rotates each round). Comparing medians of these lists gives ratios that hold up on a
-    shared or throttling machine, where back-to-back blocks would not.
+    shared or throttling machine, where back-to-back blocks would not. ``pause`` seconds of idle
+    time before each block let the thread pools of the runtime just timed stop spinning (ONNX
+    Runtime's and OpenMP's workers busy-wait for a while after a call and would take the cores
+    from the next callable).
     """
     names = list(calls)
     for name in names:
@@ -183,6 +187,8 @@ def time_interleaved(calls: Mapping[str, Callable[[], object]], rounds: int = 5,
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if pause:
+                time.sleep(pause)
             for _ in range(calls_per_round):
                 began = time.perf_counter()
                 calls[name]()
