@@ -3,7 +3,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effnet.layers import Conv2dSame, DropPath, LayerOptions, MBConv, SqueezeExcite, create_conv2d, same_padding_amounts
+from effnet.layers import (
+    Conv2d,
+    Conv2dSame,
+    DropPath,
+    LayerOptions,
+    MBConv,
+    SqueezeExcite,
+    create_conv2d,
+    reachable_taps,
+    same_padding_amounts,
+)
 
 
 @pytest.mark.parametrize(
@@ -114,11 +124,12 @@ def test_layer_options_refuse_unknown_values():
 
 @pytest.mark.parametrize("padding", ["symmetric", "same"])
 @pytest.mark.parametrize("kernel, stride, size", [(5, 1, (13, 17)), (5, 2, (24, 24)), (5, 2, (23, 25)), (7, 2, (15, 9)),
-                                                  (5, 1, (1, 1)), (5, 2, (2, 1))])
+                                                  (5, 1, (1, 1)), (5, 2, (2, 1)), (5, 1, (2, 3)), (3, 1, (2, 2)),
+                                                  (3, 1, (1, 2))])
 def test_depthwise_fast_backward_equals_reference_gradients(padding, kernel, stride, size):
     conv = create_conv2d(6, 6, kernel, stride, groups=6, padding=padding).double()
-    assert conv._fast_depthwise_backward_applies(torch.empty(1, 6, 8, 8, dtype=torch.double))
     x = torch.randn(3, 6, *size, dtype=torch.double, requires_grad=True)
+    assert conv._fast_depthwise_backward_applies(x if kernel == 3 else torch.empty(1, 6, 8, 8, dtype=torch.double))
     out = conv(x)
     grad = torch.randn_like(out)
     out.backward(grad)
@@ -138,6 +149,7 @@ def test_depthwise_fast_backward_equals_reference_gradients(padding, kernel, str
 def test_depthwise_fast_backward_only_where_it_pays():
     x = torch.empty(1, 8, 8, 8)
     assert not create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(x)  # 3x3: no gain measured
+    assert create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(x[..., :2, :2].contiguous())  # 2x2: 10x
     assert not create_conv2d(8, 16, 5)._fast_depthwise_backward_applies(x)  # not depthwise
     channels_last = x.contiguous(memory_format=torch.channels_last)
     assert not create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(channels_last)  # no gain there
@@ -155,3 +167,69 @@ def test_depthwise_fast_backward_stays_out_of_traced_and_exported_graphs():
     program = torch.export.export(model.train(), (x,))
     assert "DepthwiseConv2dFunction" not in str(program.graph)
     assert any(node.target == torch.ops.aten.conv2d.default for node in program.graph.nodes)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (5, 1), (5, 2), (7, 2), (3, 2)])
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 3), (3, 2), (2, 5)])
+def test_depthwise_on_maps_smaller_than_the_kernel_equals_the_full_kernel(kernel, stride, size, channels_last):
+    conv = create_conv2d(4, 4, kernel, stride, groups=4).double()
+    x = torch.randn(2, 4, *size, dtype=torch.double)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = conv(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    weight, reference_input = conv.weight.detach().requires_grad_(), x.detach().requires_grad_()
+    reference = F.conv2d(reference_input, weight, None, stride, kernel // 2, 1, 4)
+    reference.backward(grad)
+    torch.testing.assert_close(out, reference)
+    torch.testing.assert_close(conv.weight.grad, weight.grad)
+    torch.testing.assert_close(x.grad, reference_input.grad)
+
+
+def test_depthwise_on_small_maps_runs_only_the_taps_that_meet_the_input(monkeypatch):
+    assert reachable_taps(1, 5, 1, 2) == (2, 3)
+    assert reachable_taps(2, 5, 1, 2) == (1, 4)
+    assert reachable_taps(2, 5, 2, 2) == (2, 4)
+    assert reachable_taps(7, 5, 2, 2) == (0, 5)
+    kernels = []
+    plain_conv2d = F.conv2d
+
+    def recording_conv2d(x, weight, *args):
+        kernels.append(tuple(weight.shape[-2:]))
+        return plain_conv2d(x, weight, *args)
+
+    monkeypatch.setattr(F, "conv2d", recording_conv2d)
+    conv = create_conv2d(8, 8, 5, groups=8).eval()
+    with torch.no_grad():
+        conv(torch.randn(2, 8, 2, 2))
+        conv(torch.randn(2, 8, 1, 1))  # one tap left: a per-channel product, no conv at all
+        conv(torch.randn(2, 8, 6, 6))
+    assert kernels == [(3, 3), (5, 5)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_on_a_1x1_map_runs_as_linear_with_the_same_results(monkeypatch, channels_last):
+    conv = Conv2d(12, 5, 1, bias=True).double()
+    x = torch.randn(3, 12, 1, 1, dtype=torch.double)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight, bias, reference_input = (t.detach().requires_grad_() for t in (conv.weight, conv.bias, x))
+    reference = F.conv2d(reference_input, weight, bias)
+    grad = torch.randn_like(reference)
+    reference.backward(grad)
+
+    def refuse(*args):
+        raise AssertionError("F.conv2d called for a pointwise conv on a 1x1 map")
+
+    monkeypatch.setattr(F, "conv2d", refuse)
+    out = conv(x)
+    out.backward(grad)
+    assert out.shape == (3, 5, 1, 1)
+    torch.testing.assert_close(out, reference)
+    for ours, theirs in ((conv.weight, weight), (conv.bias, bias), (x, reference_input)):
+        torch.testing.assert_close(ours.grad, theirs.grad)
+    assert isinstance(SqueezeExcite(12, 3).reduce, Conv2d)

@@ -257,12 +257,14 @@ def test_config_validation():
 
 
 def test_compiled_training_step_has_no_graph_breaks():
-    model = tiny(drop_path_rate=0.0, drop_rate=0.0).train()
+    # Double precision: eager CPU runs some convs another way (as linear, or with cropped
+    # kernels), exact in arithmetic but rounded differently in float32.
+    model = tiny(drop_path_rate=0.0, drop_rate=0.0).train().double()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.double)
     compiled(x).sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model(x).sum().backward()
     for expected, p in zip(grads, model.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(p.grad, expected)
