@@ -94,6 +94,29 @@ def test_build_optimizer(name: str, cls: type) -> None:
         assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["momentum"] == 0.9
     if name == "rmsprop_tf":
         assert optimizer.param_groups[0]["eps"] == 1e-3
+    else:
+        assert optimizer.defaults["fused"] is True  # one pass over memory per step on the CPU
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_steps_equal_the_per_tensor_steps(name: str) -> None:
+    torch.manual_seed(0)
+    fused_model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).double()
+    plain_model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).double()
+    plain_model.load_state_dict(fused_model.state_dict())
+    settings = OptimizerSettings(name=name, weight_decay=0.1)
+    fused = build_optimizer(fused_model, settings, lr=0.01)
+    plain_class = type(fused)
+    plain = plain_class(param_groups(plain_model, 0.1), lr=0.01, **({"momentum": 0.9, "nesterov": True}
+                                                                     if name == "sgd" else {}), foreach=False)
+    for _ in range(3):
+        x = torch.randn(2, 3, 6, 6, dtype=torch.double)
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for fused_param, plain_param in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(fused_param, plain_param)
 
 
 def test_lr_scales_with_the_global_batch() -> None:

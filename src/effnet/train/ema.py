@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Parameters then buffers, in a fixed order (a state dict's tensors, without building one
+    every step: that took longer than the averaging)."""
+    return [*module.parameters(), *module.buffers()]
+
+
 class ModelEMA:
     """A frozen copy of the model whose weights trail the trained ones.
 
@@ -37,7 +43,7 @@ class ModelEMA:
         decay = self.current_decay()
         self.updates += 1
         ema_floats, model_floats = [], []
-        pairs = zip(self.module.state_dict().values(), model.state_dict().values(), strict=True)
+        pairs = zip(_tensors(self.module), _tensors(model), strict=True)
         for ema_tensor, tensor in pairs:
             if ema_tensor.is_floating_point():
                 ema_floats.append(ema_tensor)

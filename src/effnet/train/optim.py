@@ -89,17 +89,31 @@ def scaled_lr(settings: OptimizerSettings, global_batch: int) -> float:
     return settings.lr * global_batch / settings.lr_base_batch
 
 
+def fused_kernels_apply(groups: list[dict]) -> bool:
+    """Whether PyTorch's fused AdamW/SGD kernels can update every parameter (floats on CPU or CUDA).
+
+    A fused step reads and writes each tensor once instead of once per operation: AdamW's step
+    for B0 takes 6.6 ms instead of 26 ms on 2 CPU cores, where it is bound by memory bandwidth.
+    """
+    params = [param for group in groups for param in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def build_optimizer(model: nn.Module, settings: OptimizerSettings, lr: float,
                     groups: list[dict] | None = None) -> torch.optim.Optimizer:
-    """The optimizer named by ``settings.name`` over ``groups`` (default: :func:`param_groups`)."""
+    """The optimizer named by ``settings.name`` over ``groups`` (default: :func:`param_groups`).
+
+    AdamW and SGD use PyTorch's fused kernels where :func:`fused_kernels_apply`.
+    """
     if groups is None:
         groups = param_groups(model, settings.weight_decay)
+    fused = fused_kernels_apply(groups) or None
     if settings.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=settings.betas,
-                                 eps=1e-8 if settings.eps is None else settings.eps)
+                                 eps=1e-8 if settings.eps is None else settings.eps, fused=fused)
     if settings.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum,
-                               nesterov=settings.nesterov and settings.momentum > 0)
+                               nesterov=settings.nesterov and settings.momentum > 0, fused=fused)
     if settings.name == "rmsprop_tf":
         return RMSpropTF(groups, lr=lr, alpha=settings.alpha, momentum=settings.momentum,
                          eps=1e-3 if settings.eps is None else settings.eps)
