@@ -149,15 +149,19 @@ class Conv2d(nn.Conv2d):
         if (self.groups == 1 and self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
                 and x.shape[-2:] == (1, 1)):
             return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[..., None, None]
-        if self.groups > 1 and self.groups == self.in_channels == self.out_channels and self.bias is None:
+        if self._is_bias_free_depthwise():
             return self._depthwise(x)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     @torch.jit.unused
+    def _is_bias_free_depthwise(self):
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels and self.bias is None
+
+    @torch.jit.unused
     def _fast_depthwise_backward_applies(self, x):
-        return (self.groups > 1 and self.groups == self.in_channels == self.out_channels and self.bias is None
-                and (self.kernel_size[0] >= 5 or max(x.shape[-2:]) <= 2) and x.is_contiguous()
-                and torch.is_grad_enabled() and self.weight.requires_grad and self._eager_on_cpu(x))
+        return (self._is_bias_free_depthwise() and (self.kernel_size[0] >= 5 or max(x.shape[-2:]) <= 2)
+                and x.is_contiguous() and torch.is_grad_enabled() and self.weight.requires_grad
+                and self._eager_on_cpu(x))
 
     @torch.jit.unused
     def _depthwise(self, x):
