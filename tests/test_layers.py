@@ -76,6 +76,23 @@ def test_drop_path_drops_whole_samples_in_training():
     assert 0.35 < dropped.float().mean() < 0.65
 
 
+def test_drop_path_with_shortcut_is_the_fused_residual_add():
+    layer = DropPath(0.5).train()
+    x = torch.randn(64, 3, 4, 4, requires_grad=True)
+    shortcut = torch.randn(64, 3, 4, 4, requires_grad=True)
+    torch.manual_seed(0)
+    fused = layer(x, shortcut)
+    torch.manual_seed(0)
+    separate = layer(x) + shortcut
+    torch.testing.assert_close(fused, separate)
+    assert not torch.equal(fused, x + shortcut)  # some samples were dropped
+    grads = torch.autograd.grad(fused.square().sum(), (x, shortcut))
+    expected = torch.autograd.grad(separate.square().sum(), (x, shortcut))
+    torch.testing.assert_close(grads, expected)
+    assert torch.equal(layer.eval()(x, shortcut), x + shortcut)
+    assert torch.equal(DropPath(0.0).train()(x, shortcut), x + shortcut)
+
+
 def test_drop_path_rejects_bad_probability():
     with pytest.raises(ValueError, match="drop_prob must be in"):
         DropPath(1.0)
@@ -95,7 +112,7 @@ def test_mbconv_structure():
     block = MBConv(16, 24, 3, 2, expand_ratio=6, se_ratio=0.25, drop_path_rate=0.1)
     assert block.expand.conv.out_channels == 96
     assert block.se.reduce.out_channels == 4  # from the block input (16 * 0.25), not 96 * 0.25
-    assert not block.has_residual and isinstance(block.drop_path, nn.Identity)
+    assert not block.has_residual and block.drop_path is None
     first = MBConv(32, 16, 3, 1, expand_ratio=1, se_ratio=0.25)
     assert isinstance(first.expand, nn.Identity)
     assert first.se.reduce.out_channels == 8

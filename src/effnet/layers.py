@@ -261,6 +261,8 @@ class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch of random samples while training.
 
     Kept samples are scaled by ``1 / (1 - drop_prob)``; in eval mode this is the identity.
+    Given the ``shortcut``, returns ``shortcut + drop_path(x)`` in one fused pass (the residual
+    add of a block).
     """
 
     def __init__(self, drop_prob: float = 0.0) -> None:
@@ -269,12 +271,13 @@ class DropPath(nn.Module):
             raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
         if not self.training or self.drop_prob == 0.0:
-            return x
+            return x if shortcut is None else x + shortcut
         keep_prob = 1.0 - self.drop_prob
         mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
-        return x * mask.bernoulli_(keep_prob).div_(keep_prob)
+        mask = mask.bernoulli_(keep_prob).div_(keep_prob)
+        return x * mask if shortcut is None else torch.addcmul(shortcut, x, mask)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.4f}"
@@ -300,10 +303,10 @@ class MBConv(nn.Module):
         self.se = (SqueezeExcite(mid_channels, max(1, int(in_channels * se_ratio)), options.activation)
                    if se_ratio > 0 else nn.Identity())
         self.project = ConvBnAct(mid_channels, out_channels, 1, options=options, activate=False)
-        self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path_rate) if self.has_residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.dw(self.expand(x))))
-        if self.has_residual:
-            out = self.drop_path(out) + x
+        if self.drop_path is not None:  # the residual add, through stochastic depth
+            return self.drop_path(out, x)
         return out
