@@ -60,12 +60,31 @@ def test_train_preset_without_augmentation_is_a_normalized_crop():
     assert (erased == 0).all(dim=0).any()  # the erased box holds the mean colour (0 after normalizing)
 
 
+BLACK = tuple((0 - m) / s for m, s in zip(B0.mean, B0.std, strict=True))
+
+
+@pytest.mark.parametrize("fill, corner", [(None, (0.0, 0.0, 0.0)), (0, BLACK)])
+def test_train_preset_rotation_and_shear_fill_uncovered_corners(fill, corner):
+    transform = train_transforms(B0, 64, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, color_jitter=None,
+                                 degrees=30, shear=20, fill=fill)
+    white = (torch.ones(3) - torch.tensor(B0.mean)) / torch.tensor(B0.std)
+    torch.manual_seed(0)
+    outs = torch.stack([transform(Image.new("RGB", (64, 64), (255,) * 3)) for _ in range(8)])
+    assert torch.allclose(outs[:, :, 32, 32], white.expand(8, 3), atol=1e-5)  # the center stays covered
+    corners = outs[:, :, [0, 0, -1, -1], [0, -1, 0, -1]].permute(0, 2, 1).reshape(-1, 3)
+    filled = torch.isclose(corners, torch.tensor(corner).expand_as(corners), atol=0.01).all(dim=1)  # 8-bit fill
+    assert filled.float().mean() > 0.5  # turned or sheared: most corners come from outside the image
+    assert not torch.equal(outs[0], outs[1])
+
+
 def test_train_preset_bad_options_are_refused():
     with pytest.raises(ValueError, match="unknown auto_augment 'augmix'"):
         train_transforms(B0, auto_augment="augmix")
     with pytest.raises(ValueError, match="ra_magnitude 15 is outside the scale 0..10"):
         train_transforms(B0, auto_augment="randaugment", ra_magnitude=15)
     train_transforms(B0, auto_augment="randaugment", ra_magnitude=15, ra_num_bins=31)
+    with pytest.raises(ValueError, match="fill 300 is not a grey level"):
+        train_transforms(B0, degrees=10, fill=300)
 
 
 def test_label_smoothing_targets():

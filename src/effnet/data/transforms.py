@@ -50,28 +50,36 @@ def train_transforms(preprocessing: Preprocessing, resolution: int | None = None
                      scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5, color_jitter: float | None = 0.4,
                      auto_augment: str | None = None, re_prob: float = 0.0, *,
                      ratio: tuple[float, float] = (3 / 4, 4 / 3), ra_magnitude: float = 9, ra_num_ops: int = 2,
-                     ra_num_bins: int = RANDAUGMENT_BINS) -> Callable:
+                     ra_num_bins: int = RANDAUGMENT_BINS, degrees: float = 0.0, shear: float = 0.0,
+                     fill: int | None = None) -> Callable:
     """The training preset, applied in this order (each step only when enabled):
 
     RandomResizedCrop to ``resolution`` (default: the preprocessing's) with ``scale``/``ratio``
-    and the preprocessing's interpolation, horizontal flip with probability ``hflip``,
-    ColorJitter (brightness, contrast and saturation by ``color_jitter``), ``auto_augment``
-    ("autoaugment" ImageNet policy, "randaugment" with ``ra_num_ops`` ops at ``ra_magnitude``
-    on a 0..``ra_num_bins - 1`` scale, "trivialaugment"), conversion to a float tensor and
+    and the preprocessing's interpolation, a random rotation by up to +-``degrees`` and shear
+    by up to +-``shear`` degrees, horizontal flip with probability ``hflip``, ColorJitter
+    (brightness, contrast and saturation by ``color_jitter``), ``auto_augment`` ("autoaugment"
+    ImageNet policy, "randaugment" with ``ra_num_ops`` ops at ``ra_magnitude`` on a
+    0..``ra_num_bins - 1`` scale, "trivialaugment"), conversion to a float tensor and
     normalization, then RandomErasing with probability ``re_prob`` (erased pixels become 0,
-    the mean colour). Augmentations fill uncovered pixels with the mean colour.
+    the mean colour). Rotation, shear and the auto-augment policies fill uncovered pixels with
+    the grey level ``fill`` (0-255; 0 suits digits on black), by default the mean colour.
     """
+    if fill is not None and not 0 <= fill <= 255:
+        raise ValueError(f"fill {fill} is not a grey level; give 0..255, or None for the mean colour")
     resolution = resolution or preprocessing.resolution
     interpolation = interpolation_mode(preprocessing.interpolation)
     steps: list[v2.Transform] = [v2.RandomResizedCrop(resolution, scale=scale, ratio=ratio,
                                                       interpolation=interpolation, antialias=True)]
+    fill_rgb = [round(255 * m) for m in preprocessing.mean] if fill is None else [fill] * 3
+    if degrees > 0 or shear > 0:
+        steps.append(v2.RandomAffine(degrees=degrees, shear=shear, interpolation=interpolation, fill=fill_rgb))
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if color_jitter:
         steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     if auto_augment:
-        fill = [round(255 * m) for m in preprocessing.mean]
-        steps.append(_auto_augment(auto_augment.lower(), interpolation, fill, ra_magnitude, ra_num_ops, ra_num_bins))
+        steps.append(_auto_augment(auto_augment.lower(), interpolation, fill_rgb, ra_magnitude, ra_num_ops,
+                                   ra_num_bins))
     steps += _to_normalized_tensor(preprocessing)
     if re_prob > 0:
         steps.append(v2.RandomErasing(p=re_prob, value=0.0))

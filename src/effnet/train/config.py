@@ -67,6 +67,9 @@ class AugmentSettings:
     ra_magnitude: int = 9
     ra_num_ops: int = 2
     re_prob: float = 0.0
+    degrees: float = 0.0
+    shear: float = 0.0
+    fill: int | None = None
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0

@@ -366,7 +366,7 @@ class Trainer:
             self.train_set.transform = train_transforms(
                 self.preprocessing, resolution=settings.img_size, scale=a.scale, hflip=a.hflip,
                 color_jitter=a.color_jitter, auto_augment=a.auto_augment, ra_magnitude=settings.ra_magnitude,
-                ra_num_ops=a.ra_num_ops, re_prob=a.re_prob)
+                ra_num_ops=a.ra_num_ops, re_prob=a.re_prob, degrees=a.degrees, shear=a.shear, fill=a.fill)
             self._train_loader = _signals_to_main_process(build_loader(
                 self.train_set, self.config.data.batch_size, train=True, num_workers=self.config.data.num_workers,
                 distributed=self.context.distributed, seed=self.config.run.seed))
