@@ -163,13 +163,36 @@ def test_depthwise_fast_backward_equals_reference_gradients(padding, kernel, str
     torch.testing.assert_close(x.grad, reference_input.grad)
 
 
+@pytest.mark.parametrize("kernel, stride, size", [(3, 1, (2, 2)), (5, 1, (4, 4)), (5, 2, (3, 3)), (5, 1, (3, 4))])
+def test_depthwise_fast_backward_in_channels_last_equals_reference_gradients(kernel, stride, size):
+    conv = create_conv2d(6, 6, kernel, stride, groups=6).double()
+    x = torch.randn(3, 6, *size, dtype=torch.double).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert conv._fast_depthwise_backward_applies(x)
+    out = conv(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    weight = conv.weight.detach().requires_grad_()
+    reference_input = x.detach().requires_grad_()
+    reference = F.conv2d(reference_input, weight, None, stride, conv.padding, 1, 6)
+    reference.backward(grad)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference)
+    torch.testing.assert_close(conv.weight.grad, weight.grad)
+    torch.testing.assert_close(x.grad, reference_input.grad)
+
+
 def test_depthwise_fast_backward_only_where_it_pays():
     x = torch.empty(1, 8, 8, 8)
     assert not create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(x)  # 3x3: no gain measured
     assert create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(x[..., :2, :2].contiguous())  # 2x2: 10x
     assert not create_conv2d(8, 16, 5)._fast_depthwise_backward_applies(x)  # not depthwise
     channels_last = x.contiguous(memory_format=torch.channels_last)
-    assert not create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(channels_last)  # no gain there
+    assert not create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(channels_last)  # 8x8: no gain
+    small_channels_last = x[..., :4, :4].contiguous(memory_format=torch.channels_last)
+    assert create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(small_channels_last)  # 4x4, 5x5: 1.3x
+    assert not create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(small_channels_last)  # 4x4, 3x3
+    assert create_conv2d(8, 8, 3, groups=8)._fast_depthwise_backward_applies(
+        x[..., :2, :2].contiguous(memory_format=torch.channels_last))  # 2x2: 1.5x
     assert create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(x)
     with torch.no_grad():
         assert not create_conv2d(8, 8, 5, groups=8)._fast_depthwise_backward_applies(x)
