@@ -127,10 +127,10 @@ class Conv2d(nn.Conv2d):
     product); bias-free depthwise convs get a faster weight gradient when gradients are
     needed: on NCHW tensors with kernels of 5 or more or on maps of 2x2 or less, in
     channels_last on maps of 2x2 or less, or up to 4x4 with kernels of 5 or more (1.2-1.5x
-    with the input gradient; on larger channels_last maps PyTorch's own kernel is as fast
-    or faster, and the fast path copies to NCHW). None of this
-    applies under TorchScript, tracing, ``torch.compile`` or export, which generate their own
-    graphs: there, and everywhere else, it is the plain ``F.conv2d``.
+    with the input gradient; on larger channels_last maps PyTorch's own kernel is as fast or
+    faster, and the fast path copies to NCHW). None of this applies under TorchScript,
+    tracing, ``torch.compile`` or export, which generate their own graphs: there, and
+    everywhere else, it is the plain ``F.conv2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
