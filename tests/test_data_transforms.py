@@ -85,6 +85,8 @@ def test_train_preset_bad_options_are_refused():
     train_transforms(B0, auto_augment="randaugment", ra_magnitude=15, ra_num_bins=31)
     with pytest.raises(ValueError, match="fill 300 is not a grey level"):
         train_transforms(B0, degrees=10, fill=300)
+    with pytest.raises(ValueError, match=r"degrees -5 and shear 0.0 are ranges \(\+-\); give 0 or more"):
+        train_transforms(B0, degrees=-5)
 
 
 def test_label_smoothing_targets():

@@ -65,7 +65,9 @@ def train_transforms(preprocessing: Preprocessing, resolution: int | None = None
     the grey level ``fill`` (0-255; 0 suits digits on black), by default the mean colour.
     """
     if fill is not None and not 0 <= fill <= 255:
-        raise ValueError(f"fill {fill} is not a grey level; give 0..255, or None for the mean colour")
+        raise ValueError(f"fill {fill} is not a grey level; give 0..255, or None (null) for the mean colour")
+    if degrees < 0 or shear < 0:
+        raise ValueError(f"degrees {degrees} and shear {shear} are ranges (+-); give 0 or more")
     resolution = resolution or preprocessing.resolution
     interpolation = interpolation_mode(preprocessing.interpolation)
     steps: list[v2.Transform] = [v2.RandomResizedCrop(resolution, scale=scale, ratio=ratio,
