@@ -44,8 +44,7 @@ def main() -> int:
         for seed in args.seeds:
             demo = run_demo(args.out, model=model, pretrained=pretrained, assignments=[*args.set, f"run.seed={seed}"])
             result = demo.train
-            seconds = sum(row["epoch_time_s"] for row in result.history)
-            images = sum(row["train_img_per_s"] * row["epoch_time_s"] for row in result.history)
+            throughput = result.train_images_per_s
             top1 = result.final.top1 if result.final is not None else float("nan")
             last = result.history[-1] if result.history else {}
             last_top1 = " / ".join(f"{last[name]:.2f}" for name in ("val_top1", "ema_val_top1") if name in last)
@@ -54,7 +53,7 @@ def main() -> int:
             rows.append([model, "ImageNet (Lite0 package)" if pretrained else "scratch", seed, demo.img_size,
                          f"{result.epochs_completed}", f"{top1:.2f}", last_top1 or "-", f"{aim:.1f}",
                          "yes" if top1 >= aim else "no", f"{result.wall_time_s:.0f}",
-                         f"{images / seconds:.1f}" if seconds else "-"])
+                         f"{throughput:.1f}" if throughput is not None else "-"])
         spread.append([model, len(args.seeds), f"{statistics.mean(kept):.2f}", f"{min(kept):.2f}",
                        f"{statistics.mean(last_ema):.2f}", f"{min(last_ema):.2f}", f"{aim:.1f}"])
     print(format_table(["model", "start", "seed", "px", "epochs", "top-1 %", "last epoch %", "aim %", "met",

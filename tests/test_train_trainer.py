@@ -4,6 +4,7 @@ accumulation, mixup with staged progressive learning, and evaluation of the save
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from _train_helpers import (
     without_timing,
 )
 from effnet.train.checkpoint import load_trained_model
-from effnet.train.trainer import Trainer, evaluate_checkpoint, train
+from effnet.train.trainer import Trainer, TrainResult, evaluate_checkpoint, train
 from effnet.weights.io import load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -179,3 +180,10 @@ def test_zero_init_head_starts_from_uniform_predictions(data, tmp_path) -> None:
     assert not classifier.weight.any() and not classifier.bias.any()
     reference = Trainer(tiny_config(data), run_dir=tmp_path / "reference").raw_model.classifier
     assert reference.weight.abs().max() > 0.1  # uniform +-1/sqrt(3)
+
+
+def test_train_throughput_weighs_epochs_by_their_time():
+    history = [{"epoch_time_s": 10.0, "train_img_per_s": 100.0}, {"epoch_time_s": 30.0, "train_img_per_s": 200.0}]
+    result = TrainResult(Path("run"), "completed", 2, 2, None, None, None, ["a"], history)
+    assert result.train_images_per_s == pytest.approx(7000 / 40)
+    assert TrainResult(Path("run"), "interrupted", 0, 2, None, None, None, ["a"]).train_images_per_s is None

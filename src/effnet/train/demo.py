@@ -57,9 +57,8 @@ def demo_rows(demo: DemoResult) -> list[list[object]]:
     if result.final is not None:
         rows += [["held-out digits", result.final.count], ["top-1 %", f"{result.final.top1:.2f}"],
                  ["top-5 %", f"{result.final.top5:.2f}"]]
-    seconds = sum(row["epoch_time_s"] for row in result.history)
-    images = sum(row["train_img_per_s"] * row["epoch_time_s"] for row in result.history)
+    throughput = result.train_images_per_s
     rows += [["wall time", f"{result.wall_time_s:.0f} s"],
-             ["train img/s", f"{images / seconds:.1f}" if seconds else "-"],
+             ["train img/s", f"{throughput:.1f}" if throughput is not None else "-"],
              ["run", str(result.run_dir)]]
     return rows

@@ -107,6 +107,13 @@ class TrainResult:
     def checkpoint(self) -> Path:
         return self.run_dir / ckpt.LAST
 
+    @property
+    def train_images_per_s(self) -> float | None:
+        """Training throughput over all epochs (images per second of training time)."""
+        seconds = sum(row["epoch_time_s"] for row in self.history)
+        images = sum(row["train_img_per_s"] * row["epoch_time_s"] for row in self.history)
+        return images / seconds if seconds else None
+
 
 def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
     """``runs/<model>-<date>-<time>``."""
