@@ -38,6 +38,12 @@ def test_demo_recipes_never_flip_digits() -> None:
         assert build_config(name).augment.hflip == 0.0
 
 
+def test_demo_recipe_turns_digits_on_black() -> None:
+    augment = build_config("demo").augment
+    assert augment.degrees > 0 and augment.shear > 0
+    assert augment.fill == 0  # the digits are white on black: a grey fill would frame every turned digit
+
+
 def test_assignments_are_typed_from_the_field() -> None:
     config = build_config("seed", assignments=["optimizer.lr=0.01", "optimizer.weight_decay=1e-5",
                                                "augment.scale=[0.5, 1]", "run.amp=bf16", "run.clip_grad=null",
