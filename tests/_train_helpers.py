@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_mistakes_file_matches(run_dir: Path, confusion: torch.Tensor) -> list[dict[str, str]]:
+    """``mistakes.csv`` lists every misclassified image once, each under its own class folder
+    (so predictions were matched to the right files), with a sheet of them when there are any."""
+    rows = list(csv.DictReader((run_dir / "mistakes.csv").open()))
+    assert len(rows) == int(confusion.sum() - confusion.trace())
+    assert all(Path(row["path"]).parent.name == row["true_class"] != row["predicted_class"] for row in rows)
+    assert len({row["path"] for row in rows}) == len(rows)
+    assert (run_dir / "mistakes.png").exists() == bool(rows)
+    return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +31,12 @@ def test_train_then_eval(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "top-1 %" in printed and "accuracy %" in printed and "confusion matrix" in printed
     assert printed.count("class_0") >= 3  # per-class row, confusion header and row
-    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"confusion_matrix.png", "confusion_matrix.csv",
-                                                               "per_class.csv"}
+    written = {p.name for p in (tmp_path / "eval").iterdir()}
+    assert written - {"mistakes.png"} == {"confusion_matrix.png", "confusion_matrix.csv", "per_class.csv",
+                                          "mistakes.csv"}
+    mistakes = (tmp_path / "eval" / "mistakes.csv").read_text().splitlines()[1:]
+    assert mistakes and "mistakes.png" in written  # one epoch of a tiny model misreads some images
+    assert f"{len(mistakes)} misclassified image(s)" in printed and mistakes[0].split(",")[0] in printed
 
 
 def test_train_errors_are_reported_with_exit_code_2(tmp_path, capsys) -> None:
@@ -52,5 +57,8 @@ def test_demo_command_writes_the_digits_trains_and_prints_the_table(tmp_path, ca
     printed = capsys.readouterr().out
     assert re.search(r"held-out digits\s+1000\n", printed) and re.search(r"top-1 %\s+\d+\.\d\d\n", printed)
     assert re.search(r"start\s+from scratch\n", printed)
+    misread = re.search(r"misclassified\s+(\d+) \(see (.+mistakes\.png)\)\n", printed)
+    assert misread and Path(misread[2]).is_file()  # one epoch of a quarter-size B0 misreads some digits
+    assert len((Path(misread[2]).parent / "mistakes.csv").read_text().splitlines()) == int(misread[1]) + 1
     assert all(re.search(rf"^ *{digit}\s+100\s", printed, re.MULTILINE) for digit in range(10))  # per-digit rows
     assert sorted(p.name for p in (tmp_path / "data" / "train").iterdir()) == [str(d) for d in range(10)]

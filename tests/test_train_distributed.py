@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from _train_helpers import load, make_image_folder, tiny_assignments
+from _train_helpers import assert_mistakes_file_matches, load, make_image_folder, tiny_assignments
 from effnet.train.trainer import evaluate_checkpoint
 
 
@@ -40,3 +40,6 @@ def test_two_processes_over_gloo(tmp_path) -> None:
     assert result.count == 15
     key = "ema_val_top1" if best["eval_weights"] == "ema" else "val_top1"
     assert result.top1 == pytest.approx(row[key])
+    # The shards' predictions were put back in dataset order: each mistake sits under its true class.
+    rows = assert_mistakes_file_matches(run_dir, result.confusion)
+    assert sorted(row["path"] for row in rows) == sorted(str(m.path) for m in result.mistakes)

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from _train_helpers import (
+    assert_mistakes_file_matches,
     assert_same_tensors,
     load,
     make_image_folder,
@@ -75,6 +76,8 @@ def test_a_run_leaves_checkpoints_metrics_and_plots(data, straight_run) -> None:
     assert {"train_loss", "val_top1", "val_top5", "ema_val_top1", "lr", "img_size", "train_img_per_s"} <= set(rows[0])
     for png in ("curves.png", "confusion_matrix.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mistakes = assert_mistakes_file_matches(run_dir, straight_run.final.confusion)
+    assert [row["path"] for row in mistakes] == [str(m.path) for m in straight_run.final.mistakes]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     best = load(run_dir / "best.pt")
@@ -97,6 +100,8 @@ def test_evaluating_the_saved_model_reproduces_the_final_metrics(data, straight_
         assert result.count == 12
         assert result.top1 == pytest.approx(final.top1) and torch.equal(result.confusion, final.confusion)
         assert result.per_class_count == [4, 4, 4]
+        assert [(m.path, m.true_class, m.predicted_class) for m in result.mistakes] == [
+            (m.path, m.true_class, m.predicted_class) for m in final.mistakes]
 
 
 def _copy_classes(source, target, names: dict[str, str]) -> None:

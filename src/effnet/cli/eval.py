@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from ..table import format_table
-from ..train.metrics import confusion_rows, per_class_rows, summary_rows
+from ..train.metrics import confusion_rows, mistake_rows, per_class_rows, summary_rows
 from ..train.reporting import save_evaluation
 from ..train.trainer import evaluate_checkpoint
 
 CONFUSION_PRINT_LIMIT = 20
+MISTAKES_PRINTED = 10
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", help="also write confusion_matrix.png/.csv and per_class.csv here")
+    parser.add_argument("--out", help="also write confusion_matrix.png/.csv, per_class.csv and mistakes.csv/.png here")
     parser.set_defaults(func=run)
 
 
@@ -43,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
         print()
         print("confusion matrix (rows: true class, columns: predicted)")
         print(format_table(["true \\ predicted", *class_names], confusion_rows(result, class_names)))
+    if result.mistakes:
+        shown = min(len(result.mistakes), MISTAKES_PRINTED)
+        print()
+        print(f"{len(result.mistakes)} misclassified image(s); the {shown} most confident"
+              + ("" if args.out else " (--out writes them all to mistakes.csv and mistakes.png)"))
+        print(format_table(["file", "true", "predicted", "confidence %"], mistake_rows(result.mistakes, shown)))
     if args.out:
         for path in save_evaluation(result, class_names, Path(args.out), title=str(args.checkpoint)):
             print(f"wrote {path}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..data.demo import write_demo_dataset
 from .config import build_config
-from .trainer import TrainResult, train
+from .trainer import TrainResult, mistakes_row, train
 
 DEMO_ROOT = Path("runs") / "demo"
 
@@ -56,7 +56,7 @@ def demo_rows(demo: DemoResult) -> list[list[object]]:
     ]
     if result.final is not None:
         rows += [["held-out digits", result.final.count], ["top-1 %", f"{result.final.top1:.2f}"],
-                 ["top-5 %", f"{result.final.top5:.2f}"]]
+                 ["top-5 %", f"{result.final.top5:.2f}"], mistakes_row(result.final, result.run_dir)]
     throughput = result.train_images_per_s
     rows += [["wall time", f"{result.wall_time_s:.0f} s"],
              ["train img/s", f"{throughput:.1f}" if throughput is not None else "-"],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,14 +15,53 @@ from .distributed import DistContext, all_reduce_sum
 
 
 @dataclass
+class Predictions:
+    """Per image, in the order evaluated: the true and the predicted class (the model's
+    indices) and the probability the model gave its prediction."""
+
+    targets: torch.Tensor
+    predicted: torch.Tensor
+    confidence: torch.Tensor
+
+    @staticmethod
+    def interleave(shards: Sequence[Predictions]) -> Predictions:
+        """Reassemble the shards of a distributed evaluation (rank ``r`` had images ``r, r + W, ...``)."""
+        world = len(shards)
+        total = sum(len(shard.targets) for shard in shards)
+        merged = []
+        for name in ("targets", "predicted", "confidence"):
+            column = torch.empty(total, dtype=getattr(shards[0], name).dtype)
+            for rank, shard in enumerate(shards):
+                column[rank::world] = getattr(shard, name)
+            merged.append(column)
+        return Predictions(*merged)
+
+
+@dataclass
+class Mistake:
+    """A misclassified image: its file, true and predicted class names, and the model's confidence."""
+
+    path: Path
+    true_class: str
+    predicted_class: str
+    confidence: float
+
+
+@dataclass
 class EvalResult:
-    """Metrics over a dataset; accuracies in percent. ``confusion[true, predicted]`` counts."""
+    """Metrics over a dataset; accuracies in percent. ``confusion[true, predicted]`` counts.
+
+    ``predictions`` are kept on request (``evaluate(keep_predictions=True)``); ``mistakes``
+    are filled by callers that know the image files (see :func:`find_mistakes`).
+    """
 
     loss: float
     top1: float
     top5: float
     count: int
     confusion: torch.Tensor
+    predictions: Predictions | None = None
+    mistakes: list[Mistake] = field(default_factory=list)
 
     @property
     def per_class_accuracy(self) -> list[float]:
@@ -45,12 +85,14 @@ def autocast_context(device: torch.device, amp: str | None) -> contextlib.Abstra
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torch.device,
              amp: str | None = None, channels_last: bool = False,
-             context: DistContext | None = None, target_map: list[int] | None = None) -> EvalResult:
+             context: DistContext | None = None, target_map: list[int] | None = None,
+             keep_predictions: bool = False) -> EvalResult:
     """Run ``model`` in eval mode over ``(images, targets)`` batches and gather the metrics.
 
     In a distributed run each process passes its own shard and the sums are combined, so
     every image counts exactly once. ``target_map`` translates dataset class indices to the
     model's (when the data lists the classes in another order, or only some of them).
+    ``keep_predictions``: also return each image's prediction (this process's shard only).
     """
     mapping = torch.tensor(target_map, device=device) if target_map is not None else None
     was_training = model.training
@@ -59,6 +101,7 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1, top-k
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    kept: dict[str, list[torch.Tensor]] = {"targets": [], "predicted": [], "confidence": []}
     try:
         for images, targets in batches:
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -74,6 +117,10 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
             sums[1] += hits[:, 0].sum()
             sums[2] += hits.any(dim=1).sum()
             confusion += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes ** 2)
+            if keep_predictions:
+                kept["targets"].append(targets.cpu())
+                kept["predicted"].append(top[:, 0].cpu())
+                kept["confidence"].append(logits.softmax(dim=1).gather(1, top[:, :1]).squeeze(1).cpu())
     finally:
         model.train(was_training)
     if context is not None:
@@ -84,7 +131,26 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
     if count == 0:
         raise ValueError("evaluation got no images; the validation set is empty")
     loss, top1, topk = (sums.cpu() / count).tolist()
-    return EvalResult(loss, 100.0 * top1, 100.0 * topk, count, confusion)
+    predictions = None
+    if keep_predictions:  # a process may hold no images of a small validation set
+        predictions = Predictions(*(torch.cat(kept[name]) if kept[name] else torch.zeros(0, dtype=dtype)
+                                    for name, dtype in (("targets", torch.int64), ("predicted", torch.int64),
+                                                        ("confidence", torch.float32))))
+    return EvalResult(loss, 100.0 * top1, 100.0 * topk, count, confusion, predictions)
+
+
+def find_mistakes(predictions: Predictions, paths: Sequence[Path], class_names: Sequence[str],
+                  unreadable: Iterable[Path] = ()) -> list[Mistake]:
+    """The misclassified images, most confident first. ``paths[i]`` is the file of the
+    ``i``-th prediction; files that failed to load during the evaluation (another image was
+    read in their place) are left out."""
+    if len(paths) != len(predictions.targets):
+        raise ValueError(f"{len(predictions.targets)} predictions for {len(paths)} image files")
+    left_out = set(unreadable)
+    wrong = torch.nonzero(predictions.predicted != predictions.targets).flatten().tolist()
+    mistakes = [Mistake(paths[i], class_names[int(predictions.targets[i])], class_names[int(predictions.predicted[i])],
+                        float(predictions.confidence[i])) for i in wrong if paths[i] not in left_out]
+    return sorted(mistakes, key=lambda mistake: -mistake.confidence)
 
 
 def per_class_rows(result: EvalResult, class_names: Sequence[str]) -> list[list[object]]:
@@ -102,3 +168,8 @@ def summary_rows(result: EvalResult) -> list[list[object]]:
 def confusion_rows(result: EvalResult, class_names: Sequence[str]) -> list[list[object]]:
     """One row per true class: its name, then the count predicted as each class."""
     return [[name, *row] for name, row in zip(class_names, result.confusion.tolist(), strict=True)]
+
+
+def mistake_rows(mistakes: Sequence[Mistake], limit: int) -> list[list[object]]:
+    """Rows of (file, true class, predicted class, confidence %) for the first ``limit`` mistakes."""
+    return [[str(m.path), m.true_class, m.predicted_class, f"{100 * m.confidence:.1f}"] for m in mistakes[:limit]]

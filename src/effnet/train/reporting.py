@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,10 +14,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..data.images import ImageReadError, load_image
 from .checkpoint import atomic_write
-from .metrics import EvalResult
+from .metrics import EvalResult, Mistake
 
 LOG = logging.getLogger("effnet.train")
+MISTAKES_SHOWN = 48
+"""How many misclassified images ``mistakes.png`` shows (the most confident; the CSV lists all)."""
+THUMBNAIL_SIZE = 128
 
 
 def setup_logging(run_dir: Path | None, enabled: bool) -> logging.Handler | None:
@@ -138,7 +143,8 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: Pa
 
 
 def save_evaluation(result: EvalResult, class_names: Sequence[str], out_dir: Path, title: str = "") -> list[Path]:
-    """``confusion_matrix.png``, ``confusion_matrix.csv`` and ``per_class.csv`` in ``out_dir``."""
+    """``confusion_matrix.png``, ``confusion_matrix.csv``, ``per_class.csv`` and the
+    misclassified images (``result.mistakes``): ``mistakes.csv`` and, if any, ``mistakes.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     png, matrix_csv, per_class_csv = (out_dir / "confusion_matrix.png", out_dir / "confusion_matrix.csv",
                                       out_dir / "per_class.csv")
@@ -151,4 +157,42 @@ def save_evaluation(result: EvalResult, class_names: Sequence[str], out_dir: Pat
     per_class = zip(class_names, result.per_class_count, result.per_class_accuracy, strict=True)
     rows = ["class,images,accuracy"] + [f"{name},{n},{acc:.4f}" for name, n, acc in per_class]
     atomic_write(per_class_csv, lambda temp: temp.write_text("\n".join(rows) + "\n"))
-    return [png, matrix_csv, per_class_csv]
+    return [png, matrix_csv, per_class_csv, *save_mistakes(result.mistakes, out_dir)]
+
+
+def save_mistakes(mistakes: Sequence[Mistake], out_dir: Path) -> list[Path]:
+    """``mistakes.csv`` (path, true class, predicted class, confidence; all of them) and
+    ``mistakes.png`` (the :data:`MISTAKES_SHOWN` most confident), or no PNG when there are none."""
+    table, sheet = out_dir / "mistakes.csv", out_dir / "mistakes.png"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "true_class", "predicted_class", "confidence"])
+    writer.writerows([str(m.path), m.true_class, m.predicted_class, f"{m.confidence:.4f}"] for m in mistakes)
+    atomic_write(table, lambda temp: temp.write_text(buffer.getvalue()))
+    if not mistakes:
+        sheet.unlink(missing_ok=True)  # an earlier evaluation's sheet would mislead
+        return [table]
+    plot_mistakes(mistakes[:MISTAKES_SHOWN], sheet)
+    return [table, sheet]
+
+
+def plot_mistakes(mistakes: Sequence[Mistake], path: Path, columns: int = 8) -> None:
+    """The misclassified images in a grid, each titled with its file name, ``true -> predicted`` and
+    the confidence. Images that can no longer be read are drawn blank."""
+    from matplotlib.figure import Figure
+
+    rows = math.ceil(len(mistakes) / columns)
+    figure = Figure(figsize=(1.6 * columns, 1.9 * rows), layout="constrained")
+    for axes, mistake in zip(figure.subplots(rows, columns, squeeze=False).flat, mistakes, strict=False):
+        try:
+            image = load_image(mistake.path)
+        except ImageReadError:
+            image = None
+        if image is not None:
+            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            axes.imshow(image)
+        axes.set_title(f"{mistake.path.name}\n{mistake.true_class[:12]} -> {mistake.predicted_class[:12]}\n"
+                       f"{mistake.confidence:.0%}", fontsize=7)
+    for axes in figure.axes:
+        axes.set_axis_off()
+    atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=100))

@@ -62,7 +62,7 @@ from .distributed import (
     shutdown,
 )
 from .ema import ModelEMA
-from .metrics import EvalResult, autocast_context, evaluate
+from .metrics import EvalResult, Predictions, autocast_context, evaluate, find_mistakes
 from .optim import build_optimizer, scaled_lr
 from .progressive import EpochSettings, ProgressivePlan
 from .reporting import (
@@ -674,9 +674,10 @@ class Trainer:
         barrier(context)
         return row
 
-    def _evaluate(self, model: nn.Module) -> EvalResult:
+    def _evaluate(self, model: nn.Module, keep_predictions: bool = False) -> EvalResult:
         return evaluate(model, self.val_loader, len(self.class_names), self.context.device,
-                        amp=self.config.run.amp, channels_last=self.channels_last, context=self.context)
+                        amp=self.config.run.amp, channels_last=self.channels_last, context=self.context,
+                        keep_predictions=keep_predictions)
 
     def _check_finite_weights(self, epoch: int) -> None:
         for name, tensor in self.raw_model.state_dict().items():
@@ -728,18 +729,28 @@ class Trainer:
                            wall_time_s=seconds, train_images=len(self.train_set), is_main=self.context.is_main)
 
     def _finish(self) -> EvalResult:
-        """Evaluate the best weights; write the confusion matrix (PNG and CSV)."""
+        """Evaluate the best weights; write the confusion matrix and the misclassified images."""
         best = ckpt.load_checkpoint(self.run_dir / ckpt.BEST) if self.context.is_main else None
         best = broadcast_object(best, self.context)
         model = ckpt.model_from_checkpoint(best).to(self.context.device, memory_format=self.memory_format)
-        final = self._evaluate(model)
+        final = self._evaluate(model, keep_predictions=True)
+        shards = all_gather_objects(final.predictions, self.context)
         if self.context.is_main:
+            final.predictions = Predictions.interleave(shards)
+            final.mistakes = find_mistakes(final.predictions, [path for path, _ in self.val_set.samples],
+                                           self.class_names, (path for path, _ in self.val_set.skipped))
             title = f"{self.config.model.name}, epoch {best['best']['epoch']} ({best['eval_weights']} weights): " \
                     f"top-1 {final.top1:.2f}%"
             save_evaluation(final, self.class_names, self.run_dir, title)
             LOG.info("best: epoch %d (%s weights), val top-1 %.2f%%, top-5 %.2f%%; model in %s",
                      best["best"]["epoch"], best["eval_weights"], final.top1, final.top5, self.run_dir / ckpt.MODEL)
         return final
+
+
+def mistakes_row(final: EvalResult, run_dir: Path) -> list[object]:
+    """A table row: how many validation images the kept weights misclassify, and where they are shown."""
+    count = len(final.mistakes)
+    return ["misclassified", f"{count} (see {run_dir / 'mistakes.png'})" if count else "0"]
 
 
 def result_rows(result: TrainResult) -> list[list[object]]:
@@ -750,7 +761,8 @@ def result_rows(result: TrainResult) -> list[list[object]]:
         rows.append(["best epoch", f"{result.best_epoch} ({result.best_weights} weights)"])
     if result.final is not None:
         rows += [["val images", result.final.count], ["val top-1 %", f"{result.final.top1:.2f}"],
-                 ["val top-5 %", f"{result.final.top5:.2f}"], ["val loss", f"{result.final.loss:.4f}"]]
+                 ["val top-5 %", f"{result.final.top5:.2f}"], ["val loss", f"{result.final.loss:.4f}"],
+                 mistakes_row(result.final, result.run_dir)]
     elif result.best_top1 is not None:
         rows.append(["val top-1 %", f"{result.best_top1:.2f}"])
     seconds = sum(row.get("epoch_time_s", 0.0) for row in result.history)
@@ -799,7 +811,8 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
                         weights: str = "auto", device: str = "auto", val_split: float | None = None,
                         seed: int = 0) -> tuple[EvalResult, list[str], EfficientNet]:
     """Evaluate a run's ``.pt``, our ``.safetensors`` or a run directory on the images of
-    :func:`evaluation_dataset`; returns the metrics, the model's class names and the model.
+    :func:`evaluation_dataset`; returns the metrics (with the misclassified files in
+    ``mistakes``), the model's class names and the model.
 
     Classes are matched by name, so the data may list them in another order or hold only some.
     """
@@ -816,5 +829,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
     loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers)
     target = pick_device(device)
     model.to(target)
-    result = evaluate(model, loader, len(class_names), target, target_map=target_map)
+    result = evaluate(model, loader, len(class_names), target, target_map=target_map, keep_predictions=True)
+    result.mistakes = find_mistakes(result.predictions, [path for path, _ in dataset.samples], class_names,
+                                    (path for path, _ in dataset.skipped))
     return result, class_names, model
