@@ -30,17 +30,17 @@ def test_predictions_follow_the_evaluation_order() -> None:
 
 
 def test_mistakes_name_the_files_most_confident_first() -> None:
-    paths = [Path(f"img{i}.png") for i in range(5)]
-    mistakes = find_mistakes(_predictions(), paths, ["cat", "dog", "fox"])
+    samples = [(Path(f"img{i}.png"), int(label)) for i, label in enumerate(TARGETS)]
+    mistakes = find_mistakes(_predictions(), samples, ["cat", "dog", "fox"])
     assert [(m.path.name, m.true_class, m.predicted_class) for m in mistakes] == [
         ("img4.png", "fox", "dog"), ("img2.png", "dog", "cat")]
     assert mistakes[0].confidence == pytest.approx(LOGITS[4].softmax(0)[1].item())
     assert mistakes[0].confidence > mistakes[1].confidence
     # A file that failed to load was replaced by another image: its prediction is not its own.
-    assert [m.path.name for m in find_mistakes(_predictions(), paths, ["cat", "dog", "fox"],
-                                               unreadable=[Path("img4.png")])] == ["img2.png"]
+    assert [m.path.name for m in find_mistakes(_predictions(), samples, ["cat", "dog", "fox"],
+                                               skipped=[(Path("img4.png"), "truncated")])] == ["img2.png"]
     with pytest.raises(ValueError, match="5 predictions for 4 image files"):
-        find_mistakes(_predictions(), paths[:4], ["cat", "dog", "fox"])
+        find_mistakes(_predictions(), samples[:4], ["cat", "dog", "fox"])
 
 
 def test_distributed_shards_interleave_back_into_dataset_order() -> None:

@@ -139,17 +139,19 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
     return EvalResult(loss, 100.0 * top1, 100.0 * topk, count, confusion, predictions)
 
 
-def find_mistakes(predictions: Predictions, paths: Sequence[Path], class_names: Sequence[str],
-                  unreadable: Iterable[Path] = ()) -> list[Mistake]:
-    """The misclassified images, most confident first. ``paths[i]`` is the file of the
-    ``i``-th prediction; files that failed to load during the evaluation (another image was
-    read in their place) are left out."""
-    if len(paths) != len(predictions.targets):
-        raise ValueError(f"{len(predictions.targets)} predictions for {len(paths)} image files")
-    left_out = set(unreadable)
+def find_mistakes(predictions: Predictions, samples: Sequence[tuple[Path, int]], class_names: Sequence[str],
+                  skipped: Iterable[tuple[Path, str]] = ()) -> list[Mistake]:
+    """The misclassified images, most confident first. ``samples[i]`` (a dataset's
+    ``(path, label)``) is the image of the ``i``-th prediction; the ``skipped`` files (a
+    dataset's ``skipped``: those that failed to load read another image in their place) are
+    left out."""
+    if len(samples) != len(predictions.targets):
+        raise ValueError(f"{len(predictions.targets)} predictions for {len(samples)} image files")
+    left_out = {path for path, _ in skipped}
     wrong = torch.nonzero(predictions.predicted != predictions.targets).flatten().tolist()
-    mistakes = [Mistake(paths[i], class_names[int(predictions.targets[i])], class_names[int(predictions.predicted[i])],
-                        float(predictions.confidence[i])) for i in wrong if paths[i] not in left_out]
+    mistakes = [Mistake(samples[i][0], class_names[int(predictions.targets[i])],
+                        class_names[int(predictions.predicted[i])], float(predictions.confidence[i]))
+                for i in wrong if samples[i][0] not in left_out]
     return sorted(mistakes, key=lambda mistake: -mistake.confidence)
 
 

@@ -737,8 +737,8 @@ class Trainer:
         shards = all_gather_objects(final.predictions, self.context)
         if self.context.is_main:
             final.predictions = Predictions.interleave(shards)
-            final.mistakes = find_mistakes(final.predictions, [path for path, _ in self.val_set.samples],
-                                           self.class_names, (path for path, _ in self.val_set.skipped))
+            final.mistakes = find_mistakes(final.predictions, self.val_set.samples, self.class_names,
+                                           self.val_set.skipped)
             title = f"{self.config.model.name}, epoch {best['best']['epoch']} ({best['eval_weights']} weights): " \
                     f"top-1 {final.top1:.2f}%"
             save_evaluation(final, self.class_names, self.run_dir, title)
@@ -830,6 +830,5 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
     target = pick_device(device)
     model.to(target)
     result = evaluate(model, loader, len(class_names), target, target_map=target_map, keep_predictions=True)
-    result.mistakes = find_mistakes(result.predictions, [path for path, _ in dataset.samples], class_names,
-                                    (path for path, _ in dataset.skipped))
+    result.mistakes = find_mistakes(result.predictions, dataset.samples, class_names, dataset.skipped)
     return result, class_names, model
