@@ -187,8 +187,8 @@ def plot_mistakes(mistakes: Sequence[Mistake], path: Path, columns: int = 8) -> 
         try:
             image = load_image(mistake.path)
         except ImageReadError:
-            image = None
-        if image is not None:
+            pass
+        else:
             image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             axes.imshow(image)
         axes.set_title(f"{mistake.path.name}\n{mistake.true_class[:12]} -> {mistake.predicted_class[:12]}\n"
