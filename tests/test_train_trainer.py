@@ -19,6 +19,7 @@ from _train_helpers import (
     tiny_config,
     without_timing,
 )
+from effnet.layers import MBConv
 from effnet.train.checkpoint import load_trained_model
 from effnet.train.trainer import Trainer, TrainResult, evaluate_checkpoint, train
 from effnet.weights.io import load_model
@@ -185,6 +186,30 @@ def test_zero_init_head_starts_from_uniform_predictions(data, tmp_path) -> None:
     assert not classifier.weight.any() and not classifier.bias.any()
     reference = Trainer(tiny_config(data), run_dir=tmp_path / "reference").raw_model.classifier
     assert reference.weight.abs().max() > 0.1  # uniform +-1/sqrt(3)
+
+
+def mbconv_inputs_and_outputs(model: torch.nn.Module) -> list[tuple[MBConv, torch.Tensor, torch.Tensor]]:
+    """Each MBConv block with its input and output in one eval-mode forward pass."""
+    seen: list[tuple[MBConv, torch.Tensor, torch.Tensor]] = []
+    hooks = [block.register_forward_hook(lambda block, args, out: seen.append((block, args[0], out)))
+             for block in model.modules() if isinstance(block, MBConv)]
+    model.eval()(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_zero_init_residual_starts_every_residual_block_as_the_identity(data, tmp_path) -> None:
+    overrides = {"model.overrides": {"width": 0.25, "depth": 0.5}}  # depth 0.25 leaves no residual block
+    zero, reference = (
+        mbconv_inputs_and_outputs(Trainer(tiny_config(data, **overrides, **{"model.zero_init_residual": on}),
+                                          run_dir=tmp_path / str(on)).raw_model)
+        for on in (True, False))
+    residual = [(x, out) for block, x, out in zero if block.has_residual]
+    assert 0 < len(residual) < len(zero)
+    assert all(torch.equal(x, out) for x, out in residual)
+    assert all(out.any() for block, _, out in zero if not block.has_residual)
+    assert not any(torch.equal(x, out) for _, x, out in reference)
 
 
 def test_train_throughput_weighs_epochs_by_their_time():

@@ -311,6 +311,11 @@ class MBConv(nn.Module):
         self.project = ConvBnAct(mid_channels, out_channels, 1, options=options, activate=False)
         self.drop_path = DropPath(drop_path_rate) if self.has_residual else None
 
+    def zero_init_last(self) -> None:
+        """Zero the project BatchNorm's scale, so that the block starts as the identity: the
+        residual branch adds nothing until training grows it (zero-gamma, Goyal et al. 2017)."""
+        nn.init.zeros_(self.project.bn.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.dw(self.expand(x))))
         if self.drop_path is not None:  # the residual add, through stochastic depth

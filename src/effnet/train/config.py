@@ -27,6 +27,10 @@ class ModelSettings:
     ``zero_init_head`` starts the classifier at zero, so that first predictions are uniform:
     the reference init (uniform +-1/sqrt(classes)) gives logits of several units at small
     image sizes, where pooling averages few positions, and slows short runs from scratch.
+    ``zero_init_residual`` (networks trained from scratch only) starts every block that has a
+    residual connection as the identity, its last BatchNorm scale at zero (like torchvision's
+    ResNet option of that name): the signal first passes through the shortcuts, which makes
+    the first epochs of short runs much faster.
     """
 
     name: str = "efficientnet_b0"
@@ -34,6 +38,7 @@ class ModelSettings:
     drop_rate: float | None = None
     drop_path_rate: float | None = None
     zero_init_head: bool = False
+    zero_init_residual: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -272,6 +277,9 @@ class TrainConfig:
         if not 0 <= self.schedule.warmup_epochs < self.run.epochs:
             raise ValueError(f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be >= 0 and shorter than "
                              f"run.epochs={self.run.epochs}; e.g. --set schedule.warmup_epochs=0")
+        if self.model.zero_init_residual and self.model.pretrained:
+            raise ValueError(f"model.zero_init_residual=true would erase the residual blocks of the pretrained "
+                             f"weights (model.pretrained={self.model.pretrained}); use it only from scratch")
         if self.progressive.mode == "staged" and self.augment.auto_augment != "randaugment":
             raise ValueError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
                              "set augment.auto_augment=randaugment")

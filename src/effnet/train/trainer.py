@@ -47,6 +47,7 @@ from ..data.datasets import VAL_CSV_NAMES, VAL_FOLDER_NAMES, ImageDataset, build
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
 from ..factory import create_model
+from ..layers import MBConv
 from ..model import EfficientNet
 from ..weights.io import config_to_dict
 from . import checkpoint as ckpt
@@ -299,6 +300,10 @@ class Trainer:
                 if settings.zero_init_head:
                     nn.init.zeros_(model.classifier.weight)
                     nn.init.zeros_(model.classifier.bias)
+                if settings.zero_init_residual:
+                    for block in model.modules():
+                        if isinstance(block, MBConv) and block.has_residual:
+                            block.zero_init_last()
         data = self.config.data
         self.train_size = data.img_size or model.config.resolution
         self.eval_size = data.eval_img_size or self.train_size
