@@ -66,7 +66,7 @@ def test_pretrained_takes_a_flag_or_a_tag() -> None:
 
 
 def test_zero_init_residual_is_refused_on_pretrained_weights() -> None:
-    with pytest.raises(ValueError, match="zero_init_residual=true would erase .* model.pretrained=tf_lite"):
+    with pytest.raises(ValueError, match=r"zero_init_residual=true would erase .*\(model.pretrained=tf_lite\)"):
         build_config("seed", assignments=["model.pretrained=tf_lite", "model.zero_init_residual=true"])
     assert build_config("seed", assignments=["model.zero_init_residual=true"]).model.zero_init_residual
 
