@@ -279,7 +279,8 @@ class TrainConfig:
                              f"run.epochs={self.run.epochs}; e.g. --set schedule.warmup_epochs=0")
         if self.model.zero_init_residual and self.model.pretrained:
             raise ValueError(f"model.zero_init_residual=true would erase the residual blocks of the pretrained "
-                             f"weights (model.pretrained={self.model.pretrained}); use it only from scratch")
+                             f"weights (model.pretrained={self.model.pretrained}); it is for training from scratch: "
+                             f"--set model.zero_init_residual=false")
         if self.progressive.mode == "staged" and self.augment.auto_augment != "randaugment":
             raise ValueError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
                              "set augment.auto_augment=randaugment")
