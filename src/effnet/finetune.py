@@ -71,8 +71,7 @@ def prepare_for_finetuning(model: EfficientNet, num_classes: int, class_names: S
     device = next(model.parameters()).device
     model.reset_classifier(num_classes)
     if zero_init:
-        nn.init.zeros_(model.classifier.weight)
-        nn.init.zeros_(model.classifier.bias)
+        model.zero_init_classifier()
     model.classifier.to(device)
     model.class_names = list(class_names) if class_names is not None else None
     return model

@@ -210,6 +210,18 @@ class EfficientNet(nn.Module):
             nn.init.uniform_(self.classifier.weight, -bound, bound)
             nn.init.zeros_(self.classifier.bias)
 
+    def zero_init_classifier(self) -> None:
+        """Start the classifier at zero, so that first predictions are uniform."""
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    def zero_init_residual(self) -> None:
+        """Start every block that has a residual connection as the identity
+        (:meth:`MBConv.zero_init_last`)."""
+        for module in self.modules():
+            if isinstance(module, MBConv) and module.has_residual:
+                module.zero_init_last()
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in backward instead of storing them."""

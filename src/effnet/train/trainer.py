@@ -47,7 +47,6 @@ from ..data.datasets import VAL_CSV_NAMES, VAL_FOLDER_NAMES, ImageDataset, build
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
 from ..factory import create_model
-from ..layers import MBConv
 from ..model import EfficientNet
 from ..weights.io import config_to_dict
 from . import checkpoint as ckpt
@@ -298,12 +297,9 @@ class Trainer:
                 except TypeError as error:
                     raise ValueError(f"model.overrides: {error}") from None
                 if settings.zero_init_head:
-                    nn.init.zeros_(model.classifier.weight)
-                    nn.init.zeros_(model.classifier.bias)
+                    model.zero_init_classifier()
                 if settings.zero_init_residual:
-                    for block in model.modules():
-                        if isinstance(block, MBConv) and block.has_residual:
-                            block.zero_init_last()
+                    model.zero_init_residual()
         data = self.config.data
         self.train_size = data.img_size or model.config.resolution
         self.eval_size = data.eval_img_size or self.train_size
