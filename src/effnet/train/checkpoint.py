@@ -1,22 +1,21 @@
 """Training checkpoints: atomic writes, RNG states, and loading trained models back.
 
 A checkpoint is a plain dict saved with ``torch.save`` that ``torch.load(weights_only=True)``
-reads: tensors, numbers, strings, lists and dicts only. It is written to a temporary file in
-the same directory, flushed and fsynced, renamed over the old file with ``os.replace`` and
-the directory fsynced, so a crash at any moment leaves either the old or the new file whole.
+reads: tensors, numbers, strings, lists and dicts only. It is written with
+:func:`effnet.files.atomic_write`, so a crash at any moment leaves either the old or the new
+file whole.
 """
 
 from __future__ import annotations
 
-import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from ..model import EfficientNet
 from ..registry import Preprocessing
 from ..weights.io import config_from_dict, load_model, save_model
@@ -24,49 +23,6 @@ from ..weights.io import config_from_dict, load_model, save_model
 LAST = "last.pt"
 BEST = "best.pt"
 MODEL = "model.safetensors"
-TEMP_MARK = ".tmp-"
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(temp_path)``, make the bytes durable, then atomically rename to ``path``."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
-    try:
-        write(temp)
-        with open(temp, "rb+") as handle:
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
-
-
-def _publish(temp: Path, path: Path) -> None:
-    """The commit point: rename the finished temp file over ``path`` and persist the rename."""
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Delete temp files left by a process killed while saving; returns what was removed."""
-    stale = [p for p in Path(directory).glob(f".*{TEMP_MARK}*") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.images import ImageReadError, load_image
-from .checkpoint import atomic_write
+from ..files import atomic_write
 from .metrics import EvalResult, Mistake
 
 LOG = logging.getLogger("effnet.train")

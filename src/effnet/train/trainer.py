@@ -47,6 +47,7 @@ from ..data.datasets import VAL_CSV_NAMES, VAL_FOLDER_NAMES, ImageDataset, build
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
 from ..factory import create_model
+from ..files import atomic_write, remove_stale_temps
 from ..model import EfficientNet
 from ..weights.io import config_to_dict
 from . import checkpoint as ckpt
@@ -432,11 +433,11 @@ class Trainer:
         tensorboard = None
         if context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ckpt.remove_stale_temps(self.run_dir):
+            for stale in remove_stale_temps(self.run_dir):
                 LOG.warning("removed %s, left by a save that did not finish", stale.name)
             from .config import save_config
 
-            ckpt.atomic_write(self.run_dir / "config.yaml", lambda temp: save_config(config, temp))
+            atomic_write(self.run_dir / "config.yaml", lambda temp: save_config(config, temp))
         handler = setup_logging(self.run_dir if context.is_main else None, context.is_main)
         try:
             self._log_start()

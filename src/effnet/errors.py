@@ -1,0 +1,24 @@
+"""The root of effnet's errors.
+
+Every error the library raises on purpose derives from :class:`EffnetError` and says what was
+wrong (with the path or value) and what to do. Each also derives from the built-in type a
+Python caller would expect (``ValueError`` for a bad value, ``FileNotFoundError`` for a
+missing file), so ``except ValueError`` keeps working. The command line maps
+:class:`EffnetError` to exit code 2 (see :mod:`effnet.cli`).
+"""
+
+from __future__ import annotations
+
+
+class EffnetError(Exception):
+    """A problem the user can act on: bad input, an unusable file, an impossible setting."""
+
+    exit_code: int = 2
+
+
+class ConfigError(EffnetError, ValueError):
+    """A setting, recipe or argument that cannot be used."""
+
+
+class InputFileError(EffnetError, FileNotFoundError):
+    """A file or folder the user named that is not there."""
