@@ -44,8 +44,9 @@ def test_real_weights_predict_cat_and_espresso_and_report_bad_files(tmp_path, ca
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     model = create_model("efficientnet_b0", num_classes=3, width=0.25, depth=0.25, resolution=32)
-    return (save_model(model, folder / "tiny.safetensors", class_names=CLASSES),
-            save_model(model, folder / "nameless.safetensors"))
+    nameless = save_model(model, folder / "nameless.safetensors")
+    model.describe(class_names=CLASSES)
+    return save_model(model, folder / "tiny.safetensors"), nameless
 
 
 @pytest.fixture

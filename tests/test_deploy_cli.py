@@ -13,7 +13,8 @@ from effnet.weights.io import model_metadata, save_model
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     model = tiny_model()
-    return save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", class_names=["0", "1", "2"])
+    model.describe(class_names=["0", "1", "2"])
+    return save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 def test_export_writes_a_verified_file_beside_the_checkpoint(checkpoint, capsys):

@@ -16,12 +16,12 @@ import yaml
 from _train_helpers import TINY_MODEL, load, make_image_folder, single_thread, tiny_assignments  # noqa: F401
 from effnet import create_model
 from effnet.cli import main
-from effnet.finetune import layer_groups, start_settings
-from effnet.train.checkpoint import load_trained_model
 from effnet.train.config import build_config
+from effnet.train.finetune import layer_groups, start_settings
 from effnet.train.trainer import Trainer
 from effnet.weights import default_source
 from effnet.weights.io import save_model
+from effnet.weights.trained import load_trained_model
 
 CLASSES = ["class_0", "class_1", "class_2"]
 FAST = {"data.batch_size": 4, "ema.enabled": False, "run.epochs": 1}
@@ -37,7 +37,8 @@ def data(tmp_path_factory) -> Path:
 def save_start(path: Path, class_names: list[str]) -> Path:
     """A tiny B0 of ours, as a previous run would have saved it."""
     model = create_model("efficientnet_b0", num_classes=len(class_names), **TINY_MODEL)
-    return save_model(model, path, class_names=class_names)
+    model.describe(class_names=class_names)
+    return save_model(model, path)
 
 
 def trainer_from(start: Path, data: Path, run_dir: Path, **settings) -> Trainer:

@@ -3,6 +3,7 @@ and the file collection and writers behind ``effnet predict``."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -209,14 +210,15 @@ def test_a_plain_module_works_with_explicit_preprocessing_and_names(files):
 
 
 def test_checkpoint_carries_names_and_preprocessing(tiny, tmp_path, files):
-    model = tiny
+    model = copy.deepcopy(tiny)  # the fixture is shared: describe a copy
     preprocessing = Preprocessing(SIZE, crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3)
-    path = save_model(model, tmp_path / "tiny.safetensors", class_names=CLASSES, preprocessing=preprocessing)
+    model.describe(class_names=CLASSES, preprocessing=preprocessing)
+    path = save_model(model, tmp_path / "tiny.safetensors")
     loaded = Classifier.from_checkpoint(path)
     assert loaded.class_names == CLASSES and loaded.preprocessing == preprocessing
     reference = Classifier(model, CLASSES, preprocessing=preprocessing)
     assert_same(loaded.predict(files[0]), reference.predict(files[0]))
-    default = Classifier(model, CLASSES).predict(files[0])
+    default = Classifier(tiny, CLASSES).predict(files[0])  # the preprocessing the model had before
     assert [p for _, p in loaded.predict(files[0])] != pytest.approx([p for _, p in default], abs=1e-3)
 
 
@@ -319,11 +321,14 @@ def test_interrupted_json_output_is_still_valid(classifier, files):
 
 def test_a_model_name_with_our_checkpoint_reads_it_through_the_converters(tiny, tmp_path, files):
     lite = create_model("efficientnet_lite0", num_classes=3)
-    path = save_model(lite, tmp_path / "lite.safetensors", class_names=["a", "b", "c"])
+    lite.describe(class_names=["a", "b", "c"])
+    path = save_model(lite, tmp_path / "lite.safetensors")
     named = Classifier.from_checkpoint(path, "efficientnet_lite0")  # the head size comes from the file
     assert named.class_names == ["a", "b", "c"] and named.preprocessing == lite.preprocessing
     assert_same(named.predict(files[0]), Classifier.from_checkpoint(path).predict(files[0]), abs=1e-5)
-    tiny_path = save_model(tiny, tmp_path / "tiny.safetensors", class_names=CLASSES)
+    named_tiny = copy.deepcopy(tiny)
+    named_tiny.describe(class_names=CLASSES)
+    tiny_path = save_model(named_tiny, tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match="width=0.25 \\(requested 1.0\\)"):
         Classifier.from_checkpoint(tiny_path, "efficientnet_b0")
     with pytest.raises(ValueError, match="is a run directory, which records its architecture"):

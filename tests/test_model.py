@@ -51,7 +51,7 @@ def test_parameter_count_is_exact(name):
 @pytest.mark.parametrize("name", sorted(GMACS))
 def test_macs_match_reference_table_within_one_percent(name):
     model = meta_model(name)
-    macs = count_macs(model, model.config.resolution) / 1e9
+    macs = count_macs(model, model.preprocessing.resolution) / 1e9
     assert macs == pytest.approx(GMACS[name], rel=0.01)
 
 
@@ -233,13 +233,32 @@ def test_bad_input_shape_names_the_expected_shape(shape):
 
 def test_phi_variants_follow_the_formula():
     assert effnet.get_entry("efficientnet_phi0").config == effnet.get_entry("efficientnet_b0").config
-    config = effnet.get_entry("efficientnet_phi2").config
-    assert (config.width, config.depth, config.resolution) == pytest.approx((1.21, 1.44, 296))
+    entry = effnet.get_entry("efficientnet_phi2")
+    assert (entry.config.width, entry.config.depth, entry.preprocessing.resolution) == pytest.approx((1.21, 1.44, 296))
     model = meta_model("efficientnet_phi2")
     assert model.preprocessing.resolution == 296
     custom = meta_model("efficientnet_b0", width=1.3, depth=1.5, resolution=270)
-    assert custom.config.resolution == 270 and custom.preprocessing.resolution == 270
+    assert custom.preprocessing.resolution == 270 and "resolution" not in vars(custom.config)
     assert custom.stem.conv.out_channels == 40
+
+
+def test_a_model_built_from_a_config_has_a_description():
+    model = effnet.EfficientNet(effnet.EfficientNetConfig(width=0.25, depth=0.25), num_classes=3)
+    assert model.description == effnet.ModelDescription()
+    assert (model.model_name, model.preprocessing.resolution, model.class_names, model.pretrained_source) == \
+        ("efficientnet_custom", 224, None, None)
+    model.describe(class_names=["a", "b", "c"])
+    assert model.class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="2 class names for a model with 3 classes"):
+        model.describe(class_names=["a", "b"])
+    model.reset_classifier(2)
+    assert model.class_names is None  # the names went with the old head
+
+
+def test_zero_init_classifier_refuses_a_model_without_classifier():
+    model = effnet.EfficientNet(effnet.EfficientNetConfig(width=0.25, depth=0.25), num_classes=0)
+    with pytest.raises(ValueError, match="no classifier to zero.*reset_classifier"):
+        model.zero_init_classifier()
 
 
 def test_preprocessing_carried_by_model():

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from _train_helpers import assert_mistakes_file_matches, load, make_image_folder, tiny_assignments
-from effnet.train.trainer import evaluate_checkpoint
+from effnet.evaluation import evaluate_checkpoint
 
 
 @pytest.mark.slow

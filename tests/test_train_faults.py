@@ -93,7 +93,8 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from effnet.cli import main
-    from effnet.train import checkpoint, trainer
+    from effnet import files
+    from effnet.train import trainer
 
     mode, marker, args = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
     if mode == "signal":  # slow updates, and say when two are done
@@ -107,7 +108,7 @@ CHILD = textwrap.dedent("""
             time.sleep(0.3)
         trainer.Trainer._update = slow_update
     else:  # hang in the second save of last.pt, between the temp file and the rename
-        publish = checkpoint._publish
+        publish = files.publish
         saves = [0]
         def hanging_publish(temp, path):
             if path.name == "last.pt":
@@ -116,7 +117,7 @@ CHILD = textwrap.dedent("""
                     marker.write_text(temp.name)
                     time.sleep(600)
             publish(temp, path)
-        checkpoint._publish = hanging_publish
+        files.publish = hanging_publish
     sys.exit(main(args))
 """)
 

@@ -12,7 +12,7 @@ from torch import nn
 from effnet import create_model
 from effnet.train.config import AugmentSettings, EmaSettings, OptimizerSettings, ProgressiveSettings, ScheduleSettings
 from effnet.train.ema import ModelEMA
-from effnet.train.optim import RMSpropTF, build_optimizer, param_groups, scaled_lr
+from effnet.train.optim import RMSpropTF, build_optimizer, scaled_lr, weight_decay_groups
 from effnet.train.progressive import ProgressivePlan
 from effnet.train.schedule import LRSchedule
 
@@ -73,7 +73,7 @@ def test_rmsprop_tf_matches_timm_port() -> None:
 
 def test_no_weight_decay_on_batchnorm_and_biases() -> None:
     model = create_model("efficientnet_b0", num_classes=10, width=0.25, depth=0.25)
-    decay, no_decay = param_groups(model, 0.05)
+    decay, no_decay = weight_decay_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     no_decay_ids = {id(p) for p in no_decay["params"]}
     for name, param in model.named_parameters():
@@ -107,7 +107,7 @@ def test_fused_steps_equal_the_per_tensor_steps(name: str) -> None:
     settings = OptimizerSettings(name=name, weight_decay=0.1)
     fused = build_optimizer(fused_model, settings, lr=0.01)
     plain_class = type(fused)
-    plain = plain_class(param_groups(plain_model, 0.1), lr=0.01, **({"momentum": 0.9, "nesterov": True}
+    plain = plain_class(weight_decay_groups(plain_model, 0.1), lr=0.01, **({"momentum": 0.9, "nesterov": True}
                                                                      if name == "sgd" else {}), foreach=False)
     for _ in range(3):
         x = torch.randn(2, 3, 6, 6, dtype=torch.double)

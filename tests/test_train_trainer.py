@@ -19,10 +19,11 @@ from _train_helpers import (
     tiny_config,
     without_timing,
 )
+from effnet.evaluation import evaluate_checkpoint
 from effnet.layers import MBConv
-from effnet.train.checkpoint import load_trained_model
-from effnet.train.trainer import Trainer, TrainResult, evaluate_checkpoint, train
+from effnet.train import Trainer, TrainResult, train
 from effnet.weights.io import load_model
+from effnet.weights.trained import load_trained_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -168,7 +169,7 @@ def test_fp16_needs_cuda(data, tmp_path) -> None:
 
 
 def test_evaluation_dataset_picks_the_images_to_score(data, tmp_path) -> None:
-    from effnet.train.trainer import evaluation_dataset
+    from effnet.evaluation import evaluation_dataset
 
     assert len(evaluation_dataset(data)) == 12  # val/ beside train/
     assert len(evaluation_dataset(data / "train")) == 24  # a folder of class folders: all of it

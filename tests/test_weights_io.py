@@ -17,7 +17,7 @@ from effnet.registry import Preprocessing
 from effnet.weights import CheckpointError, load_model, read_metadata, read_tensors, save_model
 from effnet.weights.convert import EFFNET
 from effnet.weights.io import model_metadata
-from effnet.weights.pretrained import Checkpoint, load_checkpoint
+from effnet.weights.pretrained import Checkpoint, load_weights
 
 
 def small_model(name: str = "efficientnet_b0", num_classes: int = 5) -> effnet.EfficientNet:
@@ -40,8 +40,8 @@ def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def saved(tmp_path: Path) -> tuple[effnet.EfficientNet, Path]:
     model = small_model()
     preprocessing = Preprocessing(200, 0.9, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    path = save_model(model, tmp_path / "model.safetensors", class_names=list("abcde"), preprocessing=preprocessing,
-                      extra={"epoch": 7})
+    model.describe(class_names=list("abcde"), preprocessing=preprocessing)
+    path = save_model(model, tmp_path / "model.safetensors", extra={"epoch": 7})
     return model, path
 
 
@@ -56,7 +56,7 @@ def test_safetensors_round_trip_is_exact(saved: tuple[effnet.EfficientNet, Path]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), loaded.eval()(x))
-    assert not list(path.parent.glob("*.partial"))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
 
 def test_our_file_loads_through_create_model(saved: tuple[effnet.EfficientNet, Path]) -> None:
@@ -143,7 +143,7 @@ def test_failed_load_leaves_the_model_untouched() -> None:
     last_key = list(source)[-3]  # a late key: a naive loader would already have copied the others
     source[last_key] = torch.zeros(7)
     with pytest.raises(CheckpointError, match=f"shape mismatch for '{last_key}'"):
-        load_checkpoint(model, Checkpoint(source, EFFNET, "test"))
+        load_weights(model, Checkpoint(source, EFFNET, "test"))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -7,36 +7,36 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .description import CUSTOM_NAME, ModelDescription, Preprocessing
 from .model import EfficientNet, EfficientNetConfig
-from .registry import Preprocessing, get_entry
+from .registry import get_entry
 from .weights.pretrained import apply_checkpoint, check_architecture, resolve_checkpoint
 
 _ALIASES = {"drop_rate": "dropout", "act": "activation"}
 _CONFIG_FIELDS = tuple(f.name for f in fields(EfficientNetConfig))
+_INPUT_SIZE = "resolution"  # an override of the preprocessing, not of the architecture
 
 
 def resolve_config(name: str | EfficientNetConfig, **overrides: Any) -> tuple[EfficientNetConfig, Preprocessing]:
-    """The architecture and eval preprocessing for a name or config with overrides applied."""
+    """The architecture and eval preprocessing for a name or config with overrides applied
+    (``resolution`` sets the preprocessing's input size; every other override is a config field)."""
     if isinstance(name, EfficientNetConfig):
-        config = name
-        preprocessing = Preprocessing(config.resolution)
-        display = "config"
+        config, preprocessing, display = name, Preprocessing(), "config"
     else:
         entry = get_entry(name)
         config, preprocessing, display = entry.config, entry.preprocessing, name
     changes = {}
     for key, value in overrides.items():
         field = _ALIASES.get(key, key)
-        if field not in _CONFIG_FIELDS:
+        if field == _INPUT_SIZE:
+            preprocessing = replace(preprocessing, resolution=value)
+        elif field not in _CONFIG_FIELDS:
             raise TypeError(
-                f"create_model({display!r}) got an unknown option {key!r}; "
-                f"valid options: {', '.join(sorted(_CONFIG_FIELDS + tuple(_ALIASES)))}")
-        changes[field] = value
-    if changes:
-        config = replace(config, **changes)
-        if config.resolution != preprocessing.resolution:
-            preprocessing = replace(preprocessing, resolution=config.resolution)
-    return config, preprocessing
+                f"create_model({display!r}) got an unknown option {key!r}; valid options: "
+                f"{', '.join(sorted((*_CONFIG_FIELDS, *_ALIASES, _INPUT_SIZE)))}")
+        else:
+            changes[field] = value
+    return replace(config, **changes), preprocessing
 
 
 def create_model(name: str | EfficientNetConfig, num_classes: int = 1000,
@@ -47,7 +47,8 @@ def create_model(name: str | EfficientNetConfig, num_classes: int = 1000,
     Overrides change any :class:`EfficientNetConfig` field, e.g. ``drop_rate``,
     ``drop_path_rate``, ``activation``, ``padding`` ('symmetric' or TF 'same'),
     ``bn_momentum``, ``bn_eps``, ``in_chans`` or ``width``/``depth``/``resolution``.
-    The model carries its eval preprocessing as ``model.preprocessing``.
+    The model carries its description (name, eval preprocessing, class names, weights source)
+    as ``model.description``.
 
     ``pretrained`` loads weights: ``True`` (the variant's default source), a registry tag
     (``"torchvision"``, ``"tf_aa"``, ... see :func:`effnet.weights.list_sources`), a local
@@ -67,7 +68,5 @@ def create_model(name: str | EfficientNetConfig, num_classes: int = 1000,
     config, preprocessing = resolve_config(name, **overrides)
     if checkpoint is not None:
         check_architecture(checkpoint, config, model_name or "the given config")
-    model = EfficientNet(config, num_classes=num_classes)
-    model.preprocessing = preprocessing
-    model.model_name = model_name or "efficientnet_custom"
+    model = EfficientNet(config, num_classes, ModelDescription(model_name or CUSTOM_NAME, preprocessing))
     return model if checkpoint is None else apply_checkpoint(model, checkpoint, strict_head)

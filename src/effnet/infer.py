@@ -42,14 +42,16 @@ from tqdm import tqdm
 from .data.datasets import image_files_under
 from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, to_rgb
 from .data.transforms import eval_transforms
+from .description import Preprocessing
+from .device import autocast_context, check_amp, resolve_device
 from .factory import create_model
-from .registry import Preprocessing
+from .model import EfficientNet
 from .table import format_table
 from .weights.errors import CheckpointError
 from .weights.io import read_metadata
+from .weights.trained import load_trained_model
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FORMATS = ("table", "csv", "json")
 _GLOB_CHARS = frozenset("*?[")
 
@@ -85,19 +87,6 @@ class Prediction:
         """``(rank, class_index, class_name, probability)`` for each of the top classes, rank 1 first."""
         for rank, ((name, probability), index) in enumerate(zip(self.top_k, self.indices, strict=True), start=1):
             yield rank, index, name, probability
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA when available, else the CPU; anything else must be usable here."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-        torch.empty(0, device=resolved)
-    except (RuntimeError, AssertionError) as error:
-        raise ValueError(f"device {str(device)!r} cannot be used here ({str(error).splitlines()[0]}); "
-                         "use 'cpu', or 'auto' for the best one available") from None
-    return resolved
 
 
 def to_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
@@ -172,8 +161,8 @@ def _source_name(image: ImageInput, index: int) -> str:
 class Classifier:
     """A network ready to classify pictures: model, class names, preprocessing, device, AMP.
 
-    ``class_names`` and ``preprocessing`` default to the model's (``model.class_names``,
-    ``model.preprocessing``, set by :func:`effnet.create_model` and the checkpoint loaders).
+    ``class_names`` and ``preprocessing`` default to the model's description
+    (``model.description``; another ``nn.Module`` needs ``preprocessing``).
     Without class names, classes are named by index (``class_0``, ``class_1``, ...) and a
     :class:`MissingClassNamesWarning` says so once. ``device``: ``None``/``"auto"`` (CUDA when
     available), ``"cpu"``, ``"cuda:1"`` ...; the model is moved there and put in eval mode.
@@ -184,30 +173,34 @@ class Classifier:
     def __init__(self, model: nn.Module, class_names: Sequence[str] | None = None,
                  preprocessing: Preprocessing | None = None, device: str | torch.device | None = None,
                  amp: str | None = None, tta_flip: bool = False) -> None:
-        if amp is not None and amp not in AMP_DTYPES:
-            raise ValueError(f"unknown amp {amp!r}; use None (full precision), 'bf16' or 'fp16'")
-        preprocessing = preprocessing or getattr(model, "preprocessing", None)
+        check_amp(amp)
+        description = model.description if isinstance(model, EfficientNet) else None
         if preprocessing is None:
-            raise ValueError("the model carries no preprocessing (model.preprocessing); pass "
-                             "preprocessing=effnet.Preprocessing(resolution, crop_pct, interpolation, mean, std)")
-        names = class_names if class_names is not None else getattr(model, "class_names", None)
-        num_classes = getattr(model, "num_classes", None)
+            if description is None:
+                raise ValueError(f"a {type(model).__name__} carries no preprocessing (only an EfficientNet has a "
+                                 "description); pass preprocessing=effnet.Preprocessing(resolution, crop_pct, "
+                                 "interpolation, mean, std)")
+            preprocessing = description.preprocessing
+        if class_names is None and description is not None:
+            class_names = description.class_names
+        num_classes = model.num_classes if isinstance(model, EfficientNet) else None
         if num_classes == 0:
             raise ValueError("the model has no classifier (num_classes=0): it outputs features, not classes")
-        if names is not None and num_classes is not None and len(names) != num_classes:
-            raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.preprocessing: Preprocessing = preprocessing
-        self.class_names: list[str] | None = list(names) if names is not None else None
-        self.num_classes: int | None = num_classes or (len(names) if names is not None else None)
+        self.class_names: list[str] | None = list(class_names) if class_names is not None else None
+        self.num_classes: int | None = num_classes or (len(class_names) if class_names is not None else None)
         self.amp = amp
         self.tta_flip = tta_flip
         self.transform = eval_transforms(preprocessing)
         if self.class_names is None:
-            warnings.warn(f"{getattr(model, 'model_name', 'the model')} has no class names: predictions name "
-                          "classes by index (class_0, class_1, ...). Pass class_names=[...], or save the "
-                          "checkpoint with its class names, to get names", MissingClassNamesWarning, stacklevel=2)
+            name = description.name if description is not None else type(model).__name__
+            warnings.warn(f"{name} has no class names: predictions name classes by index (class_0, class_1, ...). "
+                          "Pass class_names=[...], or save the checkpoint with its class names, to get names",
+                          MissingClassNamesWarning, stacklevel=2)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -236,8 +229,6 @@ class Classifier:
                 num_classes = _stored_num_classes(path)
             model = create_model(model_name, num_classes=num_classes, pretrained=path, strict_head=True)
             return cls(model, **options)
-        from .train.checkpoint import load_trained_model
-
         try:
             model = load_trained_model(path)
         except ValueError as error:
@@ -262,10 +253,7 @@ class Classifier:
         batch = batch.to(self.device, non_blocking=True)
         if self.tta_flip:
             batch = torch.cat([batch, batch.flip(3)])
-        if self.amp is not None:
-            with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]):
-                logits = self.model(batch)
-        else:
+        with autocast_context(self.device, self.amp):
             logits = self.model(batch)
         probabilities = logits.float().softmax(dim=1)
         if self.tta_flip:

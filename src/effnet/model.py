@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .description import ModelDescription, Preprocessing
 from .layers import ConvBnAct, LayerOptions, MBConv, PaddingMode
 from .scaling import round_filters, round_repeats
 
@@ -64,7 +65,8 @@ class FeatureInfo:
 
 @dataclass(frozen=True)
 class EfficientNetConfig:
-    """Everything that defines an EfficientNet architecture.
+    """Everything that defines an EfficientNet architecture (the input size is not part of it:
+    it lives in the model's :class:`~effnet.description.Preprocessing`).
 
     ``lite`` applies the Lite scaling rules: stem and head widths stay fixed and the first
     and last stages keep their block counts. (Lite's ReLU6 and missing SE are the
@@ -73,7 +75,6 @@ class EfficientNetConfig:
 
     width: float = 1.0
     depth: float = 1.0
-    resolution: int = 224
     dropout: float = 0.2
     drop_path_rate: float = 0.2
     activation: str = "silu"
@@ -92,7 +93,6 @@ class EfficientNetConfig:
         checks = {
             "width": self.width > 0,
             "depth": self.depth > 0,
-            "resolution": self.resolution > 0,
             "dropout": 0.0 <= self.dropout < 1.0,
             "drop_path_rate": 0.0 <= self.drop_path_rate < 1.0,
             "se_ratio": 0.0 <= self.se_ratio <= 1.0,
@@ -133,9 +133,18 @@ class EfficientNetConfig:
 
 
 class EfficientNet(nn.Module):
-    """EfficientNet classifier (and backbone) built from an :class:`EfficientNetConfig`."""
+    """EfficientNet classifier (and backbone) built from an :class:`EfficientNetConfig`.
 
-    def __init__(self, config: EfficientNetConfig = EfficientNetConfig(), num_classes: int = 1000) -> None:
+    ``description`` is the model's identity (name, preprocessing, class names, weights source;
+    see :class:`~effnet.description.ModelDescription`); every model has one, read through
+    ``model.description`` or its shortcuts ``model.model_name``, ``model.preprocessing``,
+    ``model.class_names`` and ``model.pretrained_source``, and changed with :meth:`describe`.
+    """
+
+    __jit_unused_properties__ = ["model_name", "preprocessing", "class_names", "pretrained_source"]
+
+    def __init__(self, config: EfficientNetConfig = EfficientNetConfig(), num_classes: int = 1000,
+                 description: ModelDescription | None = None) -> None:
         super().__init__()
         self.config = config
         self.in_chans = config.in_chans
@@ -166,6 +175,35 @@ class EfficientNet(nn.Module):
         self.feature_info = self._feature_pyramid(stages)
         self._feature_stages = [info.stage for info in self.feature_info]
         self._init_weights()
+        self.description = description or ModelDescription()
+        self.describe()  # checks the class names against the head
+
+    def describe(self, **changes: object) -> ModelDescription:
+        """Change fields of :attr:`description` (``name``, ``preprocessing``, ``class_names``,
+        ``weights``); class names must match the classifier's size. Returns the new description."""
+        description = self.description.replace(**changes)
+        names = description.class_names
+        if names is not None and self.num_classes and len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} class names for a model with {self.num_classes} classes")
+        self.description = description
+        return description
+
+    @property
+    def model_name(self) -> str:
+        return self.description.name
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.description.preprocessing
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self.description.class_names
+        return list(names) if names is not None else None
+
+    @property
+    def pretrained_source(self) -> str | None:
+        return self.description.weights
 
     @staticmethod
     def _feature_pyramid(stages: list[ScaledStage]) -> list[FeatureInfo]:
@@ -201,9 +239,12 @@ class EfficientNet(nn.Module):
                 nn.init.uniform_(module.weight, -bound, bound)
                 nn.init.zeros_(module.bias)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0: no classifier)."""
+    def reset_classifier(self, num_classes: int, class_names: list[str] | None = None) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: no classifier); the
+        old class names go with the old head (``class_names`` names the new classes)."""
         self.num_classes = num_classes
+        self.description = self.description.replace(class_names=None)
+        self.describe(class_names=class_names)
         self.classifier = self._make_classifier(num_classes)
         if isinstance(self.classifier, nn.Linear):
             bound = 1.0 / math.sqrt(max(num_classes, 1))
@@ -212,6 +253,9 @@ class EfficientNet(nn.Module):
 
     def zero_init_classifier(self) -> None:
         """Start the classifier at zero, so that first predictions are uniform."""
+        if not isinstance(self.classifier, nn.Linear):
+            raise ValueError("the model has no classifier to zero (num_classes=0); "
+                             "give it one with reset_classifier(num_classes) first")
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 

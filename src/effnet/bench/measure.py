@@ -56,14 +56,16 @@ class ModelSummary:
     depth: float
 
 
-def summarize(name: str | EfficientNetConfig, num_classes: int = 1000) -> ModelSummary:
-    """Parameters and MACs of a named network (or config), counted without allocating weights."""
+def summarize(name: str | EfficientNetConfig, num_classes: int = 1000, resolution: int | None = None) -> ModelSummary:
+    """Parameters and MACs of a named network (or config), counted without allocating weights,
+    at ``resolution`` (default: the model's own input size, ``model.preprocessing.resolution``)."""
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes)
     config = model.config
+    size = resolution or model.preprocessing.resolution
     label = name if isinstance(name, str) else model.model_name
-    return ModelSummary(label, count_params(model), count_macs(model, config.resolution, config.in_chans),
-                        config.resolution, config.width, config.depth)
+    return ModelSummary(label, count_params(model), count_macs(model, size, config.in_chans),
+                        size, config.width, config.depth)
 
 
 # --- time and memory of running a network -------------------------------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..evaluation import evaluate_checkpoint
 from ..table import format_table
 from ..train.metrics import confusion_rows, mistake_rows, per_class_rows, summary_rows
 from ..train.reporting import save_evaluation
-from ..train.trainer import evaluate_checkpoint
 
 CONFUSION_PRINT_LIMIT = 20
 MISTAKES_PRINTED = 10

@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..device import AMP_DTYPES
 from ..infer import FORMATS, Prediction, collect_images, format_for, load_classifier, open_writer, predict_files
 
 PREFIX = "effnet predict: "
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="processes reading images (default 0: this one)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--amp", choices=("bf16", "fp16"), help="mixed-precision autocast")
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), help="mixed-precision autocast")
     parser.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

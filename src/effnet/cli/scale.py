@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..bench.measure import summarize
-from ..registry import config_for_phi
+from ..registry import entry_for_phi
 from ..scaling import CompoundScaling, nearest_published
 from ..table import format_table
 
@@ -21,14 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     scaling = CompoundScaling(args.alpha, args.beta, args.gamma)
-    config = config_for_phi(args.phi, scaling)
-    formula = summarize(config)
-    nearest = nearest_published(config.width, config.depth, config.resolution)
+    entry = entry_for_phi(args.phi, scaling)
+    config, resolution = entry.config, entry.preprocessing.resolution
+    formula = summarize(config, resolution=resolution)
+    nearest = nearest_published(config.width, config.depth, resolution)
     published = summarize(nearest.name)
     print(f"alpha={scaling.alpha} beta={scaling.beta} gamma={scaling.gamma}: "
           f"alpha*beta^2*gamma^2 = {scaling.flops_base:.3f}; "
           f"predicted FLOPs x{scaling.flops_growth(args.phi):.2f} of B0")
-    rows = [[f"formula phi={args.phi:g}", f"{config.width:.3f}", f"{config.depth:.3f}", config.resolution,
+    rows = [[f"formula phi={args.phi:g}", f"{config.width:.3f}", f"{config.depth:.3f}", resolution,
              f"{formula.params:,}", f"{formula.macs / 1e9:.3f}"],
             [f"nearest published: {nearest.name}", f"{nearest.width:.3f}", f"{nearest.depth:.3f}",
              nearest.resolution, f"{published.params:,}", f"{published.macs / 1e9:.3f}"]]

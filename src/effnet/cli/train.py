@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..device import AMP_DTYPES
 from ..table import format_table
-from ..train.config import TrainConfig, recipe_names
-from ..train.trainer import config_for_run, result_rows, train
+from ..train.config import OPTIMIZERS, TrainConfig, recipe_names
+from ..train.reporting import result_rows
+from ..train.trainer import config_for_run, train
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_help: str, lr_help: str) -> None:
@@ -55,10 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_arguments(parser, recipe="seed", img_size_help="final training image size (default: the variant's)",
                       lr_help="learning rate (per optimizer.lr_base_batch images if set)")
     parser.add_argument("--eval-img-size", type=int, help="evaluation image size (default: --img-size)")
-    parser.add_argument("--optimizer", choices=("adamw", "sgd", "rmsprop_tf"))
+    parser.add_argument("--optimizer", choices=OPTIMIZERS)
     parser.add_argument("--pretrained", nargs="?", const=True, default=None,
                         help="start from pretrained weights (optionally a tag or file) for fine-tuning")
-    parser.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16 needs CUDA)")
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), help="mixed precision (fp16 needs CUDA)")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm in DDP runs (CUDA)")
     parser.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error")

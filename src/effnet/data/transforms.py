@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from ..registry import Preprocessing
+from ..description import Preprocessing
 
 AUTO_AUGMENTS = ("autoaugment", "randaugment", "trivialaugment")
 RANDAUGMENT_BINS = 11

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import IMAGE_EXTENSIONS, ImageReadError, build_loader, eval_transforms, load_image, scan_folder
 from ..data.datasets import image_files_under
-from ..registry import Preprocessing
+from ..description import Preprocessing
 
 DEFAULT_CALIBRATION_IMAGES = 256
 

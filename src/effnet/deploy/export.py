@@ -11,8 +11,6 @@ model's resolution (TF-'SAME' padding is then baked into the graph as constant p
 from __future__ import annotations
 
 import json
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import atomic_write
+from ..model import EfficientNet
 from .fuse import fold_batchnorm
-from .runtime import SUFFIXES, check_format, load_runner
+from .runtime import check_format, load_runner
 from .verify import FP32_TOLERANCE, ExportVerificationError, Verification, compare_to_reference
 
 DEFAULT_OPSET = 18
@@ -54,23 +54,20 @@ class ExportResult:
                 f"verified in {self.verification.describe()}")
 
 
-def input_shape(model: nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) the model is exported for: its preprocessing resolution (else its config's)."""
-    preprocessing = getattr(model, "preprocessing", None)
-    config = getattr(model, "config", None)
-    resolution = preprocessing.resolution if preprocessing is not None else getattr(config, "resolution", 224)
-    return (getattr(model, "in_chans", 3), resolution, resolution)
+def input_shape(model: EfficientNet) -> tuple[int, int, int]:
+    """(C, H, W) the model is exported for: its preprocessing's input size."""
+    resolution = model.preprocessing.resolution
+    return (model.in_chans, resolution, resolution)
 
 
-def artifact_metadata(model: nn.Module, format: str) -> dict:
+def artifact_metadata(model: EfficientNet, format: str) -> dict:
     """What a deployed file carries about its model: name, classes and eval preprocessing."""
-    preprocessing = getattr(model, "preprocessing", None)
     return {
-        "model_name": getattr(model, "model_name", type(model).__name__),
+        "model_name": model.model_name,
         "format": format,
-        "num_classes": getattr(model, "num_classes", None),
-        "class_names": getattr(model, "class_names", None),
-        "preprocessing": preprocessing.to_dict() if preprocessing is not None else None,
+        "num_classes": model.num_classes,
+        "class_names": model.class_names,
+        "preprocessing": model.preprocessing.to_dict(),
         "input_shape": ["batch", *input_shape(model)],
     }
 
@@ -105,8 +102,9 @@ def export_model(model: nn.Module, path: str | Path, format: str, *, opset: int 
         shape = input_shape(model)
         example = torch.randn(EXPORT_BATCH, *shape)
         metadata = artifact_metadata(model, format)
-        partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix or SUFFIXES[format]}")
-        try:
+        verifications = []
+
+        def write_and_verify(partial: Path) -> None:
             _WRITERS[format](to_export, example, partial, metadata, opset)
             try:
                 runner = load_runner(partial, format)
@@ -116,9 +114,10 @@ def export_model(model: nn.Module, path: str | Path, format: str, *, opset: int 
             if not verification.passed:
                 raise ExportVerificationError(
                     f"{format} export rejected, {verification.describe()}; nothing was written to {path}")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+            verifications.append(verification)
+
+        atomic_write(path, write_and_verify)
+        verification = verifications[0]
     finally:
         model.train(was_training)
     return ExportResult(path, format, opset if format == "onnx" else None, fold_bn, verification)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..factory import create_model
 from ..model import EfficientNet
 from ..registry import list_models
+from ..weights.trained import load_trained_model
 from .calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, labelled_loader, unlabelled_loader
 from .compare import DeploymentRow, evaluate_runners, file_size, format_rows, measure_speed
 from .export import artifact_metadata, export_model, input_shape
@@ -34,8 +35,6 @@ logger = logging.getLogger("effnet.deploy")
 def load_deployable(checkpoint: str | Path) -> EfficientNet:
     """The eval-mode model behind ``checkpoint``: one of our ``.safetensors`` files, a training
     run's ``.pt`` checkpoint or run folder, or a registry name (with its pretrained weights)."""
-    from ..train.checkpoint import load_trained_model
-
     path = Path(checkpoint)
     if path.exists():
         try:

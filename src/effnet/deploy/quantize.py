@@ -20,9 +20,7 @@ import ast
 import copy
 import json
 import logging
-import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_write
 from ..layers import Conv2dSame, same_padding_amounts
 from .export import DEFAULT_OPSET, METADATA_KEY, NAME_SCOPES_KEY, export_model, export_program, write_onnx
 from .fuse import fold_batchnorm
@@ -152,21 +151,20 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torc
     extra = {"ActivationSymmetric": recipe.activation_type == "int8", "WeightSymmetric": True}
     if recipe.calibrate_method == "percentile":
         extra["CalibPercentile"] = recipe.percentile
-    partial = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial{out_path.suffix or '.onnx'}")
     with tempfile.TemporaryDirectory(prefix="effnet-quant-") as work:
         prepared = Path(work, "prepared.onnx")
         quant_pre_process(str(fp32_path), str(prepared))
-        try:
-            quantize_static(str(prepared), str(partial), _ArrayReader("input", images, batch_size),
+
+        def quantize_and_check(temp: Path) -> None:
+            quantize_static(str(prepared), str(temp), _ArrayReader("input", images, batch_size),
                             quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
                             reduce_range=recipe.reduce_range, activation_type=activation,
                             weight_type=QuantType.QInt8, calibrate_method=methods[recipe.calibrate_method],
                             nodes_to_exclude=onnx_nodes_in_groups(prepared, recipe.keep_float),
                             extra_options=extra)
-            onnx_runner(partial, threads=1)(images[:1])
-            os.replace(partial, out_path)
-        finally:
-            partial.unlink(missing_ok=True)
+            onnx_runner(temp, threads=1)(images[:1])
+
+        atomic_write(out_path, quantize_and_check)
     return out_path
 
 
@@ -402,18 +400,15 @@ def save_pt2e(converted: torch.fx.GraphModule, path: str | Path, input_shape: tu
     to load in its runtime, then renamed.
     """
     path = Path(path)
-    suffix = path.suffix or ".pt2"
-    partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{suffix}")
     example = torch.zeros(2, *input_shape)
-    try:
-        if suffix == ".onnx":
-            write_onnx(converted, example, partial, metadata or {}, DEFAULT_OPSET)
-            onnx_runner(partial, threads=1)(example[:1].numpy())
+
+    def write_and_load(temp: Path) -> None:
+        if path.suffix == ".onnx":
+            write_onnx(converted, example, temp, metadata or {}, DEFAULT_OPSET)
+            onnx_runner(temp, threads=1)(example[:1].numpy())
         else:
-            torch.export.save(export_program(converted, example), str(partial),
+            torch.export.save(export_program(converted, example), str(temp),
                               extra_files={f"{METADATA_KEY}.json": json.dumps(metadata or {})})
-            torch.export.load(str(partial))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+            torch.export.load(str(temp))
+
+    return atomic_write(path, write_and_load)

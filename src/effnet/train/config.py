@@ -17,6 +17,11 @@ from typing import Any
 
 import yaml
 
+from ..data.transforms import AUTO_AUGMENTS as auto_augment_policies
+from ..description import Preprocessing
+from ..device import AMP_MODES
+from ..errors import ConfigError
+
 
 @dataclass
 class ModelSettings:
@@ -47,7 +52,9 @@ class DataSettings:
     """Where the images are, their sizes, batching and loading.
 
     ``path``: class folders, ``train/`` + ``val/``, or a CSV listing (see ``effnet.data``).
-    ``img_size`` is the final training size (``None``: the variant's resolution).
+    ``img_size`` is the final training size, ``eval_img_size`` the evaluation size and
+    ``crop_pct`` the evaluation crop; ``None`` takes the model's (:meth:`resolve_sizes` fills
+    them in once, so a run's saved config records the sizes it used).
     """
 
     path: str | None = None
@@ -59,6 +66,18 @@ class DataSettings:
     num_workers: int = 2
     val_split: float | None = None
     strict: bool = False
+
+    def resolve_sizes(self, preprocessing: Preprocessing, min_size: int) -> None:
+        """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing) and
+        refuse any below ``min_size``, the network's total stride (smaller inputs leave the last
+        stages with nothing to see)."""
+        self.img_size = self.img_size or preprocessing.resolution
+        self.eval_img_size = self.eval_img_size or self.img_size
+        self.crop_pct = self.crop_pct or preprocessing.crop_pct
+        for name, size in (("data.img_size", self.img_size), ("data.eval_img_size", self.eval_img_size)):
+            if size < min_size:
+                raise ConfigError(f"{name}={size} is below {min_size} px, the smallest input this network can "
+                                  f"use (it downsamples by {min_size}); use --img-size {min_size} or more")
 
 
 @dataclass
@@ -204,15 +223,14 @@ SECTIONS: dict[str, type] = {
 OPTIMIZERS = ("adamw", "sgd", "rmsprop_tf")
 SCHEDULES = ("cosine", "step")
 PROGRESSIVE_MODES = ("none", "linear", "staged")
-AUTO_AUGMENTS = (None, "autoaugment", "randaugment", "trivialaugment")
-AMP_MODES = (None, "bf16", "fp16")
+AUTO_AUGMENTS = (None, *auto_augment_policies)
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run, grouped by concern."""
 
-    recipe: str = "default"
+    recipe: str | None = None  # the recipe the settings came from (None: the defaults below)
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
@@ -233,7 +251,7 @@ class TrainConfig:
         config = cls()
         for key, value in (data or {}).items():
             if key == "recipe":
-                config.recipe = str(value)
+                config.recipe = None if value is None else str(value)
                 continue
             if key not in SECTIONS:
                 raise ValueError(f"{source}: unknown section {key!r}; valid sections: recipe, {', '.join(SECTIONS)}")
@@ -267,6 +285,12 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        for name, size in (("data.img_size", self.data.img_size), ("data.eval_img_size", self.data.eval_img_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"{name} must be a positive number of pixels, got {size} (leave it unset for the "
+                                 "model's own size)")
+        if self.data.crop_pct is not None and not 0 < self.data.crop_pct <= 1:
+            raise ValueError(f"data.crop_pct must be in (0, 1], got {self.data.crop_pct}")
         if self.data.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
         if not 0 < self.finetune.layer_decay <= 1:

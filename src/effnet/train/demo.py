@@ -14,7 +14,8 @@ from typing import Any
 
 from ..data.demo import write_demo_dataset
 from .config import build_config
-from .trainer import TrainResult, mistakes_row, train
+from .reporting import TrainResult, mistakes_row
+from .trainer import train
 
 DEMO_ROOT = Path("runs") / "demo"
 

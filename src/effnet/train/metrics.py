@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import autocast_context
 from .distributed import DistContext, all_reduce_sum
 
 
@@ -73,13 +73,6 @@ class EvalResult:
     @property
     def per_class_count(self) -> list[int]:
         return self.confusion.sum(dim=1).tolist()
-
-
-def autocast_context(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``bf16``/``fp16``, or nothing for full precision."""
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()

@@ -73,7 +73,7 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weights with decay, and BN parameters plus biases (1-D tensors) without."""
     decay, no_decay = [], []
     for param in model.parameters():
@@ -101,12 +101,12 @@ def fused_kernels_apply(groups: list[dict]) -> bool:
 
 def build_optimizer(model: nn.Module, settings: OptimizerSettings, lr: float,
                     groups: list[dict] | None = None) -> torch.optim.Optimizer:
-    """The optimizer named by ``settings.name`` over ``groups`` (default: :func:`param_groups`).
+    """The optimizer named by ``settings.name`` over ``groups`` (default: :func:`weight_decay_groups`).
 
     AdamW and SGD use PyTorch's fused kernels where :func:`fused_kernels_apply`.
     """
     if groups is None:
-        groups = param_groups(model, settings.weight_decay)
+        groups = weight_decay_groups(model, settings.weight_decay)
     fused = fused_kernels_apply(groups) or None
     if settings.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=settings.betas,

@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,39 @@ from tqdm import tqdm
 
 from ..data.images import ImageReadError, load_image
 from ..files import atomic_write
+from ..weights.trained import LAST, MODEL
 from .metrics import EvalResult, Mistake
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and where its outputs are."""
+
+    run_dir: Path
+    status: str  # "completed", "stopped" (stop_after reached) or "interrupted" (signal)
+    epochs_completed: int
+    epochs: int
+    best_top1: float | None
+    best_epoch: int | None
+    best_weights: str | None
+    class_names: list[str]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: EvalResult | None = None
+    wall_time_s: float = 0.0
+    train_images: int = 0
+    is_main: bool = True
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / LAST
+
+    @property
+    def train_images_per_s(self) -> float | None:
+        """Training throughput over all epochs (images per second of training time)."""
+        seconds = sum(row["epoch_time_s"] for row in self.history)
+        images = sum(row["train_img_per_s"] * row["epoch_time_s"] for row in self.history)
+        return images / seconds if seconds else None
+
 
 LOG = logging.getLogger("effnet.train")
 MISTAKES_SHOWN = 48
@@ -196,3 +229,31 @@ def plot_mistakes(mistakes: Sequence[Mistake], path: Path, columns: int = 8) -> 
     for axes in figure.axes:
         axes.set_axis_off()
     atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=100))
+
+
+def mistakes_row(final: EvalResult, run_dir: Path) -> list[object]:
+    """A table row: how many validation images the kept weights misclassify, and where they are shown."""
+    count = len(final.mistakes)
+    return ["misclassified", f"{count} (see {run_dir / 'mistakes.png'})" if count else "0"]
+
+
+def result_rows(result: TrainResult) -> list[list[object]]:
+    """(label, value) rows summing up a run, for a printed table."""
+    rows: list[list[object]] = [["status", result.status], ["run", str(result.run_dir)],
+                                ["epochs", f"{result.epochs_completed}/{result.epochs}"]]
+    if result.best_top1 is not None:
+        rows.append(["best epoch", f"{result.best_epoch} ({result.best_weights} weights)"])
+    if result.final is not None:
+        rows += [["val images", result.final.count], ["val top-1 %", f"{result.final.top1:.2f}"],
+                 ["val top-5 %", f"{result.final.top5:.2f}"], ["val loss", f"{result.final.loss:.4f}"],
+                 mistakes_row(result.final, result.run_dir)]
+    elif result.best_top1 is not None:
+        rows.append(["val top-1 %", f"{result.best_top1:.2f}"])
+    rows.append(["wall time", f"{result.wall_time_s:.0f} s"])
+    if result.train_images_per_s is not None:
+        rows.append(["train img/s", f"{result.train_images_per_s:.1f}"])
+    if result.status == "completed":
+        rows.append(["model", str(result.run_dir / MODEL)])
+    else:
+        rows.append(["resume with", f"effnet train --resume {result.run_dir}"])
+    return rows

@@ -30,7 +30,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,15 +42,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from .. import finetune
-from ..data.datasets import VAL_CSV_NAMES, VAL_FOLDER_NAMES, ImageDataset, build_datasets, read_csv, scan_folder
+from ..data.datasets import build_datasets
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
+from ..device import autocast_context
 from ..factory import create_model
 from ..files import atomic_write, remove_stale_temps
 from ..model import EfficientNet
-from ..weights.io import config_to_dict
+from ..weights.io import model_metadata, save_model
+from ..weights.trained import BEST, LAST, MODEL, model_from_checkpoint, read_training_checkpoint
 from . import checkpoint as ckpt
+from . import finetune
 from .config import TrainConfig, apply_overrides, build_config
 from .distributed import (
     DistContext,
@@ -59,16 +61,16 @@ from .distributed import (
     barrier,
     broadcast_object,
     init_distributed,
-    pick_device,
     shutdown,
 )
 from .ema import ModelEMA
-from .metrics import EvalResult, Predictions, autocast_context, evaluate, find_mistakes
+from .metrics import EvalResult, Predictions, evaluate, find_mistakes
 from .optim import build_optimizer, scaled_lr
 from .progressive import EpochSettings, ProgressivePlan
 from .reporting import (
     LOG,
     TensorBoardLog,
+    TrainResult,
     close_logging,
     plot_curves,
     progress_bar,
@@ -86,36 +88,6 @@ class TrainingDiverged(ValueError):
     """
 
 
-@dataclass
-class TrainResult:
-    """How a run ended and where its outputs are."""
-
-    run_dir: Path
-    status: str  # "completed", "stopped" (stop_after reached) or "interrupted" (signal)
-    epochs_completed: int
-    epochs: int
-    best_top1: float | None
-    best_epoch: int | None
-    best_weights: str | None
-    class_names: list[str]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    final: EvalResult | None = None
-    wall_time_s: float = 0.0
-    train_images: int = 0
-    is_main: bool = True
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / ckpt.LAST
-
-    @property
-    def train_images_per_s(self) -> float | None:
-        """Training throughput over all epochs (images per second of training time)."""
-        seconds = sum(row["epoch_time_s"] for row in self.history)
-        images = sum(row["train_img_per_s"] * row["epoch_time_s"] for row in self.history)
-        return images / seconds if seconds else None
-
-
 def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
     """``runs/<model>-<date>-<time>``."""
     return Path(root) / f"{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -127,7 +99,7 @@ def config_for_run(recipe: str | Path = "seed", overrides: dict[str, Any] | None
     overrides; the trainer logs what changed)."""
     if resume is None:
         return build_config(recipe, overrides, assignments)
-    state = ckpt.load_checkpoint(ckpt.resolve_resume(resume))
+    state = read_training_checkpoint(ckpt.resolve_resume(resume))
     config = TrainConfig.from_dict(state["config"], source=f"checkpoint {resume}")
     apply_overrides(config, overrides or {}, assignments or [])
     return config
@@ -218,11 +190,11 @@ class Trainer:
         self.resume_state: dict[str, Any] | None = None
         if resume is not None:
             resume_path = ckpt.resolve_resume(resume)
-            self.resume_state = ckpt.load_checkpoint(resume_path)
+            self.resume_state = read_training_checkpoint(resume_path)
             run_dir = run_dir or resume_path.parent
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.model.name)
-        if self.resume_state is None and (self.run_dir / ckpt.LAST).exists():
-            raise ValueError(f"{self.run_dir} already holds a run ({ckpt.LAST}); continue it with "
+        if self.resume_state is None and (self.run_dir / LAST).exists():
+            raise ValueError(f"{self.run_dir} already holds a run ({LAST}); continue it with "
                              f"--resume {self.run_dir}, or choose another --out")
         self._check_settings()
         self._seed(config.run.seed)
@@ -269,15 +241,16 @@ class Trainer:
         for name, dataset in (("train", self.train_set), ("val", self.val_set)):
             if dataset.skipped:
                 LOG.warning("%s: skipped %d unusable file(s) (see the warnings above)", name, len(dataset.skipped))
-        if self.resume_state is not None and self.resume_state["class_names"] != self.class_names:
+        resumed_classes = self.resume_state["model_meta"]["class_names"] if self.resume_state is not None else None
+        if resumed_classes is not None and resumed_classes != self.class_names:
             raise ValueError(f"the data's classes {self.class_names} differ from the resumed run's "
-                             f"{self.resume_state['class_names']}; resume with the same data")
+                             f"{resumed_classes}; resume with the same data")
 
     def _build_model(self) -> None:
         """A new model from the settings, or, when resuming, the checkpoint's exact architecture
         (pretrained weights may have set padding and BN epsilon that the settings do not name)."""
         if self.resume_state is not None:
-            model = ckpt.model_from_checkpoint(self.resume_state, "model")
+            model = model_from_checkpoint(self.resume_state, "model")
         else:
             settings = self.config.model
             options: dict[str, Any] = dict(settings.overrides)
@@ -302,11 +275,10 @@ class Trainer:
                 if settings.zero_init_residual:
                     model.zero_init_residual()
         data = self.config.data
-        self.train_size = data.img_size or model.config.resolution
-        self.eval_size = data.eval_img_size or self.train_size
-        base = model.preprocessing
-        self.preprocessing = replace(base, resolution=self.eval_size, crop_pct=data.crop_pct or base.crop_pct)
-        model.preprocessing = self.preprocessing
+        data.resolve_sizes(model.preprocessing, model.feature_info[-1].stride)
+        model.describe(preprocessing=replace(model.preprocessing, resolution=data.eval_img_size,
+                                             crop_pct=data.crop_pct),
+                       class_names=self.class_names)
         self.raw_model: EfficientNet = model
 
     def _build_training_state(self) -> None:
@@ -332,8 +304,8 @@ class Trainer:
             self.train_module = torch.compile(self.train_module)
         self.ema = ModelEMA(model, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
 
-        self.plan = ProgressivePlan(config.progressive, config.augment, self.train_size, config.run.epochs)
-        self.val_set.transform = eval_transforms(self.preprocessing)
+        self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs)
+        self.val_set.transform = eval_transforms(model.preprocessing)
         self.val_loader = self._build_val_loader()
         self._train_loader: DataLoader | None = None
         self._loader_key: tuple | None = None
@@ -344,7 +316,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(batches / config.run.accum_steps)
         global_batch = config.data.batch_size * context.world_size * config.run.accum_steps
         self.base_lr = scaled_lr(config.optimizer, global_batch)
-        groups = finetune.param_groups(model, self.base_lr, tuning.layer_decay, config.optimizer.weight_decay) \
+        groups = finetune.layer_decay_groups(model, self.base_lr, tuning.layer_decay, config.optimizer.weight_decay) \
             if tuning.active else None
         self.optimizer = build_optimizer(model, config.optimizer, self.base_lr, groups)
         self.schedule = LRSchedule(self.optimizer, config.schedule, self.base_lr, config.run.epochs,
@@ -373,7 +345,7 @@ class Trainer:
         if self._train_loader is None or key != self._loader_key:
             a = self.config.augment
             self.train_set.transform = train_transforms(
-                self.preprocessing, resolution=settings.img_size, scale=a.scale, hflip=a.hflip,
+                self.raw_model.preprocessing, resolution=settings.img_size, scale=a.scale, hflip=a.hflip,
                 color_jitter=a.color_jitter, auto_augment=a.auto_augment, ra_magnitude=settings.ra_magnitude,
                 ra_num_ops=a.ra_num_ops, re_prob=a.re_prob, degrees=a.degrees, shear=a.shear, fill=a.fill)
             self._train_loader = _signals_to_main_process(build_loader(
@@ -484,7 +456,7 @@ class Trainer:
         LOG.info("device %s x %d process(es), batch %d x %d accumulation, lr %.4g (%s, %s schedule), "
                  "image size %s -> eval %d, amp %s", self.context.device, self.context.world_size,
                  config.data.batch_size, config.run.accum_steps, self.base_lr, config.optimizer.name,
-                 config.schedule.name, self._size_text(), self.eval_size, config.run.amp or "off")
+                 config.schedule.name, self._size_text(), config.data.eval_img_size, config.run.amp or "off")
         if config.model.pretrained:
             LOG.info("starting from pretrained weights: %s", config.model.pretrained)
         tuning = config.finetune
@@ -624,7 +596,7 @@ class Trainer:
             self.ema.update(self.raw_model)
 
     def _diverged(self, epoch: int, step: int, loss: torch.Tensor) -> None:
-        last = self.run_dir / ckpt.LAST
+        last = self.run_dir / LAST
         kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
         value = loss.item()
         what = f"{value}" if not math.isfinite(value) else "non-finite in another process"
@@ -659,13 +631,12 @@ class Trainer:
         self._check_finite_weights(epoch)
         state = self._state(epoch + 1, 0, source)
         if context.is_main:
-            ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
+            ckpt.save_checkpoint(state, self.run_dir / LAST)
             if improved:
-                ckpt.save_checkpoint(state, self.run_dir / ckpt.BEST)
+                ckpt.save_checkpoint(state, self.run_dir / BEST)
                 weights = self.ema.module if source == "ema" else self.raw_model
-                ckpt.save_model_file(weights, self.run_dir / ckpt.MODEL, self.class_names,
-                                     self.preprocessing, extra={"epoch": epoch + 1, "val_top1": evals[source].top1,
-                                                                "weights": source})
+                save_model(weights, self.run_dir / MODEL,
+                           extra={"epoch": epoch + 1, "val_top1": evals[source].top1, "weights": source})
             write_metrics_csv(self.history, self.run_dir / "metrics.csv")
             plot_curves(self.history, self.run_dir / "curves.png")
             ema_text = f", EMA {row['ema_val_top1']:.2f}%" if "ema_val_top1" in row else ""
@@ -708,11 +679,7 @@ class Trainer:
             "rng": rng,
             "epoch_rng": self.epoch_rng if step_in_epoch else None,
             "config": self.config.to_dict(),
-            "model_name": self.raw_model.model_name,
-            "model_config": config_to_dict(self.raw_model.config),
-            "num_classes": len(self.class_names),
-            "class_names": list(self.class_names),
-            "preprocessing": self.preprocessing.to_dict(),
+            "model_meta": model_metadata(self.raw_model),
             "world_size": self.context.world_size,
         }
 
@@ -720,8 +687,8 @@ class Trainer:
         self._check_finite_weights(epoch)
         state = self._state(epoch, step_in_epoch, self.best["weights"] or "model")
         if self.context.is_main:
-            ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
-            LOG.warning("saved %s at epoch %d, batch %d", self.run_dir / ckpt.LAST, epoch + 1, step_in_epoch)
+            ckpt.save_checkpoint(state, self.run_dir / LAST)
+            LOG.warning("saved %s at epoch %d, batch %d", self.run_dir / LAST, epoch + 1, step_in_epoch)
         barrier(self.context)
 
     # --------------------------------------------------------------- end
@@ -732,9 +699,9 @@ class Trainer:
 
     def _finish(self) -> EvalResult:
         """Evaluate the best weights; write the confusion matrix and the misclassified images."""
-        best = ckpt.load_checkpoint(self.run_dir / ckpt.BEST) if self.context.is_main else None
+        best = read_training_checkpoint(self.run_dir / BEST) if self.context.is_main else None
         best = broadcast_object(best, self.context)
-        model = ckpt.model_from_checkpoint(best).to(self.context.device, memory_format=self.memory_format)
+        model = model_from_checkpoint(best).to(self.context.device, memory_format=self.memory_format)
         final = self._evaluate(model, keep_predictions=True)
         shards = all_gather_objects(final.predictions, self.context)
         if self.context.is_main:
@@ -745,38 +712,8 @@ class Trainer:
                     f"top-1 {final.top1:.2f}%"
             save_evaluation(final, self.class_names, self.run_dir, title)
             LOG.info("best: epoch %d (%s weights), val top-1 %.2f%%, top-5 %.2f%%; model in %s",
-                     best["best"]["epoch"], best["eval_weights"], final.top1, final.top5, self.run_dir / ckpt.MODEL)
+                     best["best"]["epoch"], best["eval_weights"], final.top1, final.top5, self.run_dir / MODEL)
         return final
-
-
-def mistakes_row(final: EvalResult, run_dir: Path) -> list[object]:
-    """A table row: how many validation images the kept weights misclassify, and where they are shown."""
-    count = len(final.mistakes)
-    return ["misclassified", f"{count} (see {run_dir / 'mistakes.png'})" if count else "0"]
-
-
-def result_rows(result: TrainResult) -> list[list[object]]:
-    """(label, value) rows summing up a run, for a printed table."""
-    rows: list[list[object]] = [["status", result.status], ["run", str(result.run_dir)],
-                                ["epochs", f"{result.epochs_completed}/{result.epochs}"]]
-    if result.best_top1 is not None:
-        rows.append(["best epoch", f"{result.best_epoch} ({result.best_weights} weights)"])
-    if result.final is not None:
-        rows += [["val images", result.final.count], ["val top-1 %", f"{result.final.top1:.2f}"],
-                 ["val top-5 %", f"{result.final.top5:.2f}"], ["val loss", f"{result.final.loss:.4f}"],
-                 mistakes_row(result.final, result.run_dir)]
-    elif result.best_top1 is not None:
-        rows.append(["val top-1 %", f"{result.best_top1:.2f}"])
-    seconds = sum(row.get("epoch_time_s", 0.0) for row in result.history)
-    images = sum(row.get("train_img_per_s", 0.0) * row.get("epoch_time_s", 0.0) for row in result.history)
-    rows.append(["wall time", f"{result.wall_time_s:.0f} s"])
-    if seconds:
-        rows.append(["train img/s", f"{images / seconds:.1f}"])
-    if result.status == "completed":
-        rows.append(["model", str(result.run_dir / ckpt.MODEL)])
-    else:
-        rows.append(["resume with", f"effnet train --resume {result.run_dir}"])
-    return rows
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: str | Path | None = None,
@@ -787,50 +724,3 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: str | 
         return trainer.fit(stop_after)
     finally:
         shutdown(trainer.context)
-
-
-def evaluation_dataset(data: str | Path, val_split: float | None = None, seed: int = 0) -> ImageDataset:
-    """The images to evaluate in ``data``: its validation split (``val/``, ``val.csv``, or the
-    ``val_split`` held out with ``seed`` as in training), else every image of a class-folder
-    tree or CSV listing."""
-    data = Path(data)
-    if val_split is not None:
-        return build_datasets(data, val_split=val_split, seed=seed).val
-    if data.is_dir():
-        if any((data / name).is_dir() for name in VAL_FOLDER_NAMES) or \
-                any((data / name).is_file() for name in VAL_CSV_NAMES):
-            return build_datasets(data).val
-        if (data / "train").is_dir() or (data / "train.csv").is_file():
-            raise ValueError(f"{data} has a training split but no val/ (or val.csv) to evaluate; pass the "
-                             "val_split used in training (--val-split) to evaluate the held-out images")
-        return scan_folder(data)
-    if data.is_file() and data.suffix.lower() == ".csv":
-        return read_csv(data)
-    return build_datasets(data).val  # its errors say what is wrong with the path
-
-
-def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64, num_workers: int = 2,
-                        weights: str = "auto", device: str = "auto", val_split: float | None = None,
-                        seed: int = 0) -> tuple[EvalResult, list[str], EfficientNet]:
-    """Evaluate a run's ``.pt``, our ``.safetensors`` or a run directory on the images of
-    :func:`evaluation_dataset`; returns the metrics (with the misclassified files in
-    ``mistakes``), the model's class names and the model.
-
-    Classes are matched by name, so the data may list them in another order or hold only some.
-    """
-    model = ckpt.load_trained_model(path, weights)
-    dataset = evaluation_dataset(data, val_split, seed)
-    class_names = list(getattr(model, "class_names", None) or dataset.classes)
-    if len(class_names) != model.num_classes:
-        raise ValueError(f"the model has {model.num_classes} outputs but {len(class_names)} class names")
-    unknown = [c for c in dataset.classes if c not in class_names]
-    if unknown:
-        raise ValueError(f"{data} has classes the model does not know: {unknown}; the model's classes: {class_names}")
-    target_map = [class_names.index(c) for c in dataset.classes]
-    dataset.transform = eval_transforms(model.preprocessing)
-    loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers)
-    target = pick_device(device)
-    model.to(target)
-    result = evaluate(model, loader, len(class_names), target, target_map=target_map, keep_predictions=True)
-    result.mistakes = find_mistakes(result.predictions, dataset.samples, class_names, dataset.skipped)
-    return result, class_names, model

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ..files import publish
 from .errors import ChecksumError, WeightsUnavailableError
 
 ENV_HOME = "EFFNET_HOME"
@@ -146,8 +147,7 @@ def download(url: str, sha256: str | None = None, md5: str | None = None, filena
         part.unlink()
         raise ChecksumError(f"download of {url} is corrupt: {error}. The partial file was deleted; run again to "
                             "download it anew (if it keeps failing, the file changed upstream)") from None
-    os.replace(part, target)
-    return target
+    return publish(part, target)
 
 
 def _published_hash(sha256: str | None, md5: str | None) -> str:

@@ -1,8 +1,10 @@
 """Our checkpoint format, and safe reading of any weight file.
 
 Our format is one ``.safetensors`` file whose header carries JSON metadata: the architecture
-config, ``num_classes``, class names and eval preprocessing, everything needed to rebuild
-the model without guessing. It round-trips exactly.
+config, ``num_classes`` and the model's description (name, class names, eval preprocessing,
+weights source), everything needed to rebuild the model without guessing. It round-trips
+exactly. Training checkpoints carry the same metadata (:func:`model_metadata`), read back by
+the same :func:`model_from_metadata`.
 
 :func:`read_tensors` reads ``.safetensors`` and PyTorch pickles (``.pth``, ``.pt``, ``.bin``),
 the latter only with ``torch.load(weights_only=True)``: a pickle that needs to run code is
@@ -13,7 +15,6 @@ or nothing: a model is only changed once every tensor has been read and checked.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import struct
@@ -25,8 +26,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..description import CUSTOM_NAME, ModelDescription, Preprocessing
+from ..files import atomic_write
 from ..model import EfficientNet, EfficientNetConfig, StageSpec
-from ..registry import Preprocessing
 from .convert.base import assign_state_dict
 from .errors import CheckpointError
 
@@ -46,6 +48,7 @@ def config_to_dict(config: EfficientNetConfig) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any]) -> EfficientNetConfig:
     data = dict(data)
+    data.pop("resolution", None)  # files before 0.2 kept the input size in the config; the description has it
     known = {f.name for f in fields(EfficientNetConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -55,39 +58,32 @@ def config_from_dict(data: dict[str, Any]) -> EfficientNetConfig:
     return EfficientNetConfig(**data)
 
 
-def model_metadata(model: EfficientNet, class_names: list[str] | None = None,
-                   preprocessing: Preprocessing | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON-able description of a model stored beside its weights."""
-    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
-    preprocessing = preprocessing or getattr(model, "preprocessing", None) or Preprocessing(model.config.resolution)
-    if class_names is not None and model.num_classes and len(class_names) != model.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
+def model_metadata(model: EfficientNet, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON-able description of a model stored beside its weights (in ``.safetensors``
+    files and training checkpoints alike)."""
+    description = model.description
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "model_name": getattr(model, "model_name", "efficientnet_custom"),
+        "model_name": description.name,
         "config": config_to_dict(model.config),
         "num_classes": model.num_classes,
-        "class_names": list(class_names) if class_names is not None else None,
-        "preprocessing": preprocessing.to_dict(),
+        "class_names": list(description.class_names) if description.class_names is not None else None,
+        "preprocessing": description.preprocessing.to_dict(),
+        "weights": description.weights,
         "extra": extra or {},
     }
 
 
-def save_model(model: EfficientNet, path: str | Path, class_names: list[str] | None = None,
-               preprocessing: Preprocessing | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as safetensors with its metadata; returns the path written.
+def save_model(model: EfficientNet, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors with its metadata (:func:`model_metadata`); returns the path.
 
-    The file is written beside the target and renamed into place, so an interrupted save
-    never leaves a half-written checkpoint under the final name.
+    Describe the model first (``model.describe(class_names=...)``) for its file to carry its
+    class names. The write is atomic (:func:`effnet.files.atomic_write`).
     """
-    path = Path(path)
-    metadata = model_metadata(model, class_names, preprocessing, extra)
+    metadata = model_metadata(model, extra)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"effnet": json.dumps(metadata)})
-    os.replace(partial, path)
-    return path
+    return atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata={"effnet": json.dumps(metadata)}))
 
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
@@ -197,16 +193,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_metadata(metadata: dict[str, Any]) -> EfficientNet:
-    """An untrained model with the architecture, name, class names and preprocessing of ``metadata``."""
+    """An untrained model with the architecture and description of ``metadata``
+    (:func:`model_metadata`)."""
     try:
         config = config_from_dict(metadata["config"])
-        model = EfficientNet(config, num_classes=metadata["num_classes"])
-        model.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+        description = ModelDescription(metadata.get("model_name", CUSTOM_NAME),
+                                       Preprocessing.from_dict(metadata["preprocessing"]),
+                                       metadata.get("class_names"), metadata.get("weights"))
+        return EfficientNet(config, num_classes=metadata["num_classes"], description=description)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint metadata does not describe a valid model: {error}") from None
-    model.model_name = metadata.get("model_name", "efficientnet_custom")
-    model.class_names = metadata.get("class_names")
-    return model
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> EfficientNet:

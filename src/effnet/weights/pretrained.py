@@ -3,7 +3,7 @@
 The steps are separate so each can be used alone: :func:`resolve_checkpoint` finds and reads
 the weights (registry tag, ``True``, local file, URL or state dict; downloads go through the cache),
 :meth:`Checkpoint.overrides` tells the padding and BN epsilon to build the model with, and
-:func:`load_checkpoint` converts, checks and assigns them all or nothing.
+:func:`load_weights` converts, checks and assigns them all or nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..description import Preprocessing
 from ..model import EfficientNet, EfficientNetConfig
-from ..registry import Preprocessing
 from .convert import EFFNET, Layout, check_state_dict, detect_layout, get_layout, rename_state_dict, unwrap_state_dict
 from .convert.base import CLASSIFIER_KEYS
 from .convert.keras import read_h5
@@ -140,7 +140,7 @@ def check_architecture(checkpoint: Checkpoint, config: EfficientNetConfig, model
                               "effnet.weights.load_model")
 
 
-def load_checkpoint(model: EfficientNet, checkpoint: Checkpoint, strict_head: bool = False) -> bool:
+def load_weights(model: EfficientNet, checkpoint: Checkpoint, strict_head: bool = False) -> bool:
     """Convert, check and copy ``checkpoint`` into ``model``, all or nothing.
 
     A classifier for another number of classes than ``model.num_classes`` is dropped with a
@@ -168,17 +168,19 @@ def load_checkpoint(model: EfficientNet, checkpoint: Checkpoint, strict_head: bo
 
 def apply_checkpoint(model: EfficientNet, checkpoint: Checkpoint, strict_head: bool = False) -> EfficientNet:
     """Load ``checkpoint`` into ``model`` and attach its preprocessing and class names."""
-    head_loaded = load_checkpoint(model, checkpoint, strict_head)
+    head_loaded = load_weights(model, checkpoint, strict_head)
+    preprocessing = model.preprocessing
     if checkpoint.preprocessing is not None:
-        model.preprocessing = checkpoint.preprocessing
+        preprocessing = checkpoint.preprocessing
     elif checkpoint.normalization is not None:
         mean, std = checkpoint.normalization
-        model.preprocessing = replace(model.preprocessing, mean=mean, std=std)
+        preprocessing = replace(preprocessing, mean=mean, std=std)
     if not head_loaded:
-        model.class_names = None
+        class_names = None
     elif checkpoint.metadata is not None:
-        model.class_names = checkpoint.metadata.get("class_names")
+        class_names = checkpoint.metadata.get("class_names")
     else:
-        model.class_names = imagenet_class_names() if model.num_classes == 1000 else None
-    model.pretrained_source = checkpoint.source.tag if checkpoint.source else checkpoint.origin
+        class_names = imagenet_class_names() if model.num_classes == 1000 else None
+    model.describe(preprocessing=preprocessing, class_names=class_names,
+                   weights=checkpoint.source.tag if checkpoint.source else checkpoint.origin)
     return model

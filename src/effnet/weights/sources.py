@@ -21,7 +21,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing, get_entry
+from ..description import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
+from ..registry import get_entry
 from ..scaling import PUBLISHED_VARIANTS
 
 TIMM_HUB = "https://huggingface.co/timm"

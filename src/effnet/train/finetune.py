@@ -10,7 +10,7 @@ before pooling), ``stages.6`` ... ``stages.0``, ``stem``. Strategies say which g
 
 Frozen groups have ``requires_grad=False``; their BatchNorm layers must also stay in eval mode
 (running statistics unchanged) although the model trains: call :func:`start_epoch` at the
-start of each epoch, after ``model.train()``. :func:`param_groups` gives every group its own
+start of each epoch, after ``model.train()``. :func:`layer_decay_groups` gives every group its own
 learning rate, ``base_lr * layer_decay ** depth`` (depth 0 = classifier), and no weight decay
 on BatchNorm parameters and biases; it includes frozen parameters (they get no gradient, so
 no update), so that unfreezing needs no new optimizer. Learning-rate schedules must scale
@@ -31,15 +31,15 @@ from typing import Any
 
 from torch import nn
 
-from .factory import resolve_config
-from .model import EfficientNet
-from .registry import get_entry, list_models
-from .train.checkpoint import load_checkpoint, load_trained_model
-from .train.config import FINETUNE_STRATEGIES as STRATEGIES
-from .train.optim import param_groups as decay_groups
-from .weights.errors import CheckpointError
-from .weights.io import read_metadata
-from .weights.sources import default_source, get_source
+from ..factory import resolve_config
+from ..model import EfficientNet
+from ..registry import get_entry, list_models
+from ..weights.errors import CheckpointError
+from ..weights.io import read_metadata
+from ..weights.sources import default_source, get_source
+from ..weights.trained import load_trained_model, read_training_checkpoint
+from .config import FINETUNE_STRATEGIES as STRATEGIES
+from .optim import weight_decay_groups
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,10 @@ def prepare_for_finetuning(model: EfficientNet, num_classes: int, class_names: S
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     device = next(model.parameters()).device
-    model.reset_classifier(num_classes)
+    model.reset_classifier(num_classes, class_names)
     if zero_init:
         model.zero_init_classifier()
     model.classifier.to(device)
-    model.class_names = list(class_names) if class_names is not None else None
     return model
 
 
@@ -94,7 +93,7 @@ def is_trained_checkpoint(path: str | Path) -> bool:
         return True
     if path.suffix in (".pt", ".pth"):
         try:
-            load_checkpoint(path)
+            read_training_checkpoint(path)
         except ValueError:
             return False
         return True
@@ -155,16 +154,13 @@ def start_from_trained(path: str | Path, class_names: Sequence[str], zero_init_h
         config, _ = resolve_config(trained.config, **overrides)
     except TypeError as error:
         raise ValueError(f"model.overrides: {error}") from None
-    model = EfficientNet(config, num_classes=trained.num_classes)
+    model = EfficientNet(config, num_classes=trained.num_classes, description=trained.description)
     try:
         model.load_state_dict(trained.state_dict())
     except RuntimeError as error:
         raise ValueError(f"the overrides {sorted(overrides)} change the architecture of the {trained.model_name} "
                          f"network in {path}, so its weights do not fit; drop them (the checkpoint's own "
                          f"architecture is used): {str(error).splitlines()[0]}") from None
-    model.model_name = trained.model_name
-    model.preprocessing = trained.preprocessing
-    model.class_names = getattr(trained, "class_names", None)
     if model.class_names != list(class_names):
         prepare_for_finetuning(model, len(class_names), class_names, zero_init=zero_init_head)
     return model
@@ -255,13 +251,13 @@ def _all_trainable(module: nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def param_groups(model: EfficientNet, base_lr: float, layer_decay: float = 1.0,
+def layer_decay_groups(model: EfficientNet, base_lr: float, layer_decay: float = 1.0,
                  weight_decay: float = 0.0) -> list[dict]:
     """Optimizer parameter groups with discriminative learning rates.
 
     Each layer group at depth ``d`` (classifier 0, head 1, stage 6 2, ..., stem last) gets
     ``lr = base_lr * layer_decay ** d``, stored as well as ``lr_scale`` for schedules, and is
-    split (by :func:`effnet.train.optim.param_groups`) into weights with ``weight_decay`` and
+    split (by :func:`effnet.train.optim.weight_decay_groups`) into weights with ``weight_decay`` and
     BatchNorm parameters plus biases without. Groups are named ``<layer group>`` and
     ``<layer group>.no_decay``. Frozen parameters are included (see the module docstring).
     """
@@ -272,7 +268,7 @@ def param_groups(model: EfficientNet, base_lr: float, layer_decay: float = 1.0,
     for layer in layer_groups(model):
         scale = layer_decay ** layer.depth
         with _all_trainable(layer.module):
-            decay, no_decay = decay_groups(layer.module, weight_decay)
+            decay, no_decay = weight_decay_groups(layer.module, weight_decay)
         for part, suffix in ((decay, ""), (no_decay, ".no_decay")):
             if part["params"]:
                 groups.append({**part, "lr": base_lr * scale, "lr_scale": scale, "name": layer.name + suffix})

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet import create_model
-from effnet.finetune import (
+from effnet.train.finetune import (
     UnfreezeSchedule,
     apply_freezing,
     freeze_bn_of_frozen,
+    layer_decay_groups,
     layer_groups,
-    param_groups,
     prepare_for_finetuning,
     start_epoch,
     unfrozen_groups_at,
@@ -89,7 +89,7 @@ def test_gradual_schedule_unfreezes_whole_groups_from_the_top(model):
 
 def test_linear_probe_moves_only_the_classifier_and_frozen_bn_statistics_stay(model):
     prepare_for_finetuning(model, 5)
-    optimizer = torch.optim.AdamW(param_groups(model, 1e-2, layer_decay=0.5, weight_decay=0.1))
+    optimizer = torch.optim.AdamW(layer_decay_groups(model, 1e-2, layer_decay=0.5, weight_decay=0.1))
     before = snapshot(model)
     train_steps(model, optimizer, epoch=0, schedule=UnfreezeSchedule("linear"))
     assert changed(before, model) == {"classifier.weight", "classifier.bias"}  # BN statistics included
@@ -100,7 +100,7 @@ def test_linear_probe_moves_only_the_classifier_and_frozen_bn_statistics_stay(mo
 def test_gradual_unfreezing_trains_the_unfrozen_groups_with_the_same_optimizer(model):
     prepare_for_finetuning(model, 5)
     schedule = UnfreezeSchedule("gradual")
-    optimizer = torch.optim.AdamW(param_groups(model, 1e-2, layer_decay=0.8, weight_decay=0.1))
+    optimizer = torch.optim.AdamW(layer_decay_groups(model, 1e-2, layer_decay=0.8, weight_decay=0.1))
     train_steps(model, optimizer, epoch=0, schedule=schedule)
     before = snapshot(model)
     train_steps(model, optimizer, epoch=2, schedule=schedule)  # classifier, head and stage 6 now train
@@ -125,7 +125,7 @@ def test_freeze_bn_of_frozen_follows_requires_grad():
 
 def test_param_groups_give_decayed_learning_rates_and_no_decay_for_bn_and_biases(model):
     apply_freezing(model, ["classifier"])  # frozen parameters are still grouped (for later unfreezing)
-    groups = param_groups(model, base_lr=1e-3, layer_decay=0.5, weight_decay=0.05)
+    groups = layer_decay_groups(model, base_lr=1e-3, layer_decay=0.5, weight_decay=0.05)
     by_name = {g["name"]: g for g in groups}
     assert list(by_name) == [n + s for n in GROUPS for s in ("", ".no_decay")]
     for depth, name in enumerate(GROUPS):
@@ -142,4 +142,4 @@ def test_param_groups_give_decayed_learning_rates_and_no_decay_for_bn_and_biases
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert [p.requires_grad for p in model.parameters()].count(True) == 2  # grouping left freezing alone
     with pytest.raises(ValueError, match="layer_decay=1.5"):
-        param_groups(model, 1e-3, layer_decay=1.5)
+        layer_decay_groups(model, 1e-3, layer_decay=1.5)
