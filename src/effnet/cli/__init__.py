@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from ..errors import EffnetError
+
 COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize")
 
 
@@ -27,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except EffnetError as error:
+        print(f"effnet {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except (ValueError, OSError) as error:
         print(f"effnet {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
