@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from importlib import resources
+
 import pytest
 
+from effnet.errors import ConfigError
 from effnet.train.config import (
     TrainConfig,
     apply_overrides,
@@ -113,3 +117,29 @@ def test_apply_overrides_reports_what_changed() -> None:
     changed = apply_overrides(config, {"run.epochs": 30, "data.batch_size": 8}, ["optimizer.lr=0.5"])
     assert changed == ["data.batch_size", "optimizer.lr"]
     assert parse_assignment("run.amp=") == ("run.amp", None)
+
+
+@pytest.mark.parametrize("key", ["dropout", "drop_rate", "drop_path_rate"])
+def test_dropout_has_one_route(key) -> None:
+    with pytest.raises(ConfigError, match=rf"model.overrides.{key}: set dropout with model.drop_rate"):
+        build_config("seed", assignments=[f"model.overrides.{key}=0.3"])
+
+
+def test_staged_learning_and_a_fixed_dropout_are_refused_together() -> None:
+    with pytest.raises(ConfigError, match=r"model.drop_rate=0.3 and progressive.mode=staged both set the dropout"):
+        build_config("seed", assignments=["model.drop_rate=0.3", "progressive.mode=staged",
+                                          "augment.auto_augment=randaugment"])
+
+
+def test_recipes_describe_settings_not_results() -> None:
+    # measured results go stale in a recipe's comments; they belong in the README
+    for name in recipe_names():
+        text = (resources.files("effnet") / "recipes" / f"{name}.yaml").read_text()
+        comments = "".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+        assert not re.search(r"\d+(\.\d+)?%", comments), name
+
+
+def test_settings_built_without_a_recipe_name_none() -> None:
+    config = TrainConfig()
+    assert config.recipe is None and TrainConfig.from_dict(config.to_dict()).recipe is None
+    assert build_config("paper").recipe == "paper"

@@ -223,6 +223,8 @@ SECTIONS: dict[str, type] = {
 OPTIMIZERS = ("adamw", "sgd", "rmsprop_tf")
 SCHEDULES = ("cosine", "step")
 PROGRESSIVE_MODES = ("none", "linear", "staged")
+# Model settings with a training setting of their own: model.overrides may not set them.
+REGULARIZATION_KEYS = frozenset({"dropout", "drop_rate", "drop_path_rate"})
 AUTO_AUGMENTS = (None, *auto_augment_policies)
 
 
@@ -254,9 +256,9 @@ class TrainConfig:
                 config.recipe = None if value is None else str(value)
                 continue
             if key not in SECTIONS:
-                raise ValueError(f"{source}: unknown section {key!r}; valid sections: recipe, {', '.join(SECTIONS)}")
+                raise ConfigError(f"{source}: unknown section {key!r}; valid sections: recipe, {', '.join(SECTIONS)}")
             if not isinstance(value, dict):
-                raise ValueError(f"{source}: section {key!r} must be a mapping of settings, got {value!r}")
+                raise ConfigError(f"{source}: section {key!r} must be a mapping of settings, got {value!r}")
             for name, item in value.items():
                 set_value(config, f"{key}.{name}", item, source)
         config.validate()
@@ -274,7 +276,7 @@ class TrainConfig:
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
         positive = {
             "run.epochs": self.run.epochs, "data.batch_size": self.data.batch_size,
             "run.accum_steps": self.run.accum_steps, "optimizer.lr": self.optimizer.lr,
@@ -284,29 +286,37 @@ class TrainConfig:
         }
         for name, value in positive.items():
             if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise ConfigError(f"{name} must be positive, got {value}")
         for name, size in (("data.img_size", self.data.img_size), ("data.eval_img_size", self.data.eval_img_size)):
             if size is not None and size < 1:
-                raise ValueError(f"{name} must be a positive number of pixels, got {size} (leave it unset for the "
+                raise ConfigError(f"{name} must be a positive number of pixels, got {size} (leave it unset for the "
                                  "model's own size)")
         if self.data.crop_pct is not None and not 0 < self.data.crop_pct <= 1:
-            raise ValueError(f"data.crop_pct must be in (0, 1], got {self.data.crop_pct}")
+            raise ConfigError(f"data.crop_pct must be in (0, 1], got {self.data.crop_pct}")
         if self.data.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
         if not 0 < self.finetune.layer_decay <= 1:
-            raise ValueError(f"finetune.layer_decay must be in (0, 1] (1: one learning rate for all layers), "
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1] (1: one learning rate for all layers), "
                              f"got {self.finetune.layer_decay}")
         if not 0 <= self.augment.label_smoothing < 1:
-            raise ValueError(f"augment.label_smoothing must be in [0, 1), got {self.augment.label_smoothing}")
+            raise ConfigError(f"augment.label_smoothing must be in [0, 1), got {self.augment.label_smoothing}")
         if not 0 <= self.schedule.warmup_epochs < self.run.epochs:
-            raise ValueError(f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be >= 0 and shorter than "
+            raise ConfigError(f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be >= 0 and shorter than "
                              f"run.epochs={self.run.epochs}; e.g. --set schedule.warmup_epochs=0")
         if self.model.zero_init_residual and self.model.pretrained:
-            raise ValueError(f"model.zero_init_residual=true would erase the residual blocks of the pretrained "
+            raise ConfigError(f"model.zero_init_residual=true would erase the residual blocks of the pretrained "
                              f"weights (model.pretrained={self.model.pretrained}); it is for training from scratch: "
                              f"--set model.zero_init_residual=false")
+        regularization = sorted(REGULARIZATION_KEYS & set(self.model.overrides))
+        if regularization:
+            raise ConfigError(f"model.overrides.{regularization[0]}: set dropout with model.drop_rate and stochastic "
+                             "depth with model.drop_path_rate (one setting each)")
+        if self.progressive.mode == "staged" and self.model.drop_rate is not None:
+            raise ConfigError(f"model.drop_rate={self.model.drop_rate} and progressive.mode=staged both set the "
+                             f"dropout; staged learning grows it per stage (progressive.dropout="
+                             f"{list(self.progressive.dropout)}): unset model.drop_rate")
         if self.progressive.mode == "staged" and self.augment.auto_augment != "randaugment":
-            raise ValueError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
+            raise ConfigError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
                              "set augment.auto_augment=randaugment")
 
 
@@ -330,13 +340,13 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     else:
         resource = _recipe_dir() / f"{name_or_path}.yaml"
         if not resource.is_file():
-            raise ValueError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())} "
+            raise ConfigError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())} "
                              "(or give a path to a .yaml file)")
         text = resource.read_text()
         name = str(name_or_path)
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"recipe {name_or_path} must be a YAML mapping of sections")
+        raise ConfigError(f"recipe {name_or_path} must be a YAML mapping of sections")
     data.setdefault("recipe", name)
     return data
 
@@ -371,7 +381,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     """``"optimizer.lr=0.01"`` -> ``("optimizer.lr", 0.01)``; the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optimizer.lr=0.01")
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optimizer.lr=0.01")
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
@@ -395,17 +405,17 @@ def set_value(config: TrainConfig, key: str, value: Any, source: str = "override
 def _resolve(config: TrainConfig, key: str, source: str) -> tuple[Any, str, Any]:
     parts = key.split(".")
     if parts[0] not in SECTIONS or len(parts) < 2:
-        raise ValueError(f"{source}: unknown setting {key!r}; settings look like SECTION.KEY with SECTION one of "
+        raise ConfigError(f"{source}: unknown setting {key!r}; settings look like SECTION.KEY with SECTION one of "
                          f"{', '.join(SECTIONS)}")
     section = getattr(config, parts[0])
     hints = typing.get_type_hints(type(section))
     if parts[1] not in hints:
-        raise ValueError(f"{source}: unknown setting {key!r}; {parts[0]} has: {', '.join(hints)}")
+        raise ConfigError(f"{source}: unknown setting {key!r}; {parts[0]} has: {', '.join(hints)}")
     if len(parts) == 2:
         return section, parts[1], hints[parts[1]]
     if len(parts) == 3 and _origin(hints[parts[1]]) is dict:
         return getattr(section, parts[1]), parts[2], None
-    raise ValueError(f"{source}: unknown setting {key!r}")
+    raise ConfigError(f"{source}: unknown setting {key!r}")
 
 
 def _origin(hint: Any) -> Any:
@@ -427,11 +437,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, inner[-1], where)
     if _origin(hint) is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"{where} expects a list of {len(args)} values, e.g. [0.08, 1.0]; got {value!r}")
+            raise ConfigError(f"{where} expects a list of {len(args)} values, e.g. [0.08, 1.0]; got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if _origin(hint) is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where} expects a mapping, got {value!r}")
+            raise ConfigError(f"{where} expects a mapping, got {value!r}")
         return dict(value)
     try:
         if hint is bool:
@@ -453,7 +463,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 raise TypeError
             return str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+        raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
     return value
 
 

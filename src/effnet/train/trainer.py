@@ -46,6 +46,7 @@ from ..data.datasets import build_datasets
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
 from ..device import autocast_context
+from ..errors import EffnetError
 from ..factory import create_model
 from ..files import atomic_write, remove_stale_temps
 from ..model import EfficientNet
@@ -83,7 +84,7 @@ from .schedule import LRSchedule
 from .state import Batch, EpochSums, RunState, epoch_batches
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(EffnetError, ValueError):
     """The loss became NaN or infinite; the run stopped without saving the bad weights.
 
     A ``ValueError`` so that the command line reports it as a settings problem.
@@ -303,7 +304,8 @@ class Trainer:
             self.train_module = torch.compile(self.train_module)
         self.ema = ModelEMA(model, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
 
-        self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs)
+        self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs,
+                                    model.config.dropout)
         self.val_set.transform = eval_transforms(model.preprocessing)
         self.val_loader = self._build_val_loader()
         self._train_loader: DataLoader | None = None
@@ -517,8 +519,7 @@ class Trainer:
         loader = self._loader_for(settings)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        if settings.dropout is not None:
-            self.raw_model.dropout.p = settings.dropout
+        self.raw_model.dropout.p = settings.dropout
         if run.mid_epoch and run.epoch_rng is not None:
             self._set_rng(run.epoch_rng[context.rank])
         else:
