@@ -106,12 +106,17 @@ def list_models(pattern: str | None = None) -> list[str]:
     return [name for name in (*PUBLISHED_VARIANTS, *V2_VARIANTS) if pattern is None or pattern in name]
 
 
-def default_train_size(name: str) -> int:
+def default_train_size(name: str, eval_resolution: int | None = None) -> int:
     """The image size a named network trains at: EfficientNetV2 trains smaller than it is
-    evaluated (e.g. V2-S 300 / 384); V1 trains at its eval size."""
-    if name in V2_VARIANTS:
-        return V2_VARIANTS[name].train_size
-    return get_entry(name).preprocessing.resolution
+    evaluated (e.g. V2-S 300 / 384); V1 trains at its eval size. Given the ``eval_resolution``
+    of an actual model, that size is returned unless it is the registry's own eval size (a
+    model evaluated at another size, or not in the registry, trains at its eval size)."""
+    v2 = V2_VARIANTS.get(name)
+    if eval_resolution is None:
+        return v2.train_size if v2 is not None else get_entry(name).preprocessing.resolution
+    if v2 is not None and eval_resolution == v2.preprocessing.resolution:
+        return v2.train_size
+    return eval_resolution
 
 
 def get_entry(name: str) -> ModelEntry:
