@@ -67,11 +67,15 @@ class DataSettings:
     val_split: float | None = None
     strict: bool = False
 
-    def resolve_sizes(self, preprocessing: Preprocessing, min_size: int) -> None:
-        """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing) and
-        refuse any below ``min_size``, the network's total stride (smaller inputs leave the last
-        stages with nothing to see)."""
-        self.img_size = self.img_size or preprocessing.resolution
+    def resolve_sizes(self, preprocessing: Preprocessing, min_size: int, train_size: int | None = None) -> None:
+        """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing;
+        ``train_size``: the size it trains at, when smaller than its eval size as for
+        EfficientNetV2) and refuse any below ``min_size``, the network's total stride (smaller
+        inputs leave the last stages with nothing to see). A given ``img_size`` is also the
+        default eval size."""
+        if self.img_size is None and self.eval_img_size is None:
+            self.eval_img_size = preprocessing.resolution
+        self.img_size = self.img_size or train_size or preprocessing.resolution
         self.eval_img_size = self.eval_img_size or self.img_size
         self.crop_pct = self.crop_pct or preprocessing.crop_pct
         for name, size in (("data.img_size", self.img_size), ("data.eval_img_size", self.eval_img_size)):

@@ -50,6 +50,7 @@ from ..errors import EffnetError
 from ..factory import create_model
 from ..files import atomic_write, remove_stale_temps
 from ..model import EfficientNet
+from ..registry import default_train_size
 from ..weights.io import model_metadata, save_model
 from ..weights.trained import BEST, LAST, MODEL, model_from_checkpoint, read_training_checkpoint
 from . import checkpoint as ckpt
@@ -275,7 +276,8 @@ class Trainer:
                 if settings.zero_init_residual:
                     model.zero_init_residual()
         data = self.config.data
-        data.resolve_sizes(model.preprocessing, model.feature_info[-1].stride)
+        data.resolve_sizes(model.preprocessing, model.feature_info[-1].stride,
+                           default_train_size(model.model_name, model.preprocessing.resolution))
         model.describe(preprocessing=replace(model.preprocessing, resolution=data.eval_img_size,
                                              crop_pct=data.crop_pct),
                        class_names=self.class_names)
