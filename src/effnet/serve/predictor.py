@@ -100,13 +100,14 @@ class RunnerPredictor(Predictor):
 
 
 def openvino_runner(path: str | Path) -> Runner:
-    """A runner over an ONNX or OpenVINO IR file compiled for the CPU by OpenVINO."""
+    """A runner over an ONNX or OpenVINO IR file compiled for the CPU by OpenVINO, in float32
+    (OpenVINO would otherwise pick bfloat16 on CPUs that have it, shifting the probabilities)."""
     try:
         import openvino
     except ImportError:
         raise ConfigError("the openvino runtime needs the openvino package: pip install openvino, "
                           "or serve with --runtime onnxruntime") from None
-    compiled = openvino.Core().compile_model(str(path), "CPU")
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def predict(batch):
         return compiled(batch)[0]

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from PIL import Image
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,10 +56,11 @@ async def read_uploads(request: Request, max_files: int) -> tuple[list[Upload], 
     if content_type.lower().startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=max_files, max_fields=16)
-        except MultiPartException as error:
-            code = "too_many_files" if "files" in str(error).lower() else "bad_multipart"
-            raise RequestError(400, code, f"{error} (send at most {max_files} files per request)"
-                               if code == "too_many_files" else f"unreadable multipart body: {error}") from None
+        except (MultiPartException, HTTPException) as error:  # Starlette turns the first into the second
+            text = str(getattr(error, "detail", error))
+            code = "too_many_files" if "files" in text.lower() else "bad_multipart"
+            raise RequestError(400, code, f"{text} (send at most {max_files} files per request)"
+                               if code == "too_many_files" else f"unreadable multipart body: {text}") from None
         uploads, fields = [], {}
         try:
             for key, value in form.multi_items():
