@@ -12,7 +12,8 @@ import sys
 
 from ..errors import EffnetError
 
-COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize")
+COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize",
+            "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
