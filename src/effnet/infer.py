@@ -45,6 +45,7 @@ from .data.transforms import eval_transforms
 from .description import Preprocessing
 from .device import autocast_context, check_amp, resolve_device
 from .factory import create_model
+from .files import printable_path
 from .model import EfficientNet
 from .table import format_table
 from .weights.errors import CheckpointError
@@ -155,7 +156,7 @@ def _as_list(batch: list) -> list:
 
 
 def _source_name(image: ImageInput, index: int) -> str:
-    return str(image) if isinstance(image, (str, Path)) else f"<image {index}>"
+    return printable_path(image) if isinstance(image, (str, Path)) else f"<image {index}>"
 
 
 class Classifier:
