@@ -20,7 +20,7 @@ from PIL import Image
 
 from effnet import create_model, files
 from effnet.cli import main
-from effnet.errors import DiskFullError, OutputError
+from effnet.errors import DiskFullError
 from effnet.train.metrics import EvalResult, Mistake
 from effnet.train.reporting import save_evaluation
 from effnet.weights.io import save_model

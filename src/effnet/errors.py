@@ -32,7 +32,3 @@ class OutputError(EffnetError, OSError):
 
 class DiskFullError(OutputError):
     """The disk filled up while writing; the partial file was removed and the previous one kept."""
-
-
-class StateDictError(EffnetError, ValueError):
-    """Weights that do not fit the network they are loaded into, or that hold NaN or infinity."""
