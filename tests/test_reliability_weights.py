@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _train_helpers import make_image_folder
 
+from _train_helpers import make_image_folder
 from effnet import create_model
 from effnet.cli import main
 from effnet.errors import EffnetError
