@@ -3,8 +3,9 @@
 Every error the library raises on purpose derives from :class:`EffnetError` and says what was
 wrong (with the path or value) and what to do. Each also derives from the built-in type a
 Python caller would expect (``ValueError`` for a bad value, ``FileNotFoundError`` for a
-missing file), so ``except ValueError`` keeps working. The command line maps
-:class:`EffnetError` to exit code 2 (see :mod:`effnet.cli`).
+missing file, ``OSError`` for a file that cannot be written), so ``except ValueError`` keeps
+working. The command line maps :class:`EffnetError` to its ``exit_code`` (2) and a one-line
+message (see :mod:`effnet.cli`).
 """
 
 from __future__ import annotations
@@ -22,3 +23,12 @@ class ConfigError(EffnetError, ValueError):
 
 class InputFileError(EffnetError, FileNotFoundError):
     """A file or folder the user named that is not there."""
+
+
+class OutputError(EffnetError, OSError):
+    """A file or folder that cannot be written: a folder where a file is wanted, no permission,
+    an existing file of another kind, or a full disk."""
+
+
+class DiskFullError(OutputError):
+    """The disk filled up while writing; the partial file was removed and the previous one kept."""

@@ -9,13 +9,29 @@ file that was written elsewhere first (a resumable download).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from .errors import DiskFullError, OutputError
 
 TEMP_MARK = ".tmp-"
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+_LOW_SPACE_BYTES = 16 * 2**20
+"""Below this much free space, a writer's failure without an errno (torch.save's
+``inline_container.cc`` enforce error) is taken for a full disk."""
+
+
+def printable_path(path: str | Path | bytes) -> str:
+    """``path`` as text that can always be printed or written as UTF-8: bytes of a file name that
+    are not valid UTF-8 (``b"img_\\xff.png"``) appear as ``\\xff`` escapes instead of making the
+    write fail."""
+    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def temp_path_for(path: Path) -> Path:
@@ -33,11 +49,110 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     path = Path(path)
     temp = temp_path_for(path)
     try:
-        write(temp)
-        publish(temp, path)
+        with write_errors_explained(path):
+            write(temp)
+            publish(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, keep_partial_on: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+                ) -> Iterator[IO[str]]:
+    """A UTF-8 text file that appears at ``path`` whole when the block ends.
+
+    The text goes to a temporary file beside ``path``. It is published when the block ends
+    normally, and also when it ends by one of ``keep_partial_on`` (an interruption: the caller
+    has finished what it wrote so far, e.g. closed a JSON list). Any other error removes it
+    and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    temp = temp_path_for(path)
+    try:
+        with write_errors_explained(path):
+            handle = open(temp, "w", encoding="utf-8", newline="")
+            try:
+                yield handle
+            except keep_partial_on:
+                handle.close()
+                publish(temp, path)
+                raise
+            finally:
+                handle.close()
+            publish(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def write_errors_explained(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` into an :class:`~effnet.errors.OutputError` that says what
+    happened: :class:`~effnet.errors.DiskFullError` for a full disk, whatever the writer raised."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as error:
+        if _is_disk_full(error, path.parent):
+            raise DiskFullError(f"disk full while writing {printable_path(path)}: the partial file was removed "
+                                "and any previous version kept; free some space and run again") from error
+        if isinstance(error, PermissionError):
+            raise OutputError(f"cannot write {printable_path(path)}: permission denied; choose a folder you "
+                              "can write to") from error
+        if isinstance(error, IsADirectoryError):
+            raise OutputError(f"cannot write {printable_path(path)}: it is a folder; name a file") from error
+        raise
+
+
+def _is_disk_full(error: BaseException, directory: Path) -> bool:
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        return True
+    if "No space left on device" in str(error):
+        return True
+    if isinstance(error, RuntimeError) and "inline_container" in str(error):
+        try:
+            return shutil.disk_usage(directory).free < _LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def check_output_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Refuse, before any work, an output file that could not be written or would destroy
+    something: a folder, a file of another kind (``suffixes``: the ones this output may
+    replace, e.g. ``(".csv", ".json")``), a missing or read-only folder.
+    Raises :class:`~effnet.errors.OutputError`."""
+    path = Path(path)
+    shown = printable_path(path)
+    if path.is_dir():
+        raise OutputError(f"{shown} is a folder; give a file name inside it, e.g. {printable_path(path / 'out')}"
+                          + (suffixes[0] if suffixes else ""))
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{shown} exists and is not a regular file; choose another name")
+    if path.is_file() and suffixes is not None and path.suffix.lower() not in suffixes:
+        raise OutputError(f"{shown} already exists and is not a {'/'.join(s or '(no suffix)' for s in suffixes)} "
+                          "file this command writes; it was left as it is: choose another name or delete it first")
+    check_output_folder(path.parent)
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise OutputError(f"cannot write {shown}: the file is read-only")
+    return path
+
+
+def check_output_folder(folder: str | Path) -> Path:
+    """Refuse a folder that cannot be written into: a file in the way, or no write permission
+    (on the folder, or on the nearest existing parent when it is still to be created)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create {printable_path(folder)}: {printable_path(existing)} is a file, not a "
+                          "folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {printable_path(existing)}: permission denied; choose a folder you "
+                          "can write to")
+    return folder
 
 
 def publish(temp: str | Path, path: str | Path) -> Path:

@@ -45,11 +45,12 @@ from .data.transforms import eval_transforms
 from .description import Preprocessing
 from .device import autocast_context, check_amp, resolve_device
 from .factory import create_model
+from .files import printable_path
 from .model import EfficientNet
 from .table import format_table
-from .weights.errors import CheckpointError
+from .weights.errors import CheckpointError, StateDictError
 from .weights.io import read_metadata
-from .weights.trained import load_trained_model
+from .weights.trained import load_trained_model, read_training_checkpoint
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 FORMATS = ("table", "csv", "json")
@@ -155,7 +156,7 @@ def _as_list(batch: list) -> list:
 
 
 def _source_name(image: ImageInput, index: int) -> str:
-    return str(image) if isinstance(image, (str, Path)) else f"<image {index}>"
+    return printable_path(image) if isinstance(image, (str, Path)) else f"<image {index}>"
 
 
 def class_name(class_names: Sequence[str] | None, index: int) -> str:
@@ -241,10 +242,15 @@ class Classifier:
                                  f"a model name (drop {model_name!r} / --model)")
             if num_classes is None:
                 num_classes = _stored_num_classes(path)
-            model = create_model(model_name, num_classes=num_classes, pretrained=path, strict_head=True)
+            try:
+                model = create_model(model_name, num_classes=num_classes, pretrained=path, strict_head=True)
+            except StateDictError as error:
+                raise StateDictError(f"{path} does not fit {model_name} (the --model architecture): {error}") from None
             return cls(model, **options)
         try:
             model = load_trained_model(path)
+        except StateDictError:
+            raise
         except ValueError as error:
             raise ValueError(f"{error} (if {path} holds another library's weights, give its architecture too: "
                              "Classifier.from_checkpoint(path, model_name='efficientnet_b0'), or effnet "
@@ -325,11 +331,14 @@ class Classifier:
 
 
 def _stored_num_classes(path: Path) -> int:
-    """The head size recorded in one of our ``.safetensors`` files; 1000 (ImageNet) for other files."""
-    if path.suffix == ".safetensors" and path.is_file():
+    """The head size recorded in one of our ``.safetensors`` files or training checkpoints;
+    1000 (ImageNet) for other files."""
+    if path.is_file() and path.suffix in (".safetensors", ".pt", ".pth"):
         try:
-            return int(read_metadata(path)["num_classes"])
-        except CheckpointError:  # a safetensors file without effnet metadata
+            if path.suffix == ".safetensors":
+                return int(read_metadata(path)["num_classes"])
+            return int(read_training_checkpoint(path)["model_meta"]["num_classes"])
+        except (CheckpointError, KeyError, TypeError, ValueError):  # another library's file
             pass
     return 1000
 

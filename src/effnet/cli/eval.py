@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..evaluation import evaluate_checkpoint
+from ..files import check_output_folder
 from ..table import format_table
 from ..train.metrics import confusion_rows, mistake_rows, per_class_rows, summary_rows
 from ..train.reporting import save_evaluation
@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_output_folder(args.out) if args.out else None
     result, class_names, _ = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                                  num_workers=args.workers, weights=args.weights, device=args.device,
                                                  val_split=args.val_split, seed=args.seed)
@@ -51,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
               + ("" if args.out else " (--out writes them all to mistakes.csv and mistakes.png)"))
         print(format_table(["file", "true", "predicted", "confidence %"], mistake_rows(result.mistakes, shown)))
     if args.out:
-        for path in save_evaluation(result, class_names, Path(args.out), title=str(args.checkpoint)):
+        for path in save_evaluation(result, class_names, out, title=str(args.checkpoint)):
             print(f"wrote {path}")
     return 0

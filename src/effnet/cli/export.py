@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..deploy.export import DEFAULT_OPSET, export_model
+from ..deploy.export import DEFAULT_OPSET, check_export_options, export_model
 from ..deploy.pipeline import default_output, load_deployable
 from ..deploy.runtime import FORMATS, SUFFIXES
 from ..deploy.verify import FP32_TOLERANCE
+from ..files import check_output_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_export_options(args.format, args.opset, args.tolerance)
+    out = check_output_file(args.out or default_output(args.checkpoint, SUFFIXES[args.format]),
+                            (SUFFIXES[args.format],))
     model = load_deployable(args.checkpoint)
-    out = args.out or default_output(args.checkpoint, SUFFIXES[args.format])
     result = export_model(model, out, args.format, opset=args.opset, fold_bn=args.fold_bn, tolerance=args.tolerance)
     print(result.describe())
     return 0

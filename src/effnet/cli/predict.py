@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
-from pathlib import Path
 
 from ..device import AMP_DTYPES
+from ..files import atomic_open, check_output_file
 from ..infer import FORMATS, Prediction, collect_images, format_for, load_classifier, open_writer, predict_files
 
 PREFIX = "effnet predict: "
+OUTPUT_SUFFIXES = (".csv", ".json", ".txt", ".tsv", ".log", "")
+"""Existing files ``--out`` may replace: text outputs, never a checkpoint or an image."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +49,7 @@ def _report_failure(prediction: Prediction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_output_file(args.out, OUTPUT_SUFFIXES) if args.out else None
     images = collect_images(args.paths)
     for argument, reason in images.problems:
         print(f"{PREFIX}{argument}: {reason}", file=sys.stderr)
@@ -58,17 +62,14 @@ def run(args: argparse.Namespace) -> int:
                                      device=args.device, amp=args.amp, tta_flip=args.tta)
     for warning in caught:
         print(f"{PREFIX}warning: {warning.message}", file=sys.stderr)
-    out = Path(args.out) if args.out else None
-    stream = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout
-    writer = open_writer(output_format, stream)
-    try:
-        summary = predict_files(classifier, images.files, writer, top_k=args.top_k, batch_size=args.batch_size,
-                                num_workers=args.workers, progress=False if args.no_progress else None,
-                                on_failure=_report_failure)
-    finally:
-        writer.close()
-        if out:
-            stream.close()
+    with atomic_open(out) if out else contextlib.nullcontext(sys.stdout) as stream:
+        writer = open_writer(output_format, stream)
+        try:
+            summary = predict_files(classifier, images.files, writer, top_k=args.top_k, batch_size=args.batch_size,
+                                    num_workers=args.workers, progress=False if args.no_progress else None,
+                                    on_failure=_report_failure)
+        finally:
+            writer.close()
     if out:
         print(f"wrote {summary.succeeded} prediction(s) to {out}")
     if summary.failed or images.problems:

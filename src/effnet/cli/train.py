@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..device import AMP_DTYPES
+from ..files import check_output_folder
 from ..table import format_table
 from ..train.checkpoint import ResumePoint
 from ..train.config import OPTIMIZERS, TrainConfig, recipe_names
@@ -42,6 +43,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_and_report(config: TrainConfig, args: argparse.Namespace, resume: ResumePoint | None = None) -> int:
     """Train, print the result table on the main process; exit code 130 when interrupted."""
+    if args.out:
+        check_output_folder(args.out)
     result = train(config, run_dir=args.out, resume=resume)
     if result.is_main:
         print(format_table(["", ""], result_rows(result)))

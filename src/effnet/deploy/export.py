@@ -11,6 +11,7 @@ model's resolution (TF-'SAME' padding is then baked into the graph as constant p
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..files import atomic_write
 from ..model import EfficientNet
 from .fuse import fold_batchnorm
@@ -80,6 +82,17 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+def check_export_options(format: str, opset: int = DEFAULT_OPSET, tolerance: float = FP32_TOLERANCE) -> None:
+    """Refuse an unknown format, an unsupported ONNX opset or a tolerance that is not a positive
+    number, before any work."""
+    check_format(format)
+    if format == "onnx":
+        check_opset(opset)
+    if not 0 < tolerance < math.inf:
+        raise ConfigError(f"tolerance must be a positive number (the largest |difference| of the logits accepted, "
+                          f"default {FP32_TOLERANCE:g}), got {tolerance}")
+
+
 def export_model(model: nn.Module, path: str | Path, format: str, *, opset: int = DEFAULT_OPSET,
                  fold_bn: bool = False, tolerance: float = FP32_TOLERANCE) -> ExportResult:
     """Export ``model`` to ``path`` as ``onnx``, ``torchscript`` or ``pt2``, verified in its runtime.
@@ -89,9 +102,7 @@ def export_model(model: nn.Module, path: str | Path, format: str, *, opset: int 
     artifact's logits differ from eager PyTorch by more than ``tolerance``; the destination is
     then left as it was.
     """
-    check_format(format)
-    if format == "onnx":
-        check_opset(opset)
+    check_export_options(format, opset, tolerance)
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {path.parent} does not exist")

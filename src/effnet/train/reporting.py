@@ -7,7 +7,7 @@ import io
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.images import ImageReadError, load_image
-from ..files import atomic_write
+from ..files import atomic_write, printable_path
 from ..weights.trained import LAST, MODEL
 from .metrics import EvalResult, Mistake
 
@@ -70,7 +70,7 @@ def setup_logging(run_dir: Path | None, enabled: bool) -> logging.Handler | None
         LOG.addHandler(console)
     if run_dir is None:
         return None
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", errors="backslashreplace")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     LOG.addHandler(handler)
     return handler
@@ -94,12 +94,17 @@ def write_metrics_csv(history: Sequence[dict[str, Any]], path: Path) -> None:
     if not history:
         return
     columns = list(dict.fromkeys(key for row in history for key in row))
+    write_csv(path, columns, ([_csv_value(row.get(k)) for k in columns] for row in history))
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """A CSV file written atomically with the csv module (values holding commas, quotes or
+    line breaks are quoted; paths that are not valid UTF-8 are escaped)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    atomic_write(path, lambda temp: temp.write_text(buffer.getvalue()))
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write(path, lambda temp: temp.write_text(buffer.getvalue(), encoding="utf-8"))
 
 
 def _csv_value(value: Any) -> Any:
@@ -183,13 +188,11 @@ def save_evaluation(result: EvalResult, class_names: Sequence[str], out_dir: Pat
                                       out_dir / "per_class.csv")
     heading = f"{title}: top-1 {result.top1:.2f}%" if title else f"top-1 {result.top1:.2f}%"
     plot_confusion(result.confusion, class_names, png, heading)
-    lines = ["true\\predicted," + ",".join(class_names)]
-    lines += [f"{name}," + ",".join(str(int(v)) for v in row)
-              for name, row in zip(class_names, result.confusion.tolist(), strict=True)]
-    atomic_write(matrix_csv, lambda temp: temp.write_text("\n".join(lines) + "\n"))
+    matrix = zip(class_names, result.confusion.tolist(), strict=True)
+    write_csv(matrix_csv, ["true\\predicted", *class_names], ([name, *map(int, row)] for name, row in matrix))
     per_class = zip(class_names, result.per_class_count, result.per_class_accuracy, strict=True)
-    rows = ["class,images,accuracy"] + [f"{name},{n},{acc:.4f}" for name, n, acc in per_class]
-    atomic_write(per_class_csv, lambda temp: temp.write_text("\n".join(rows) + "\n"))
+    write_csv(per_class_csv, ["class", "images", "accuracy"],
+              ([name, n, f"{acc:.4f}"] for name, n, acc in per_class))
     return [png, matrix_csv, per_class_csv, *save_mistakes(result.mistakes, out_dir)]
 
 
@@ -197,11 +200,8 @@ def save_mistakes(mistakes: Sequence[Mistake], out_dir: Path) -> list[Path]:
     """``mistakes.csv`` (path, true class, predicted class, confidence; all of them) and
     ``mistakes.png`` (the :data:`MISTAKES_SHOWN` most confident), or no PNG when there are none."""
     table, sheet = out_dir / "mistakes.csv", out_dir / "mistakes.png"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "true_class", "predicted_class", "confidence"])
-    writer.writerows([str(m.path), m.true_class, m.predicted_class, f"{m.confidence:.4f}"] for m in mistakes)
-    atomic_write(table, lambda temp: temp.write_text(buffer.getvalue()))
+    write_csv(table, ["path", "true_class", "predicted_class", "confidence"],
+              ([printable_path(m.path), m.true_class, m.predicted_class, f"{m.confidence:.4f}"] for m in mistakes))
     if not mistakes:
         sheet.unlink(missing_ok=True)  # an earlier evaluation's sheet would mislead
         return [table]
@@ -224,7 +224,8 @@ def plot_mistakes(mistakes: Sequence[Mistake], path: Path, columns: int = 8) -> 
         else:
             image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             axes.imshow(image)
-        axes.set_title(f"{mistake.path.name}\n{mistake.true_class[:12]} -> {mistake.predicted_class[:12]}\n"
+        axes.set_title(f"{printable_path(mistake.path.name)}\n"
+                       f"{mistake.true_class[:12]} -> {mistake.predicted_class[:12]}\n"
                        f"{mistake.confidence:.0%}", fontsize=7)
     for axes in figure.axes:
         axes.set_axis_off()

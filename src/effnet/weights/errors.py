@@ -1,19 +1,26 @@
 """The errors of the weights package: each says what was wrong and what to do about it.
 
-They subclass ``ValueError`` or ``FileNotFoundError`` so the CLI reports them as usage
-errors (exit code 2) rather than crashes.
+They derive from :class:`~effnet.errors.EffnetError` (and ``ValueError`` or
+``FileNotFoundError``), so the CLI reports them in one line with exit code 2.
 """
 
 from __future__ import annotations
 
+from ..errors import EffnetError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(EffnetError, ValueError):
     """A checkpoint that cannot be used: unreadable, unsafe, or made for another network."""
+
+
+class StateDictError(CheckpointError):
+    """Weights that do not fit the network they are loaded into (missing, extra or misshapen
+    tensors), or that hold NaN or infinity."""
 
 
 class ChecksumError(CheckpointError):
     """A downloaded file whose hash differs from the published one."""
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(EffnetError, FileNotFoundError):
     """Weights that are neither in the cache nor downloadable right now (offline)."""

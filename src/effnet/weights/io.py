@@ -14,10 +14,12 @@ or nothing: a model is only changed once every tensor has been read and checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from ..description import CUSTOM_NAME, ModelDescription, Preprocessing
 from ..files import atomic_write
 from ..model import EfficientNet, EfficientNetConfig, StageSpec
 from .convert.base import assign_state_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, StateDictError
 
 FORMAT_NAME = "effnet"
 FORMAT_VERSION = 1
@@ -208,5 +210,15 @@ def model_from_metadata(metadata: dict[str, Any]) -> EfficientNet:
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> EfficientNet:
     """Rebuild a model saved by :func:`save_model`, with its class names and preprocessing."""
     model = model_from_metadata(read_metadata(path))
-    assign_state_dict(model, read_tensors(path, device=str(map_location)))
+    with weights_named(path):
+        assign_state_dict(model, read_tensors(path, device=str(map_location)))
     return model.to(map_location)
+
+
+@contextlib.contextmanager
+def weights_named(origin: str | Path) -> Iterator[None]:
+    """Prefix a :class:`StateDictError` raised in the block with the file it came from."""
+    try:
+        yield
+    except StateDictError as error:
+        raise StateDictError(f"{origin}: {error}") from None

@@ -156,8 +156,8 @@ def load_weights(model: EfficientNet, checkpoint: Checkpoint, strict_head: bool 
         message = (f"{checkpoint.origin} has a {classes}-class classifier, the model was asked for "
                    f"{model.num_classes} classes")
         if strict_head:
-            raise CheckpointError(f"{message}; pass strict_head=False to drop the checkpoint's head and train a "
-                                  "new one, or num_classes={classes} to keep it")
+            raise CheckpointError(f"{message}; to use its classifier give --num-classes {classes} "
+                                  f"(num_classes={classes} in Python)")
         warnings.warn(f"{message}: its head was dropped and the new classifier is untrained (fine-tune it)",
                       stacklevel=2)
         tensors = {k: v for k, v in tensors.items() if k not in CLASSIFIER_KEYS}

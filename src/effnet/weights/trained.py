@@ -16,7 +16,7 @@ import torch
 from ..model import EfficientNet
 from .convert.base import assign_state_dict
 from .errors import CheckpointError
-from .io import load_model, model_from_metadata
+from .io import load_model, model_from_metadata, weights_named
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -59,7 +59,8 @@ def model_from_checkpoint(state: dict[str, Any], weights: str = "auto", origin: 
     else:
         tensors = state["model"]
     model = model_from_metadata(state["model_meta"])
-    assign_state_dict(model, tensors)
+    with weights_named(origin):
+        assign_state_dict(model, tensors)
     return model
 
 

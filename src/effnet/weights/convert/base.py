@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...model import EfficientNetConfig, ScaledStage
-from ..errors import CheckpointError
+from ..errors import CheckpointError, StateDictError
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 BN_PARAMS = ("weight", "bias") + BN_BUFFERS
@@ -130,8 +130,9 @@ def check_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
     """The complete state dict for ``model`` from ``tensors``, after checking every key and shape.
 
     BatchNorm's ``num_batches_tracked`` counters (which TensorFlow checkpoints lack) are kept
-    from the model when absent; anything else missing, unexpected or of another shape is an
-    error naming the key and both shapes.
+    from the model when absent; anything else missing, unexpected or of another shape is a
+    :class:`StateDictError` naming the key and both shapes, and so is a tensor holding NaN or
+    infinity (the first one is named).
     """
     origin = origin or {}
     expected = model.state_dict()
@@ -145,7 +146,7 @@ def check_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
         if unexpected:
             parts.append(f"{len(unexpected)} checkpoint weights do not exist in the model, "
                          f"e.g. {_examples([origin.get(k, k) for k in unexpected])}")
-        raise CheckpointError("; ".join(parts) + ": the checkpoint was made for another architecture")
+        raise StateDictError("; ".join(parts) + ": the checkpoint was made for another architecture")
     complete = {}
     for key, current in expected.items():
         tensor = tensors.get(key)
@@ -158,11 +159,21 @@ def check_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
         if tuple(tensor.shape) != tuple(current.shape):
             source = origin.get(key, key)
             named = f"{source!r} (our {key!r})" if source != key else repr(key)
-            raise CheckpointError(
+            raise StateDictError(
                 f"shape mismatch for {named}: checkpoint {tuple(tensor.shape)}, model {tuple(current.shape)}; "
                 "the checkpoint was made for another architecture (variant, width or number of classes)")
         complete[key] = tensor
+    _check_finite(complete, origin)
     return complete
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], origin: Mapping[str, str]) -> None:
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise StateDictError(f"checkpoint weight {origin.get(key, key)!r} holds NaN or infinite values ({bad} of "
+                                 f"{tensor.numel()}): the weights are broken (saved from a diverged run?); use an "
+                                 "earlier checkpoint")
 
 
 def assign_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
