@@ -8,6 +8,7 @@ from importlib import resources
 import pytest
 
 from effnet.errors import ConfigError
+from effnet.registry import default_train_size, get_entry
 from effnet.train.config import (
     TrainConfig,
     apply_overrides,
@@ -18,7 +19,6 @@ from effnet.train.config import (
     recipe_names,
     save_config,
 )
-from effnet.registry import default_train_size, get_entry
 from effnet.train.progressive import ProgressivePlan
 
 
