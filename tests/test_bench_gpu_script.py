@@ -18,6 +18,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu.py"
 def _script_module():
     spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

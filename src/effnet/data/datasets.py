@@ -125,12 +125,15 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self._load(index)
+        image, label = self.load(index)
         if self.transform is not None:
             image = self.transform(image)
         return image, label
 
-    def _load(self, index: int) -> tuple[Any, int]:
+    def load(self, index: int) -> tuple[Any, int]:
+        """Sample ``index`` as ``(RGB PIL image, label)``, untransformed; an unreadable file is
+        recorded in :attr:`skipped` and the next readable sample is returned in its place
+        (in strict mode it is an error)."""
         first_error = None
         for attempt in range(min(MAX_CONSECUTIVE_LOAD_FAILURES, len(self.samples))):
             current = (index + attempt) % len(self.samples)

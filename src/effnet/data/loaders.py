@@ -11,7 +11,7 @@ Persistent workers keep the copy of the dataset they were started with: after ch
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ def seed_worker(worker_id: int) -> None:
 
 def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 2, distributed: bool = False,
                  seed: int = 0, drop_last: bool | None = None, pin_memory: bool | None = None,
-                 persistent_workers: bool | None = None) -> DataLoader:
+                 persistent_workers: bool | None = None, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader for training (shuffled, last partial batch dropped) or evaluation (in order).
 
     ``distributed`` uses a :class:`DistributedSampler` (the process group must be
@@ -80,5 +80,5 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=persistent_workers and num_workers > 0,
-                      worker_init_fn=seed_worker if num_workers > 0 else None,
+                      worker_init_fn=seed_worker if num_workers > 0 else None, collate_fn=collate_fn,
                       generator=torch.Generator().manual_seed(seed * 1000 + rank))

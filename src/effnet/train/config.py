@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..data.device_decode import DECODE_MODES
 from ..data.transforms import AUTO_AUGMENTS as auto_augment_policies
 from ..description import Preprocessing
 from ..device import AMP_MODES
@@ -52,6 +53,9 @@ class DataSettings:
     """Where the images are, their sizes, batching and loading.
 
     ``path``: class folders, ``train/`` + ``val/``, or a CSV listing (see ``effnet.data``).
+    ``decode``: where images are decoded and augmented: ``cpu`` (in the loader workers),
+    ``gpu`` (workers read JPEG bytes; the training device decodes and augments whole batches,
+    see :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices).
     ``img_size`` is the final training size, ``eval_img_size`` the evaluation size and
     ``crop_pct`` the evaluation crop; ``None`` takes the model's (:meth:`resolve_sizes` fills
     them in once, so a run's saved config records the sizes it used).
@@ -66,6 +70,7 @@ class DataSettings:
     num_workers: int = 2
     val_split: float | None = None
     strict: bool = False
+    decode: str = "auto"
 
     def resolve_sizes(self, preprocessing: Preprocessing, min_size: int, train_size: int | None = None) -> None:
         """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing;
@@ -276,6 +281,7 @@ class TrainConfig:
             "progressive.mode": (self.progressive.mode, PROGRESSIVE_MODES),
             "augment.auto_augment": (self.augment.auto_augment, AUTO_AUGMENTS),
             "run.amp": (self.run.amp, AMP_MODES),
+            "data.decode": (self.data.decode, DECODE_MODES),
             "finetune.strategy": (self.finetune.strategy, FINETUNE_STRATEGIES),
         }
         for name, (value, allowed) in choices.items():

@@ -30,6 +30,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +44,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from ..data.datasets import build_datasets
+from ..data.device_decode import (
+    DeviceBatchTransform,
+    DeviceDecodeLoader,
+    EncodedImages,
+    collate_encoded,
+    decodes_on_device,
+)
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
 from ..device import autocast_context
@@ -308,9 +316,10 @@ class Trainer:
 
         self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs,
                                     model.config.dropout)
+        self.decode_on_device = decodes_on_device(config.data.decode, device)
         self.val_set.transform = eval_transforms(model.preprocessing)
         self.val_loader = self._build_val_loader()
-        self._train_loader: DataLoader | None = None
+        self._train_loader: DataLoader | DeviceDecodeLoader | None = None
         self._loader_key: tuple | None = None
         batches = len(self._loader_for(self.plan.at(0)))
         if batches == 0:
@@ -327,16 +336,25 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.run.amp == "fp16")
         self.state = RunState()
 
-    def _build_val_loader(self) -> DataLoader:
+    def _build_val_loader(self) -> DataLoader | DeviceDecodeLoader:
         data, context = self.config.data, self.context
-        dataset = self.val_set
+        encoded = self.decode_on_device
+        dataset = EncodedImages(self.val_set) if encoded else self.val_set
         if context.distributed:  # a shard per rank, no padding: every image counts once
-            dataset = Subset(self.val_set, range(context.rank, len(self.val_set), context.world_size))
-        return _signals_to_main_process(build_loader(
+            dataset = Subset(dataset, range(context.rank, len(self.val_set), context.world_size))
+        loader = _signals_to_main_process(build_loader(
             dataset, data.eval_batch_size or 2 * data.batch_size, train=False, num_workers=data.num_workers,
-            distributed=False, seed=self.config.run.seed))
+            distributed=False, seed=self.config.run.seed, collate_fn=collate_encoded if encoded else None))
+        return self._on_device(loader, self.val_set.transform)
 
-    def _loader_for(self, settings: EpochSettings) -> DataLoader:
+    def _on_device(self, loader: DataLoader, transform: Callable) -> DataLoader | DeviceDecodeLoader:
+        """With ``data.decode`` on the device, ``loader`` yields encoded images: decode and
+        transform its batches there."""
+        if not self.decode_on_device:
+            return loader
+        return DeviceDecodeLoader(loader, DeviceBatchTransform(transform, self.context.device, self.memory_format))
+
+    def _loader_for(self, settings: EpochSettings) -> DataLoader | DeviceDecodeLoader:
         """The training loader for an epoch's size and magnitude (rebuilt when they change)."""
         key = (settings.img_size, settings.ra_magnitude)
         if self._train_loader is None or key != self._loader_key:
@@ -345,9 +363,12 @@ class Trainer:
                 self.raw_model.preprocessing, resolution=settings.img_size, scale=a.scale, hflip=a.hflip,
                 color_jitter=a.color_jitter, auto_augment=a.auto_augment, ra_magnitude=settings.ra_magnitude,
                 ra_num_ops=a.ra_num_ops, re_prob=a.re_prob, degrees=a.degrees, shear=a.shear, fill=a.fill)
-            self._train_loader = _signals_to_main_process(build_loader(
-                self.train_set, self.config.data.batch_size, train=True, num_workers=self.config.data.num_workers,
-                distributed=self.context.distributed, seed=self.config.run.seed))
+            encoded = self.decode_on_device
+            loader = _signals_to_main_process(build_loader(
+                EncodedImages(self.train_set) if encoded else self.train_set, self.config.data.batch_size, train=True,
+                num_workers=self.config.data.num_workers, distributed=self.context.distributed,
+                seed=self.config.run.seed, collate_fn=collate_encoded if encoded else None))
+            self._train_loader = self._on_device(loader, self.train_set.transform)
             self._loader_key = key
         return self._train_loader
 

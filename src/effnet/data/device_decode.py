@@ -1,0 +1,137 @@
+"""Decoding and augmenting on the training device: loader workers only read JPEG bytes.
+
+On a GPU, decoding and augmenting thousands of JPEGs a second on the CPU starves the model.
+With ``data.decode=gpu`` the loader workers read each JPEG file's bytes and nothing more;
+the main process decodes a whole batch at once with ``torchvision.io.decode_jpeg`` on the
+device (nvJPEG on CUDA) and runs the same torchvision v2 preset as the CPU path there
+(random resized crop, flips, the auto-augment policies, normalization). Files that are not
+JPEG are decoded by the worker as before; a JPEG the device cannot decode is decoded on the
+CPU instead, and one that cannot be decoded at all is replaced by another image of the batch
+(with its label), with a warning naming the file, as the CPU path does.
+
+The path runs on the CPU too (``decode_jpeg`` on the CPU), which is how it is tested.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from .datasets import ImageDataset
+from .images import ImageReadError, decode_image
+
+logger = logging.getLogger(__name__)
+
+DECODE_MODES = ("auto", "cpu", "gpu")
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decodes_on_device(mode: str, device: torch.device) -> bool:
+    """Whether ``data.decode=mode`` decodes on ``device`` (``auto``: on CUDA devices)."""
+    if mode not in DECODE_MODES:
+        raise ValueError(f"data.decode={mode!r} is not one of {', '.join(DECODE_MODES)}")
+    return mode == "gpu" or (mode == "auto" and device.type == "cuda")
+
+
+class EncodedImages(Dataset):
+    """``dataset``'s images as they are on disk: ``(bytes, label)`` for a JPEG (a 1-D uint8
+    tensor), ``(uint8 CHW image, label)`` for any other format (decoded here, with the
+    dataset's own handling of unreadable files). Item ``i`` also carries its file name."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        path, label = self.dataset.samples[index]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        if data.startswith(JPEG_MAGIC):
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, str(path)
+        image, label = self.dataset.load(index)
+        return pil_to_tensor(image), label, str(path)
+
+
+def collate_encoded(items: list[tuple[torch.Tensor, int, str]]) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    """A batch of :class:`EncodedImages` items: the payloads as a list (they differ in size)."""
+    payloads, labels, names = zip(*items, strict=True)
+    return list(payloads), torch.tensor(labels), list(names)
+
+
+class DeviceBatchTransform:
+    """Decode a batch of :class:`EncodedImages` payloads on ``device`` and apply ``transform``
+    (a v2 preset from :mod:`effnet.data.transforms`) to each image there; returns the stacked
+    batch in ``memory_format`` and the labels, both on ``device``."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.transform = transform
+        self.device = device
+        self.memory_format = memory_format
+
+    def decode(self, payloads: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | None]:
+        """Each payload as a uint8 CHW image on the device, or ``None`` where it cannot be read."""
+        images: list[torch.Tensor | None] = [p.to(self.device) if p.dim() == 3 else None for p in payloads]
+        encoded = [i for i, p in enumerate(payloads) if p.dim() == 1]
+        if not encoded:
+            return images
+        try:
+            decoded = decode_jpeg([payloads[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device,
+                                  apply_exif_orientation=True)
+        except RuntimeError:  # one bad file fails the whole batch: decode them one by one
+            decoded = [self._decode_one(payloads[i], names[i]) for i in encoded]
+        for i, image in zip(encoded, decoded, strict=True):
+            images[i] = image
+        return images
+
+    def _decode_one(self, payload: torch.Tensor, name: str) -> torch.Tensor | None:
+        try:
+            return decode_jpeg(payload, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+        except RuntimeError:
+            pass
+        try:  # what the device cannot decode, the CPU path may (e.g. CMYK or progressive quirks)
+            return pil_to_tensor(decode_image(payload.numpy().tobytes(), name)).to(self.device)
+        except ImageReadError as error:
+            logger.warning("skipping %s: %s; using another image of the batch in its place", name, error.reason)
+            return None
+
+    def __call__(self, payloads: list[torch.Tensor], labels: torch.Tensor,
+                 names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.decode(payloads, names)
+        usable = [i for i, image in enumerate(images) if image is not None]
+        if not usable:
+            raise ValueError(f"none of the {len(names)} images of a batch could be decoded (first: {names[0]}); "
+                             "check the data folder")
+        order = [i if images[i] is not None else usable[i % len(usable)] for i in range(len(images))]
+        batch = torch.stack([self.transform(images[i]) for i in order])
+        return batch.contiguous(memory_format=self.memory_format), labels[order].to(self.device)
+
+
+class DeviceDecodeLoader:
+    """A :class:`DataLoader` over :class:`EncodedImages` whose batches come out decoded and
+    transformed on the device. Everything else (``sampler``, ``generator``, ``num_workers``)
+    is the wrapped loader's, so epoch seeding and resuming work as with the CPU path."""
+
+    def __init__(self, loader: DataLoader, transform: DeviceBatchTransform) -> None:
+        self.loader = loader
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for payloads, labels, names in self.loader:
+            yield self.transform(payloads, labels, names)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)

@@ -1,0 +1,106 @@
+"""Decoding on the training device (data.decode=gpu), exercised on the CPU: the same pixels as
+the CPU path, bad files replaced with a warning, and a training run that uses it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _train_helpers import make_image_folder, tiny_config
+from effnet.data.datasets import scan_folder
+from effnet.data.device_decode import (
+    DeviceBatchTransform,
+    DeviceDecodeLoader,
+    EncodedImages,
+    collate_encoded,
+    decodes_on_device,
+)
+from effnet.data.loaders import build_loader
+from effnet.data.transforms import eval_transforms
+from effnet.description import Preprocessing
+from effnet.errors import ConfigError
+from effnet.train import Trainer
+from effnet.train.config import build_config
+
+PREPROCESSING = Preprocessing(resolution=32, crop_pct=0.875)
+CPU = torch.device("cpu")
+
+
+def _photos(root: Path, count: int = 6) -> Path:
+    """Two class folders of photo-like pictures: JPEGs of several sizes, and one PNG."""
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        folder = root / f"class_{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        height, width = 40 + 7 * index, 52 - 3 * index
+        y, x = np.mgrid[0:height, 0:width]
+        pixels = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1) % 256 + rng.integers(0, 30, (height, width, 3))
+        image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        if index == count - 1:
+            image.save(folder / f"{index}.png")
+        else:
+            image.save(folder / f"{index}.jpg", quality=95)
+    return root
+
+
+def _device_loader(dataset, batch_size: int = 4) -> DeviceDecodeLoader:
+    loader = build_loader(EncodedImages(dataset), batch_size, train=False, num_workers=0, collate_fn=collate_encoded)
+    return DeviceDecodeLoader(loader, DeviceBatchTransform(eval_transforms(PREPROCESSING), CPU))
+
+
+def test_the_device_path_gives_the_cpu_path_pixels(tmp_path) -> None:
+    dataset = scan_folder(_photos(tmp_path), transform=eval_transforms(PREPROCESSING))
+    cpu_batches = list(build_loader(dataset, 4, train=False, num_workers=0))
+    device_batches = list(_device_loader(dataset))
+    assert len(device_batches) == len(cpu_batches) == 2
+    for (cpu_images, cpu_labels), (images, labels) in zip(cpu_batches, device_batches, strict=True):
+        assert images.shape == cpu_images.shape and torch.equal(labels, cpu_labels)
+        # the same libjpeg-turbo decode, then the same v2 preset on a tensor instead of a PIL image
+        assert (images - cpu_images).abs().max() < 0.1
+        assert (images - cpu_images).abs().mean() < 0.01
+
+
+def test_payloads_are_bytes_for_jpegs_and_pixels_for_the_rest(tmp_path) -> None:
+    dataset = scan_folder(_photos(tmp_path))
+    kinds = {Path(name).suffix: payload.dim() for payload, _, name in EncodedImages(dataset)}
+    assert kinds == {".jpg": 1, ".png": 3}
+
+
+def test_an_undecodable_jpeg_is_replaced_by_another_image_of_the_batch(tmp_path, caplog) -> None:
+    root = _photos(tmp_path)
+    broken = root / "class_1" / "1.jpg"
+    broken.write_bytes(broken.read_bytes()[:200] + b"\x00" * 50)  # header intact, image data gone
+    dataset = scan_folder(root, transform=eval_transforms(PREPROCESSING))
+    with caplog.at_level(logging.WARNING):
+        images, labels = next(iter(_device_loader(dataset, batch_size=6)))
+    assert "1.jpg" in caplog.text and "using another image of the batch" in caplog.text
+    assert images.shape[0] == 6 and torch.isfinite(images).all()
+    position = [p.name for p, _ in dataset.samples].index("1.jpg")
+    substitute = [i for i in range(6) if i != position and torch.equal(images[i], images[position])]
+    assert substitute and labels[position] == labels[substitute[0]]
+
+
+def test_decode_setting() -> None:
+    assert decodes_on_device("auto", torch.device("cuda", 0)) and not decodes_on_device("auto", CPU)
+    assert decodes_on_device("gpu", CPU) and not decodes_on_device("cpu", torch.device("cuda", 0))
+    with pytest.raises(ConfigError, match="data.decode='nvjpeg' is not one of auto, cpu, gpu"):
+        build_config("seed", assignments=["data.decode=nvjpeg"])
+
+
+@pytest.mark.slow
+def test_a_run_decodes_on_the_device(tmp_path) -> None:
+    data = make_image_folder(tmp_path / "data")
+    for png in data.rglob("*.png"):  # the pictures as JPEGs, read as bytes by the loader
+        Image.open(png).save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+    trainer = Trainer(tiny_config(data, **{"data.decode": "gpu", "run.epochs": 1, "schedule.warmup_epochs": 0}),
+                      run_dir=tmp_path / "run")
+    assert isinstance(trainer.val_loader, DeviceDecodeLoader)
+    result = trainer.fit()
+    assert result.status == "completed" and result.final.count == 12
+    assert isinstance(trainer._train_loader, DeviceDecodeLoader)
