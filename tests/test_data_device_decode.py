@@ -98,8 +98,11 @@ def test_a_run_decodes_on_the_device(tmp_path) -> None:
     for png in data.rglob("*.png"):  # the pictures as JPEGs, read as bytes by the loader
         Image.open(png).save(png.with_suffix(".jpg"), quality=95)
         png.unlink()
-    trainer = Trainer(tiny_config(data, **{"data.decode": "gpu", "run.epochs": 1, "schedule.warmup_epochs": 0}),
-                      run_dir=tmp_path / "run")
+    # B0's bicubic preprocessing with RandAugment and rotation: the tensor preset must accept it
+    settings = {"data.decode": "gpu", "run.epochs": 1, "schedule.warmup_epochs": 0,
+                "augment.auto_augment": "randaugment", "augment.degrees": 10}
+    trainer = Trainer(tiny_config(data, **settings), run_dir=tmp_path / "run")
+    assert trainer.raw_model.preprocessing.interpolation == "bicubic"
     assert isinstance(trainer.val_loader, DeviceDecodeLoader)
     result = trainer.fit()
     assert result.status == "completed" and result.final.count == 12

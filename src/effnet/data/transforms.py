@@ -51,7 +51,7 @@ def train_transforms(preprocessing: Preprocessing, resolution: int | None = None
                      auto_augment: str | None = None, re_prob: float = 0.0, *,
                      ratio: tuple[float, float] = (3 / 4, 4 / 3), ra_magnitude: float = 9, ra_num_ops: int = 2,
                      ra_num_bins: int = RANDAUGMENT_BINS, degrees: float = 0.0, shear: float = 0.0,
-                     fill: int | None = None) -> Callable:
+                     fill: int | None = None, for_tensors: bool = False) -> Callable:
     """The training preset, applied in this order (each step only when enabled):
 
     RandomResizedCrop to ``resolution`` (default: the preprocessing's) with ``scale``/``ratio``
@@ -63,6 +63,10 @@ def train_transforms(preprocessing: Preprocessing, resolution: int | None = None
     normalization, then RandomErasing with probability ``re_prob`` (erased pixels become 0,
     the mean colour). Rotation, shear and the auto-augment policies fill uncovered pixels with
     the grey level ``fill`` (0-255; 0 suits digits on black), by default the mean colour.
+
+    ``for_tensors``: the input is a uint8 CHW tensor (decoded on the device) rather than a PIL
+    image; rotations, shears and the policies' geometric ops then interpolate bilinearly, the
+    best tensors support (bicubic stays for the resized crop).
     """
     if fill is not None and not 0 <= fill <= 255:
         raise ValueError(f"fill {fill} is not a grey level; give 0..255, or None (null) for the mean colour")
@@ -70,17 +74,20 @@ def train_transforms(preprocessing: Preprocessing, resolution: int | None = None
         raise ValueError(f"degrees {degrees} and shear {shear} are ranges (+-); give 0 or more")
     resolution = resolution or preprocessing.resolution
     interpolation = interpolation_mode(preprocessing.interpolation)
+    geometric = interpolation
+    if for_tensors and interpolation not in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR):
+        geometric = InterpolationMode.BILINEAR
     steps: list[v2.Transform] = [v2.RandomResizedCrop(resolution, scale=scale, ratio=ratio,
                                                       interpolation=interpolation, antialias=True)]
     fill_rgb = [round(255 * m) for m in preprocessing.mean] if fill is None else [fill] * 3
     if degrees > 0 or shear > 0:
-        steps.append(v2.RandomAffine(degrees=degrees, shear=shear, interpolation=interpolation, fill=fill_rgb))
+        steps.append(v2.RandomAffine(degrees=degrees, shear=shear, interpolation=geometric, fill=fill_rgb))
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if color_jitter:
         steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     if auto_augment:
-        steps.append(_auto_augment(auto_augment.lower(), interpolation, fill_rgb, ra_magnitude, ra_num_ops,
+        steps.append(_auto_augment(auto_augment.lower(), geometric, fill_rgb, ra_magnitude, ra_num_ops,
                                    ra_num_bins))
     steps += _to_normalized_tensor(preprocessing)
     if re_prob > 0:

@@ -362,7 +362,8 @@ class Trainer:
             self.train_set.transform = train_transforms(
                 self.raw_model.preprocessing, resolution=settings.img_size, scale=a.scale, hflip=a.hflip,
                 color_jitter=a.color_jitter, auto_augment=a.auto_augment, ra_magnitude=settings.ra_magnitude,
-                ra_num_ops=a.ra_num_ops, re_prob=a.re_prob, degrees=a.degrees, shear=a.shear, fill=a.fill)
+                ra_num_ops=a.ra_num_ops, re_prob=a.re_prob, degrees=a.degrees, shear=a.shear, fill=a.fill,
+                for_tensors=self.decode_on_device)
             encoded = self.decode_on_device
             loader = _signals_to_main_process(build_loader(
                 EncodedImages(self.train_set) if encoded else self.train_set, self.config.data.batch_size, train=True,
