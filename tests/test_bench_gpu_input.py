@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_smoke_feeds_the_model_four_ways(tmp_path) -> None:
     out = tmp_path / "gpu_input.json"
-    completed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_input.py"), "--smoke", "--out", str(out)],
-                               cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True,
-                               text=True, timeout=600)
+    script = ROOT / "benchmarks" / "gpu_input.py"
+    completed = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(out)], cwd=tmp_path,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True,
+                               timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["img_s"]) == {"model_alone", "cpu_decode", "gpu_decode", "timm_loader"}
