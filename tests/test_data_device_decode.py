@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+import effnet
 from _train_helpers import make_image_folder, tiny_config
+from effnet.cli import main
 from effnet.data.datasets import scan_folder
 from effnet.data.device_decode import (
     DeviceBatchTransform,
@@ -24,8 +26,11 @@ from effnet.data.loaders import build_loader
 from effnet.data.transforms import eval_transforms
 from effnet.description import Preprocessing
 from effnet.errors import ConfigError
+from effnet.evaluation import evaluate_checkpoint
+from effnet.testing import randomize_statistics
 from effnet.train import Trainer
 from effnet.train.config import build_config
+from effnet.weights.io import save_model
 
 PREPROCESSING = Preprocessing(resolution=32, crop_pct=0.875)
 CPU = torch.device("cpu")
@@ -107,3 +112,17 @@ def test_a_run_decodes_on_the_device(tmp_path) -> None:
     result = trainer.fit()
     assert result.status == "completed" and result.final.count == 12
     assert isinstance(trainer._train_loader, DeviceDecodeLoader)
+
+
+def test_effnet_eval_decoding_on_the_device_matches_the_cpu_path(tmp_path) -> None:
+    data = _photos(tmp_path / "data", count=8)
+    model = effnet.create_model("efficientnet_b0", num_classes=2, width=0.25, depth=0.25, resolution=32)
+    model.describe(class_names=["class_0", "class_1"])
+    save_model(randomize_statistics(model), tmp_path / "model.safetensors")
+    results = {decode: evaluate_checkpoint(tmp_path / "model.safetensors", data, num_workers=0, decode=decode)[0]
+               for decode in ("cpu", "gpu")}
+    cpu, gpu = results["cpu"].predictions, results["gpu"].predictions
+    assert torch.equal(cpu.targets, gpu.targets) and torch.equal(cpu.predicted, gpu.predicted)
+    torch.testing.assert_close(gpu.confidence, cpu.confidence, atol=2e-3, rtol=0)
+    assert main(["eval", "--checkpoint", str(tmp_path / "model.safetensors"), "--data", str(data),
+                 "--decode", "gpu", "--workers", "0"]) == 0

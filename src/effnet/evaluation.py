@@ -10,6 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data.datasets import VAL_CSV_NAMES, VAL_FOLDER_NAMES, ImageDataset, build_datasets, read_csv, scan_folder
+from .data.device_decode import (
+    DeviceBatchTransform,
+    DeviceDecodeLoader,
+    EncodedImages,
+    collate_encoded,
+    decodes_on_device,
+)
 from .data.loaders import build_loader
 from .data.transforms import eval_transforms
 from .device import resolve_device
@@ -40,10 +47,11 @@ def evaluation_dataset(data: str | Path, val_split: float | None = None, seed: i
 
 def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64, num_workers: int = 2,
                         weights: str = "auto", device: str = "auto", val_split: float | None = None,
-                        seed: int = 0) -> tuple[EvalResult, list[str], EfficientNet]:
+                        seed: int = 0, decode: str = "auto") -> tuple[EvalResult, list[str], EfficientNet]:
     """Evaluate a run's ``.pt``, our ``.safetensors`` or a run directory on the images of
     :func:`evaluation_dataset`; returns the metrics (with the misclassified files in
-    ``mistakes``), the model's class names and the model.
+    ``mistakes``), the model's class names and the model. ``decode`` as ``data.decode`` in
+    training: ``auto`` decodes JPEGs on a CUDA device (:mod:`effnet.data.device_decode`).
 
     Classes are matched by name, so the data may list them in another order or hold only some.
     """
@@ -57,8 +65,13 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
         raise ValueError(f"{data} has classes the model does not know: {unknown}; the model's classes: {class_names}")
     target_map = [class_names.index(c) for c in dataset.classes]
     dataset.transform = eval_transforms(model.preprocessing)
-    loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers)
     target = resolve_device(device)
+    if decodes_on_device(decode, target):
+        loader = DeviceDecodeLoader(build_loader(EncodedImages(dataset), batch_size, train=False,
+                                                 num_workers=num_workers, collate_fn=collate_encoded),
+                                    DeviceBatchTransform(dataset.transform, target))
+    else:
+        loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers)
     model.to(target)
     result = evaluate(model, loader, len(class_names), target, target_map=target_map, keep_predictions=True)
     result.mistakes = find_mistakes(result.predictions, dataset.samples, class_names, dataset.skipped)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.device_decode import DECODE_MODES
 from ..evaluation import evaluate_checkpoint
 from ..files import check_output_folder
 from ..table import format_table
@@ -29,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
+                        help="where JPEGs are decoded: cpu (loader workers) or gpu (the device, in batches; "
+                             "auto: on CUDA)")
     parser.add_argument("--out", help="also write confusion_matrix.png/.csv, per_class.csv and mistakes.csv/.png here")
     parser.set_defaults(func=run)
 
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out) if args.out else None
     result, class_names, _ = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                                  num_workers=args.workers, weights=args.weights, device=args.device,
-                                                 val_split=args.val_split, seed=args.seed)
+                                                 val_split=args.val_split, seed=args.seed, decode=args.decode)
     print(format_table(["metric", "value"], summary_rows(result)))
     print()
     print(format_table(["class", "images", "accuracy %"], per_class_rows(result, class_names)))
