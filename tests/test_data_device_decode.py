@@ -27,6 +27,7 @@ from effnet.data.transforms import eval_transforms
 from effnet.description import Preprocessing
 from effnet.errors import ConfigError
 from effnet.evaluation import evaluate_checkpoint
+from effnet.infer import Classifier
 from effnet.testing import randomize_statistics
 from effnet.train import Trainer
 from effnet.train.config import build_config
@@ -126,3 +127,22 @@ def test_effnet_eval_decoding_on_the_device_matches_the_cpu_path(tmp_path) -> No
     torch.testing.assert_close(gpu.confidence, cpu.confidence, atol=2e-3, rtol=0)
     assert main(["eval", "--checkpoint", str(tmp_path / "model.safetensors"), "--data", str(data),
                  "--decode", "gpu", "--workers", "0"]) == 0
+
+
+def test_predict_decoding_on_the_device_matches_the_cpu_path(tmp_path) -> None:
+    data = _photos(tmp_path / "data", count=6)
+    (data / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    files = sorted(data.rglob("*.*"))
+    model = randomize_statistics(effnet.create_model("efficientnet_b0", num_classes=3, width=0.25, depth=0.25,
+                                                     resolution=32))
+    model.describe(class_names=["a", "b", "c"])
+    runs = {decode: list(Classifier(model, device="cpu", decode=decode).predict_batch(files, batch_size=4))
+            for decode in ("cpu", "gpu")}
+    assert [p.source for p in runs["gpu"]] == [p.source for p in runs["cpu"]]
+    for cpu, gpu in zip(runs["cpu"], runs["gpu"], strict=True):
+        assert gpu.ok == cpu.ok, (gpu.source, gpu.error, cpu.error)
+        if cpu.ok:
+            assert gpu.indices == cpu.indices
+            assert [p for _, p in gpu.top_k] == pytest.approx([p for _, p in cpu.top_k], abs=2e-3)
+    broken = next(p for p in runs["gpu"] if p.source.endswith("broken.jpg"))
+    assert not broken.ok and broken.error

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data.datasets import image_files_under
+from .data.device_decode import DeviceBatchTransform, decodes_on_device, read_jpeg_bytes
 from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, to_rgb
 from .data.transforms import eval_transforms
 from .description import Preprocessing
@@ -133,16 +134,24 @@ def prepare_image(image: ImageInput, transform: Callable[[Image.Image], torch.Te
 
 
 class _PreparedImages(Dataset):
-    """Inputs prepared one by one (in DataLoader workers when asked), keeping their failures."""
+    """Inputs prepared one by one (in DataLoader workers when asked), keeping their failures.
+    With ``encoded``, a JPEG file comes as its bytes (1-D) for the device to decode."""
 
-    def __init__(self, images: Sequence[ImageInput], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(self, images: Sequence[ImageInput], transform: Callable[[Image.Image], torch.Tensor],
+                 encoded: bool = False) -> None:
         self.images = images
         self.transform = transform
+        self.encoded = encoded
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+        image = self.images[index]
+        if self.encoded and isinstance(image, (str, Path)):
+            payload = read_jpeg_bytes(Path(image))
+            if payload is not None:
+                return payload, None
         try:
             return prepare_image(self.images[index], self.transform), None
         except ImageReadError as error:
@@ -182,12 +191,14 @@ class Classifier:
     :class:`MissingClassNamesWarning` says so once. ``device``: ``None``/``"auto"`` (CUDA when
     available), ``"cpu"``, ``"cuda:1"`` ...; the model is moved there and put in eval mode.
     ``amp``: ``None`` (full precision), ``"bf16"`` or ``"fp16"`` autocast. ``tta_flip``: average
-    the probabilities of each image and its horizontal mirror.
+    the probabilities of each image and its horizontal mirror. ``decode``: where
+    :meth:`predict_batch` decodes JPEG files: ``cpu``, ``gpu`` (the device, in batches, see
+    :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices).
     """
 
     def __init__(self, model: nn.Module, class_names: Sequence[str] | None = None,
                  preprocessing: Preprocessing | None = None, device: str | torch.device | None = None,
-                 amp: str | None = None, tta_flip: bool = False) -> None:
+                 amp: str | None = None, tta_flip: bool = False, decode: str = "auto") -> None:
         check_amp(amp)
         description = model.description if isinstance(model, EfficientNet) else None
         if preprocessing is None:
@@ -211,6 +222,8 @@ class Classifier:
         self.amp = amp
         self.tta_flip = tta_flip
         self.transform = eval_transforms(preprocessing)
+        self.device_decoder = DeviceBatchTransform(self.transform, self.device) \
+            if decodes_on_device(decode, self.device) else None
         if self.class_names is None:
             name = description.name if description is not None else type(model).__name__
             warnings.warn(f"{name} has no class names: predictions name classes by index (class_0, class_1, ...). "
@@ -281,6 +294,18 @@ class Classifier:
             probabilities = (original + mirrored) / 2
         return probabilities.cpu()
 
+    def _decode_on_device(self, batch: list[tuple[torch.Tensor | None, str | None]],
+                          names: list[str]) -> list[tuple[torch.Tensor | None, str | None]]:
+        """Decode and prepare, on the device and as one batch, the items that came as JPEG bytes."""
+        encoded = [p for p, (tensor, _) in enumerate(batch) if tensor is not None and tensor.dim() == 1]
+        if not encoded:
+            return batch
+        decoded = self.device_decoder.decode([batch[p][0] for p in encoded], [names[p] for p in encoded])
+        batch = list(batch)
+        for position, image in zip(encoded, decoded, strict=True):
+            batch[position] = (None, image) if isinstance(image, str) else (self.transform(image), None)
+        return batch
+
     def _top(self, probabilities: torch.Tensor, top_k: int) -> tuple[tuple[tuple[str, float], ...], tuple[int, ...]]:
         return top_classes(probabilities, top_k, self.class_names)
 
@@ -308,24 +333,25 @@ class Classifier:
 
     def _stream(self, images: list[ImageInput], batch_size: int, num_workers: int,
                 top_k: int) -> Iterator[Prediction]:
-        loader = DataLoader(_PreparedImages(images, self.transform), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, collate_fn=_as_list, pin_memory=self.device.type == "cuda")
+        dataset = _PreparedImages(images, self.transform, encoded=self.device_decoder is not None)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=_as_list, pin_memory=self.device.type == "cuda")
         start = 0
         for batch in loader:
+            names = [_source_name(images[start + p], start + p) for p in range(len(batch))]
+            batch = self._decode_on_device(batch, names)
             results: list[Prediction | None] = [None] * len(batch)
             by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
             for position, (tensor, error) in enumerate(batch):
                 if tensor is None:
-                    results[position] = Prediction(_source_name(images[start + position], start + position),
-                                                   error=error)
+                    results[position] = Prediction(names[position], error=error)
                 else:
                     by_shape[tuple(tensor.shape)].append(position)
             for positions in by_shape.values():
                 probabilities = self.probabilities(torch.stack([batch[p][0] for p in positions]))
                 for position, row in zip(positions, probabilities, strict=True):
                     top, indices = self._top(row, top_k)
-                    results[position] = Prediction(_source_name(images[start + position], start + position),
-                                                   top, indices)
+                    results[position] = Prediction(names[position], top, indices)
             yield from results
             start += len(batch)
 

@@ -7,6 +7,7 @@ import contextlib
 import sys
 import warnings
 
+from ..data.device_decode import DECODE_MODES
 from ..device import AMP_DTYPES
 from ..files import atomic_open, check_output_file
 from ..infer import FORMATS, Prediction, collect_images, format_for, load_classifier, open_writer, predict_files
@@ -38,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="processes reading images (default 0: this one)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
+                        help="where JPEG files are decoded: cpu, or gpu (the device, in batches; auto: on CUDA)")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), help="mixed-precision autocast")
     parser.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         classifier = load_classifier(args.model, args.checkpoint, num_classes=args.num_classes,
-                                     device=args.device, amp=args.amp, tta_flip=args.tta)
+                                     device=args.device, amp=args.amp, tta_flip=args.tta, decode=args.decode)
     for warning in caught:
         print(f"{PREFIX}warning: {warning.message}", file=sys.stderr)
     with atomic_open(out) if out else contextlib.nullcontext(sys.stdout) as stream:

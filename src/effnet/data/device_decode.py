@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,15 @@ def decodes_on_device(mode: str, device: torch.device) -> bool:
     return mode == "gpu" or (mode == "auto" and device.type == "cuda")
 
 
+def read_jpeg_bytes(path: Path) -> torch.Tensor | None:
+    """The file's bytes as a 1-D uint8 tensor if it is a readable JPEG, else ``None``."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data.startswith(JPEG_MAGIC) else None
+
+
 class EncodedImages(Dataset):
     """``dataset``'s images as they are on disk: ``(bytes, label)`` for a JPEG (a 1-D uint8
     tensor), ``(uint8 CHW image, label)`` for any other format (decoded here, with the
@@ -52,12 +62,9 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         path, label = self.dataset.samples[index]
-        try:
-            data = path.read_bytes()
-        except OSError:
-            data = b""
-        if data.startswith(JPEG_MAGIC):
-            return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, str(path)
+        payload = read_jpeg_bytes(path)
+        if payload is not None:
+            return payload, label, str(path)
         image, label = self.dataset.load(index)
         return pil_to_tensor(image), label, str(path)
 
@@ -79,9 +86,9 @@ class DeviceBatchTransform:
         self.device = device
         self.memory_format = memory_format
 
-    def decode(self, payloads: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | None]:
-        """Each payload as a uint8 CHW image on the device, or ``None`` where it cannot be read."""
-        images: list[torch.Tensor | None] = [p.to(self.device) if p.dim() == 3 else None for p in payloads]
+    def decode(self, payloads: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | str]:
+        """Each payload as a uint8 CHW image on the device, or the reason it cannot be read."""
+        images: list[torch.Tensor | str] = [p.to(self.device) if p.dim() == 3 else "" for p in payloads]
         encoded = [i for i, p in enumerate(payloads) if p.dim() == 1]
         if not encoded:
             return images
@@ -94,7 +101,7 @@ class DeviceBatchTransform:
             images[i] = image
         return images
 
-    def _decode_one(self, payload: torch.Tensor, name: str) -> torch.Tensor | None:
+    def _decode_one(self, payload: torch.Tensor, name: str) -> torch.Tensor | str:
         try:
             return decode_jpeg(payload, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
         except RuntimeError:
@@ -102,17 +109,19 @@ class DeviceBatchTransform:
         try:  # what the device cannot decode, the CPU path may (e.g. CMYK or progressive quirks)
             return pil_to_tensor(decode_image(payload.numpy().tobytes(), name)).to(self.device)
         except ImageReadError as error:
-            logger.warning("skipping %s: %s; using another image of the batch in its place", name, error.reason)
-            return None
+            return error.reason
 
     def __call__(self, payloads: list[torch.Tensor], labels: torch.Tensor,
                  names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         images = self.decode(payloads, names)
-        usable = [i for i, image in enumerate(images) if image is not None]
+        for name, image in zip(names, images, strict=True):
+            if isinstance(image, str):
+                logger.warning("skipping %s: %s; using another image of the batch in its place", name, image)
+        usable = [i for i, image in enumerate(images) if not isinstance(image, str)]
         if not usable:
             raise ValueError(f"none of the {len(names)} images of a batch could be decoded (first: {names[0]}); "
                              "check the data folder")
-        order = [i if images[i] is not None else usable[i % len(usable)] for i in range(len(images))]
+        order = [i if not isinstance(images[i], str) else usable[i % len(usable)] for i in range(len(images))]
         batch = torch.stack([self.transform(images[i]) for i in order])
         return batch.contiguous(memory_format=self.memory_format), labels[order].to(self.device)
 
