@@ -53,6 +53,7 @@ from ..weights.io import model_metadata, save_model
 from ..weights.trained import BEST, LAST, MODEL, model_from_checkpoint, read_training_checkpoint
 from . import checkpoint as ckpt
 from . import finetune
+from .checks import check_batch_for_batchnorm, check_class_count
 from .config import TrainConfig, apply_overrides, build_config
 from .distributed import (
     DistContext,
@@ -78,6 +79,7 @@ from .reporting import (
     setup_logging,
     write_metrics_csv,
 )
+from .rundir import check_fresh_run_dir, check_resume_run_dir, claim_run_dir
 from .schedule import LRSchedule
 
 
@@ -180,22 +182,26 @@ class Trainer:
     """A training run; build it with a config (``data.path`` set) and call :meth:`fit`.
 
     ``resume``: a run directory or checkpoint to continue; ``run_dir`` defaults to the
-    resumed run's directory, else ``runs/<model>-<time>``.
+    resumed run's directory, else ``runs/<model>-<time>``. A new run refuses a folder that
+    holds another run's files unless ``overwrite`` (see :mod:`effnet.train.rundir`).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None,
-                 resume: str | Path | None = None) -> None:
+                 resume: str | Path | None = None, overwrite: bool = False) -> None:
         self.config = config
         self.context: DistContext = init_distributed(config.run.device)
         self.resume_state: dict[str, Any] | None = None
         if resume is not None:
-            resume_path = ckpt.resolve_resume(resume)
+            self.resume_path = resume_path = ckpt.resolve_resume(resume)
             self.resume_state = read_training_checkpoint(resume_path)
             run_dir = run_dir or resume_path.parent
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.model.name)
-        if self.resume_state is None and (self.run_dir / LAST).exists():
-            raise ValueError(f"{self.run_dir} already holds a run ({LAST}); continue it with "
-                             f"--resume {self.run_dir}, or choose another --out")
+        self.overwrite = overwrite
+        self._fresh = self.resume_state is None  # fit() claims the folder for a new run once
+        if self.resume_state is None:
+            check_fresh_run_dir(self.run_dir, overwrite)
+        else:
+            check_resume_run_dir(self.run_dir, self.resume_state, resume_path)
         self._check_settings()
         self._seed(config.run.seed)
         self._build_data()
@@ -234,6 +240,7 @@ class Trainer:
         data = self.config.data
         splits = build_datasets(data.path, val_split=data.val_split, seed=self.config.run.seed, strict=data.strict)
         self.train_set, self.val_set, self.class_names = splits.train, splits.val, list(splits.classes)
+        check_class_count(self.class_names, data.allow_single_class, data.path)
         if len(self.train_set) == 0:
             raise ValueError(f"no usable training images in {data.path}")
         if len(self.val_set) == 0:
@@ -250,7 +257,7 @@ class Trainer:
         """A new model from the settings, or, when resuming, the checkpoint's exact architecture
         (pretrained weights may have set padding and BN epsilon that the settings do not name)."""
         if self.resume_state is not None:
-            model = model_from_checkpoint(self.resume_state, "model")
+            model = model_from_checkpoint(self.resume_state, "model", str(self.resume_path))
         else:
             settings = self.config.model
             options: dict[str, Any] = dict(settings.overrides)
@@ -305,6 +312,8 @@ class Trainer:
         self.ema = ModelEMA(model, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
 
         self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs)
+        check_batch_for_batchnorm(config.data.batch_size, len(self.train_set), self.plan.smallest_size(),
+                                  model.feature_info[-1].stride)
         self.val_set.transform = eval_transforms(model.preprocessing)
         self.val_loader = self._build_val_loader()
         self._train_loader: DataLoader | None = None
@@ -403,8 +412,10 @@ class Trainer:
         started = time.perf_counter()
         handler = None
         tensorboard = None
+        lock = None
         if context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock = claim_run_dir(self.run_dir, self._fresh, self.overwrite)
+            self._fresh = False
             for stale in remove_stale_temps(self.run_dir):
                 LOG.warning("removed %s, left by a save that did not finish", stale.name)
             from .config import save_config
@@ -444,6 +455,8 @@ class Trainer:
             if tensorboard is not None:
                 tensorboard.close()
             close_logging(handler)
+            if lock is not None:
+                lock.release()
 
     def _log_start(self) -> None:
         if not self.context.is_main:
@@ -597,13 +610,13 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int, loss: torch.Tensor) -> None:
         last = self.run_dir / LAST
-        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
+        kept, then = ((f"the last good checkpoint {last} is kept", f"resume with --resume {self.run_dir} or start "
+                       "again") if last.exists() else ("no checkpoint had been written yet", "start again"))
         value = loss.item()
         what = f"{value}" if not math.isfinite(value) else "non-finite in another process"
         message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {self.schedule.lr:.4g}); "
                    f"the run stopped and {kept}. Lower the learning rate (--set optimizer.lr=...), clip gradients "
-                   f"(--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then resume with "
-                   f"--resume {self.run_dir} or start again.")
+                   f"(--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
         LOG.error(message)
         raise TrainingDiverged(message)
 
@@ -717,9 +730,9 @@ class Trainer:
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: str | Path | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Build a :class:`Trainer`, run it, and leave the process group (under ``torchrun``)."""
-    trainer = Trainer(config, run_dir, resume)
+    trainer = Trainer(config, run_dir, resume, overwrite)
     try:
         return trainer.fit(stop_after)
     finally:
