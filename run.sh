@@ -26,12 +26,25 @@ setup() {
   echo "$want" > "$stamp"
 }
 
+# The web page test (tests/test_serve_browser.py) drives Debian's Chromium: install it when it is
+# missing and this is root with apt-get (a no-op once installed; otherwise that test is skipped).
+browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "run.sh: installing chromium and chromium-driver for the browser test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+      >/dev/null 2>&1 || echo "run.sh: could not install chromium; the browser test will be skipped" >&2
+  fi
+}
+
 job="${1:-demo}"
 [ $# -gt 0 ] && shift
 setup
 case "$job" in
   setup) ;;
-  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) browser; exec "$VENV/bin/python" -m pytest "$@" ;;
   demo) exec "$VENV/bin/effnet" demo "$@" ;;
   *) exec "$VENV/bin/effnet" "$job" "$@" ;;
 esac

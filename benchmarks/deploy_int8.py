@@ -111,7 +111,7 @@ def benchmark(label: str, checkpoint: str, data: Path, args: argparse.Namespace,
         files[name] = save_pt2e(converted, work / f"{label}.qat.int8.pt2", shape)
         runners[name] = lower_for_cpu(converted, name)
         print(f"{label}: QAT trained in {time.perf_counter() - started:.0f} s", flush=True)
-    loader = labelled_loader(data / "val", model.preprocessing, getattr(model, "class_names", None), batch_size=50)
+    loader = labelled_loader(data / "val", model.preprocessing, model.class_names, batch_size=50)
     accuracy = evaluate_runners(runners, loader, reference="ORT fp32 (reference)")
     reference = accuracy["ORT fp32 (reference)"].top1
     rows = []

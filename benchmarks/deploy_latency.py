@@ -49,6 +49,7 @@ from effnet.deploy.pipeline import load_deployable  # noqa: E402
 from effnet.deploy.quantize import OrtRecipe, lower_for_cpu, quantize_onnx, quantize_pt2e  # noqa: E402
 from effnet.deploy.runtime import Runner, onnx_runner, onnxruntime_session, torch_runner  # noqa: E402
 from effnet.table import format_table  # noqa: E402
+from effnet.testing import randomize_statistics  # noqa: E402
 
 AIM = 0.5
 LITE = "Lite0 (another network, 75.1% ImageNet top-1)"
@@ -68,17 +69,7 @@ def int8_instructions() -> str:
 def our_model(checkpoint: str | None) -> torch.nn.Module:
     if checkpoint:
         return load_deployable(checkpoint)
-    model = effnet.create_model("efficientnet_b0").eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                size = module.num_features
-                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(size, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-    return model
+    return randomize_statistics(effnet.create_model("efficientnet_b0"), biases=False)
 
 
 def session_runner(path: Path, name: str, **options) -> Runner:

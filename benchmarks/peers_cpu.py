@@ -30,6 +30,7 @@ from torch import nn  # noqa: E402
 import effnet  # noqa: E402
 from effnet.bench.measure import time_interleaved  # noqa: E402
 from effnet.bench.peers import build_timm, build_torchvision, timm_available  # noqa: E402
+from effnet.testing import randomize_statistics  # noqa: E402
 from effnet.weights.convert import assign_state_dict, convert_state_dict  # noqa: E402
 
 PEERS = ("torchvision", "timm")
@@ -37,21 +38,6 @@ PEERS = ("torchvision", "timm")
 
 def bn_eps(network: nn.Module) -> float:
     return next(m.eps for m in network.modules() if isinstance(m, nn.BatchNorm2d))
-
-
-def randomize_batchnorm(network: nn.Module, seed: int) -> None:
-    """Random BatchNorm statistics and affine terms, as trained weights have: with the fresh
-    ones (mean 0, variance 1, scale 1) the logits shrink towards zero and an equality check
-    would prove little."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                size = module.num_features
-                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(size, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
 
 
 def build_pairs(name: str) -> dict[str, tuple[nn.Module, nn.Module]]:
@@ -63,7 +49,7 @@ def build_pairs(name: str) -> dict[str, tuple[nn.Module, nn.Module]]:
             continue
         peer = (build_torchvision(name) if peer_name == "torchvision"
                 else build_timm(name, drop_rate=0.2, drop_path_rate=0.2))
-        randomize_batchnorm(peer, seed)
+        randomize_statistics(peer, seed, biases=False)
         ours = effnet.create_model(name, bn_eps=bn_eps(peer))
         assign_state_dict(ours, convert_state_dict(peer.state_dict(), ours.config, layout=peer_name))
         pairs[peer_name] = (ours, peer)

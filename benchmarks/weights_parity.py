@@ -31,6 +31,7 @@ import effnet  # noqa: E402
 from effnet.data.transforms import eval_transforms  # noqa: E402
 from effnet.registry import Preprocessing  # noqa: E402
 from effnet.table import format_table  # noqa: E402
+from effnet.testing import randomize_statistics  # noqa: E402
 
 
 def lukemelas(index: int) -> nn.Module:
@@ -49,21 +50,6 @@ FAMILIES = {  # family: (variant indices, peer builder, our name, layout)
     "lite": (range(5), lambda i: timm.create_model(f"tf_efficientnet_lite{i}"), "efficientnet_lite{}", "timm_tf"),
     "lukemelas": (range(9), lukemelas, "efficientnet_b{}", "lukemelas"),
 }
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-    return model.eval()
 
 
 def photos(size: int, odd: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +78,7 @@ def main() -> None:
             if args.variants is not None and index not in args.variants:
                 continue
             start = time.perf_counter()
-            peer = randomize(build(index))
+            peer = randomize_statistics(build(index))
             ours = effnet.create_model(name_format.format(index), pretrained=peer.state_dict(),
                                        pretrained_layout=layout).eval()
             with torch.no_grad():

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 import effnet
+from effnet.testing import randomize_statistics
 
 RESOLUTION = 32
 
@@ -20,15 +20,7 @@ def tiny_model(padding: str = "symmetric", num_classes: int = 3, name: str = "ef
     """
     model = effnet.create_model(name, num_classes=num_classes, width=0.25, depth=0.25, resolution=RESOLUTION,
                                 padding=padding)
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            channels = module.num_features
-            module.running_mean.copy_(torch.rand(channels, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(channels, generator=generator) - 0.5)
-    return model.eval()
+    return randomize_statistics(model, biases=False)
 
 
 def write_images(folder: Path, classes: int = 3, per_class: int = 4, size: int = 40, seed: int = 0) -> Path:

@@ -10,25 +10,9 @@ from torch import nn
 
 from effnet.data.transforms import eval_transforms
 from effnet.registry import Preprocessing
+from effnet.testing import randomize_statistics as randomize_  # noqa: F401 (shared by the weights tests)
 
 ODD_SIZE = (231, 257)
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm affine and running statistics and random biases (a fresh model has
-    BN 1/0 and zero biases, which would hide a swapped tensor); conv weights keep their init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-    return model.eval()
 
 
 def photo(name: str = "chelsea", preprocessing: Preprocessing | None = None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
+
+
+def _script_module():
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 1500) -> dict:
@@ -36,7 +44,11 @@ def test_smoke_runs_every_row_and_writes_json(tmp_path):
         assert row["status"] == "ok", (key, row["status"])
         assert row["img_s"] > 0 and len(row["loop_seconds"]) == 3 and row["steps_per_loop"] >= 2
         assert row["resolution"] == 32 and row["batch"] == 2
-    assert rows["infer_b0.torchvision"]["anchor_img_s"] == 20841
+    # each row carries its own job's anchor (and the rows without one carry none)
+    anchors = _script_module().ANCHORS
+    for key, row in rows.items():
+        assert row["anchor_img_s"] == anchors.get((row["job"], key.split(".")[1])), key
+    assert {key for key, row in rows.items() if row["anchor_img_s"]} >= {"infer_b0.torchvision", "train_b0.timm"}
     jobs = {(r["job"], r["peer"]) for r in result["ratios"]}
     assert {("infer_b0", "torchvision"), ("infer_b0", "timm"), ("train_b0", "timm"), ("infer_b7", "timm")} <= jobs
     assert result["environment"]["device"] == "cpu" and result["environment"]["timm"]

@@ -13,7 +13,7 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 @pytest.fixture(scope="module")
 def same_model():
     model = tiny_model("same")
-    model.class_names = ["cat", "dog", "fox"]
+    model.describe(class_names=["cat", "dog", "fox"])
     return model
 
 

@@ -9,13 +9,13 @@ import os
 import shutil
 
 import pytest
+
 from _train_helpers import (
     make_image_folder,
     single_thread,  # noqa: F401 (fixture)
     tiny_assignments,
     tiny_config,
 )
-
 from effnet.cli import main
 from effnet.errors import ConfigError
 from effnet.train.config import build_config

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from importlib import resources
+
 import pytest
 
+from effnet.errors import ConfigError
+from effnet.registry import default_train_size, get_entry
 from effnet.train.config import (
     TrainConfig,
     apply_overrides,
@@ -14,6 +19,7 @@ from effnet.train.config import (
     recipe_names,
     save_config,
 )
+from effnet.train.progressive import ProgressivePlan
 
 
 def test_shipped_recipes_load_and_validate() -> None:
@@ -114,3 +120,52 @@ def test_apply_overrides_reports_what_changed() -> None:
     changed = apply_overrides(config, {"run.epochs": 30, "data.batch_size": 8}, ["optimizer.lr=0.5"])
     assert changed == ["data.batch_size", "optimizer.lr"]
     assert parse_assignment("run.amp=") == ("run.amp", None)
+
+
+@pytest.mark.parametrize("key", ["dropout", "drop_rate", "drop_path_rate"])
+def test_dropout_has_one_route(key) -> None:
+    with pytest.raises(ConfigError, match=rf"model.overrides.{key}: set dropout with model.drop_rate"):
+        build_config("seed", assignments=[f"model.overrides.{key}=0.3"])
+
+
+def test_staged_learning_and_a_fixed_dropout_are_refused_together() -> None:
+    with pytest.raises(ConfigError, match=r"model.drop_rate=0.3 and progressive.mode=staged both set the dropout"):
+        build_config("seed", assignments=["model.drop_rate=0.3", "progressive.mode=staged",
+                                          "augment.auto_augment=randaugment"])
+
+
+def test_recipes_describe_settings_not_results() -> None:
+    # measured results go stale in a recipe's comments; they belong in the README
+    for name in recipe_names():
+        text = (resources.files("effnet") / "recipes" / f"{name}.yaml").read_text()
+        comments = "".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+        assert not re.search(r"\d+(\.\d+)?%", comments), name
+
+
+def test_settings_built_without_a_recipe_name_none() -> None:
+    config = TrainConfig()
+    assert config.recipe is None and TrainConfig.from_dict(config.to_dict()).recipe is None
+    assert build_config("paper").recipe == "paper"
+
+
+def test_paper_v2_recipe_grows_size_and_regularization_by_stage() -> None:
+    config = build_config("paper_v2")
+    o, s = config.optimizer, config.schedule
+    assert (o.name, o.lr, o.lr_base_batch, o.weight_decay, s.name, s.decay_rate) == \
+        ("rmsprop_tf", 0.016, 256, 1e-5, "step", 0.97)
+    name = config.model.name
+    assert name == "efficientnet_v2_s" and config.ema.decay == 0.9999
+    config.data.resolve_sizes(get_entry(name).preprocessing, 32, default_train_size(name))
+    assert (config.data.img_size, config.data.eval_img_size) == (300, 384)
+    plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs, 0.2)
+    stages = [plan.at(epoch) for epoch in (0, 100, 200, 349)]
+    assert [e.img_size for e in stages] == [128, 192, 256, 300]
+    assert [e.ra_magnitude for e in stages] == [5, 7, 8, 10]
+    assert [e.dropout for e in stages] == pytest.approx([0.1, 0.1667, 0.2333, 0.3], abs=1e-3)
+    assert all(e.mixup_alpha == 0.0 for e in stages)
+
+
+def test_a_given_train_size_is_also_the_eval_size() -> None:
+    data = build_config("paper_v2", assignments=["data.img_size=64"]).data
+    data.resolve_sizes(get_entry("efficientnet_v2_s").preprocessing, 32, 300)
+    assert (data.img_size, data.eval_img_size) == (64, 64)

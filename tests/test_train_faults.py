@@ -44,7 +44,7 @@ def straight_run(data, tmp_path_factory):
 
 def _poison_outputs_from_epoch(trainer: Trainer, epoch: int) -> None:
     def hook(module, inputs, output):
-        return output * float("nan") if len(trainer.history) >= epoch - 1 and module.training else output
+        return output * float("nan") if len(trainer.state.history) >= epoch - 1 and module.training else output
 
     trainer.raw_model.register_forward_hook(hook)
 

@@ -187,14 +187,15 @@ def test_ema_warmup_starts_with_a_low_decay() -> None:
 
 def test_linear_progressive_resizing() -> None:
     plan = ProgressivePlan(ProgressiveSettings(mode="linear", start_size=128, size_step=32), AugmentSettings(),
-                           final_size=224, epochs=5)
+                           final_size=224, epochs=5, dropout=0.2)
     assert [plan.at(e).img_size for e in range(5)] == [128, 160, 192, 192, 224]  # 176 rounds up
+    assert {plan.at(e).dropout for e in range(5)} == {0.2}  # the model's own rate, every epoch
 
 
 def test_staged_progressive_learning_grows_regularization_with_size() -> None:
     settings = ProgressiveSettings(mode="staged", start_size=128, stages=4, ra_magnitude=(5, 10),
                                    dropout=(0.1, 0.3), mixup_alpha=(0.0, 0.2))
-    plan = ProgressivePlan(settings, AugmentSettings(auto_augment="randaugment"), final_size=224, epochs=8)
+    plan = ProgressivePlan(settings, AugmentSettings(auto_augment="randaugment"), final_size=224, epochs=8, dropout=0.2)
     stages = [plan.at(e) for e in range(0, 8, 2)]
     assert [s.img_size for s in stages] == [128, 160, 192, 224]
     assert [plan.at(e).img_size for e in range(8)] == [128, 128, 160, 160, 192, 192, 224, 224]
@@ -205,5 +206,5 @@ def test_staged_progressive_learning_grows_regularization_with_size() -> None:
 
 def test_progressive_start_above_the_final_size_means_no_resizing() -> None:
     plan = ProgressivePlan(ProgressiveSettings(mode="linear", start_size=128), AugmentSettings(), final_size=64,
-                           epochs=3)
+                           epochs=3, dropout=0.2)
     assert {plan.at(e).img_size for e in range(3)} == {64}

@@ -19,10 +19,12 @@ from _train_helpers import (
     tiny_config,
     without_timing,
 )
+from effnet.data.transforms import MixupCutmix
 from effnet.evaluation import evaluate_checkpoint
 from effnet.layers import MBConv
 from effnet.train import Trainer, TrainResult, train
-from effnet.weights.io import load_model
+from effnet.train import trainer as trainer_module
+from effnet.weights.io import load_model, read_metadata
 from effnet.weights.trained import load_trained_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -83,13 +85,18 @@ def test_a_run_leaves_checkpoints_metrics_and_plots(data, straight_run) -> None:
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     best = load(run_dir / "best.pt")
-    assert best["class_names"] == ["class_0", "class_1", "class_2"]
-    assert best["preprocessing"]["resolution"] == 32 and best["preprocessing"]["crop_pct"] == 1.0
+    meta = best["model_meta"]
+    assert meta["class_names"] == ["class_0", "class_1", "class_2"]
+    # one image size across the run's files: the architecture config carries none
+    assert meta["preprocessing"]["resolution"] == 32 and meta["preprocessing"]["crop_pct"] == 1.0
+    assert "resolution" not in meta["config"] and "resolution" not in best["config"]["model"]
+    assert saved["data"]["eval_img_size"] == 32 and read_metadata(run_dir / "model.safetensors")[
+        "preprocessing"]["resolution"] == 32
     assert set(best) >= {"model", "optimizer", "schedule", "scaler", "ema", "epoch", "best", "rng", "config"}
     assert best["best"]["epoch"] == straight_run.best_epoch
 
     model = load_model(run_dir / "model.safetensors")
-    assert model.class_names == best["class_names"] and model.preprocessing.resolution == 32
+    assert model.class_names == meta["class_names"] and model.preprocessing.resolution == 32
     from_pt = load_trained_model(run_dir / "best.pt")
     assert_same_tensors(model.state_dict(), from_pt.state_dict())
 
@@ -128,24 +135,47 @@ def test_evaluation_maps_the_data_classes_onto_the_model_classes(data, straight_
         evaluate_checkpoint(model_file, tmp_path / "cats", num_workers=0)
 
 
-def test_gradient_accumulation_counts_updates(data, tmp_path) -> None:
+def test_gradient_accumulation_counts_updates_and_reads_the_device_once_per_update(
+        data, tmp_path, monkeypatch) -> None:
+    reads = []
+
+    def counting_all_reduce(tensor, context):
+        reads.append(tensor.numel())
+        return tensor
+
+    monkeypatch.setattr(trainer_module, "all_reduce_sum", counting_all_reduce)
     config = tiny_config(data, **{"data.batch_size": 4, "run.accum_steps": 4, "run.epochs": 1,
                                   "schedule.warmup_epochs": 0})
     train(config, run_dir=tmp_path / "accum")
     state = load(tmp_path / "accum" / "last.pt")
     assert state["schedule"]["step_count"] == 2  # 6 batches of 4 -> groups of 4 and 2
     assert state["ema"]["updates"] == 2
+    # one agreed read per update (the group's non-finite flags, the stop flag, the loss sum), then
+    # the epoch's totals and the end-of-epoch stop check: not one per micro-batch
+    assert reads == [4 + 2, 2 + 2, 2, 1]
 
 
-def test_staged_progressive_learning_with_mixup_runs(data, tmp_path) -> None:
+def test_staged_progressive_learning_applies_each_stage_mixup(data, tmp_path, monkeypatch) -> None:
     config = tiny_config(data, **{
         "progressive.mode": "staged", "progressive.start_size": 16, "progressive.size_step": 16,
         "progressive.stages": 2, "progressive.dropout": [0.05, 0.25], "progressive.mixup_alpha": [0.1, 0.3],
         "augment.auto_augment": "randaugment", "augment.cutmix_alpha": 1.0, "run.clip_grad": 1.0})
+    mixed = []
+
+    class RecordingMixer(MixupCutmix):
+        def __call__(self, images, targets):
+            images, soft = super().__call__(images, targets)
+            mixed.append((images.shape[-1], self.mixup_alpha, soft))
+            return images, soft
+
+    monkeypatch.setattr(trainer_module, "MixupCutmix", RecordingMixer)
     trainer = Trainer(config, run_dir=tmp_path / "staged")
     result = trainer.fit()
     assert [row["img_size"] for row in result.history] == [16, 32]
     assert trainer.raw_model.dropout.p == pytest.approx(0.25)
+    # every batch was mixed, with each stage's mixup strength, into soft targets
+    assert [(size, alpha) for size, alpha, _ in mixed] == [(16, 0.1)] * 3 + [(32, 0.3)] * 3
+    assert any(((soft > 0.2).sum(dim=1) == 2).any() for _, _, soft in mixed)  # images of two classes blended
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in result.history)
 
 

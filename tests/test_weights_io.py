@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 import effnet
 from effnet.registry import Preprocessing
+from effnet.testing import randomize_statistics
 from effnet.weights import CheckpointError, load_model, read_metadata, read_tensors, save_model
 from effnet.weights.convert import EFFNET
 from effnet.weights.io import model_metadata
@@ -21,14 +22,7 @@ from effnet.weights.pretrained import Checkpoint, load_weights
 
 
 def small_model(name: str = "efficientnet_b0", num_classes: int = 5) -> effnet.EfficientNet:
-    model = effnet.create_model(name, num_classes=num_classes)
-    with torch.no_grad():
-        for buffer_name, buffer in model.named_buffers():
-            if buffer_name.endswith("running_mean"):
-                buffer.normal_()
-            elif buffer_name.endswith("running_var"):
-                buffer.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_statistics(effnet.create_model(name, num_classes=num_classes))
 
 
 def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -159,6 +159,20 @@ def _source_name(image: ImageInput, index: int) -> str:
     return printable_path(image) if isinstance(image, (str, Path)) else f"<image {index}>"
 
 
+def class_name(class_names: Sequence[str] | None, index: int) -> str:
+    """The name of class ``index``: from ``class_names``, or ``class_<index>`` without names."""
+    return class_names[index] if class_names is not None else f"class_{index}"
+
+
+def top_classes(probabilities: torch.Tensor, top_k: int, class_names: Sequence[str] | None
+                ) -> tuple[tuple[tuple[str, float], ...], tuple[int, ...]]:
+    """The ``top_k`` ``(class_name, probability)`` pairs of one image's probabilities, best first,
+    and their class indices."""
+    values, indices = probabilities.topk(min(top_k, probabilities.numel()))
+    index_list = tuple(int(i) for i in indices)
+    return tuple((class_name(class_names, i), float(v)) for i, v in zip(index_list, values, strict=True)), index_list
+
+
 class Classifier:
     """A network ready to classify pictures: model, class names, preprocessing, device, AMP.
 
@@ -245,7 +259,7 @@ class Classifier:
 
     # --------------------------------------------------------------- running
     def class_name(self, index: int) -> str:
-        return self.class_names[index] if self.class_names is not None else f"class_{index}"
+        return class_name(self.class_names, index)
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """The model input (float ``CxHxW``) for one image: see the module docstring."""
@@ -268,9 +282,7 @@ class Classifier:
         return probabilities.cpu()
 
     def _top(self, probabilities: torch.Tensor, top_k: int) -> tuple[tuple[tuple[str, float], ...], tuple[int, ...]]:
-        values, indices = probabilities.topk(min(top_k, probabilities.numel()))
-        index_list = tuple(int(i) for i in indices)
-        return tuple((self.class_name(i), float(v)) for i, v in zip(index_list, values, strict=True)), index_list
+        return top_classes(probabilities, top_k, self.class_names)
 
     def predict(self, image: ImageInput, top_k: int = 5) -> list[tuple[str, float]]:
         """The ``top_k`` most probable classes of one image as ``(class_name, probability)``, best
@@ -550,6 +562,7 @@ __all__ = [
     "PredictionSummary",
     "PredictionWriter",
     "TableWriter",
+    "class_name",
     "collect_images",
     "format_for",
     "load_classifier",
@@ -558,4 +571,5 @@ __all__ = [
     "prepare_image",
     "resolve_device",
     "to_pil",
+    "top_classes",
 ]

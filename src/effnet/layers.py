@@ -1,7 +1,8 @@
 """Building blocks shared by every EfficientNet variant.
 
 Padding helpers (symmetric or TensorFlow 'SAME'), conv-BN-activation, squeeze-and-excitation,
-stochastic depth and the MBConv block (which also covers the depthwise-separable first stage).
+stochastic depth, the MBConv block (which also covers the depthwise-separable first stage) and
+EfficientNetV2's Fused-MBConv.
 """
 
 from __future__ import annotations
@@ -319,5 +320,37 @@ class MBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.dw(self.expand(x))))
         if self.drop_path is not None:  # the residual add, through stochastic depth
+            return self.drop_path(out, x)
+        return out
+
+
+class FusedMBConv(nn.Module):
+    """EfficientNetV2's Fused-MBConv: one full kxk conv expands (and strides), a 1x1 conv
+    projects, with the residual as in :class:`MBConv`.
+
+    With ``expand_ratio == 1`` the block is the kxk conv alone (BN and activation included), with
+    no projection. No SE: the reference has none in its fused stages. ``expand`` always holds the
+    kxk conv; ``project`` is the 1x1 projection, or an identity for the single-conv form.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 expand_ratio: int, drop_path_rate: float = 0.0, options: LayerOptions = LayerOptions()) -> None:
+        super().__init__()
+        mid_channels = in_channels * expand_ratio if expand_ratio != 1 else out_channels
+        self.has_residual = stride == 1 and in_channels == out_channels
+        self.expand = ConvBnAct(in_channels, mid_channels, kernel_size, stride, options=options)
+        self.project = (ConvBnAct(mid_channels, out_channels, 1, options=options, activate=False)
+                        if expand_ratio != 1 else nn.Identity())
+        self.drop_path = DropPath(drop_path_rate) if self.has_residual else None
+
+    def zero_init_last(self) -> None:
+        """Zero the last BatchNorm's scale so that the block starts as the identity (see
+        :meth:`MBConv.zero_init_last`; for the single-conv form the activation of zero is zero)."""
+        last = self.project if isinstance(self.project, ConvBnAct) else self.expand
+        nn.init.zeros_(last.bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.expand(x))
+        if self.drop_path is not None:
             return self.drop_path(out, x)
         return out

@@ -1,4 +1,4 @@
-"""EfficientNet: stem -> seven MBConv stages -> head, built from one config.
+"""EfficientNet (V1 and V2): stem -> MBConv / Fused-MBConv stages -> head, built from one config.
 
 Width and depth are applied in one place (:meth:`EfficientNetConfig.scaled_stages`); the
 network then reads top to bottom. The model offers single- and multi-scale features, a
@@ -16,19 +16,25 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .description import ModelDescription, Preprocessing
-from .layers import ConvBnAct, LayerOptions, MBConv, PaddingMode
+from .layers import ConvBnAct, FusedMBConv, LayerOptions, MBConv, PaddingMode
 from .scaling import round_filters, round_repeats
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage of the base network (B0), before scaling."""
+    """One stage of a base network (B0, or an EfficientNetV2 size), before scaling.
+
+    ``fused`` makes its blocks Fused-MBConv (EfficientNetV2); ``se_ratio`` overrides the
+    config's SE ratio for this stage (``None``: the config's; V2's fused stages have 0).
+    """
 
     repeats: int
     kernel_size: int
     stride: int
     expand_ratio: int
     out_channels: int
+    fused: bool = False
+    se_ratio: float | None = None
 
 
 B0_STAGES: tuple[StageSpec, ...] = (
@@ -42,6 +48,35 @@ B0_STAGES: tuple[StageSpec, ...] = (
 )
 
 
+def _fused(repeats: int, stride: int, expand_ratio: int, out_channels: int) -> StageSpec:
+    return StageSpec(repeats, 3, stride, expand_ratio, out_channels, fused=True, se_ratio=0.0)
+
+
+V2_BASE_STAGES: tuple[StageSpec, ...] = (
+    _fused(1, 1, 1, 16), _fused(2, 2, 4, 32), _fused(2, 2, 4, 48),
+    StageSpec(3, 3, 2, 4, 96), StageSpec(5, 3, 1, 6, 112), StageSpec(8, 3, 2, 6, 192),
+)
+"""EfficientNetV2-B0..B3 (google/automl efficientnetv2, ``v2_base_block``)."""
+V2_S_STAGES: tuple[StageSpec, ...] = (
+    _fused(2, 1, 1, 24), _fused(4, 2, 4, 48), _fused(4, 2, 4, 64),
+    StageSpec(6, 3, 2, 4, 128), StageSpec(9, 3, 1, 6, 160), StageSpec(15, 3, 2, 6, 256),
+)
+V2_M_STAGES: tuple[StageSpec, ...] = (
+    _fused(3, 1, 1, 24), _fused(5, 2, 4, 48), _fused(5, 2, 4, 80),
+    StageSpec(7, 3, 2, 4, 160), StageSpec(14, 3, 1, 6, 176), StageSpec(18, 3, 2, 6, 304), StageSpec(5, 3, 1, 6, 512),
+)
+V2_L_STAGES: tuple[StageSpec, ...] = (
+    _fused(4, 1, 1, 32), _fused(7, 2, 4, 64), _fused(7, 2, 4, 96),
+    StageSpec(10, 3, 2, 4, 192), StageSpec(19, 3, 1, 6, 224), StageSpec(25, 3, 2, 6, 384),
+    StageSpec(7, 3, 1, 6, 640),
+)
+V2_XL_STAGES: tuple[StageSpec, ...] = (
+    _fused(4, 1, 1, 32), _fused(8, 2, 4, 64), _fused(8, 2, 4, 96),
+    StageSpec(16, 3, 2, 4, 192), StageSpec(24, 3, 1, 6, 256), StageSpec(32, 3, 2, 6, 512),
+    StageSpec(8, 3, 1, 6, 640),
+)
+
+
 @dataclass(frozen=True)
 class ScaledStage:
     """A stage after width and depth scaling: concrete channels and block count."""
@@ -52,6 +87,8 @@ class ScaledStage:
     kernel_size: int
     stride: int
     expand_ratio: int
+    fused: bool = False
+    se_ratio: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -70,7 +107,10 @@ class EfficientNetConfig:
 
     ``lite`` applies the Lite scaling rules: stem and head widths stay fixed and the first
     and last stages keep their block counts. (Lite's ReLU6 and missing SE are the
-    ``activation`` and ``se_ratio`` fields.)
+    ``activation`` and ``se_ratio`` fields.) ``round_limit`` is the channel rounding rule of
+    :func:`~effnet.scaling.round_filters` (0.9 for V1 and V2-S/M/L/XL, 0 for V2-B0..B3).
+    EfficientNetV2 is the same class with its own ``stages`` (see :data:`V2_S_STAGES`),
+    ``stem_channels`` and ``round_limit``.
     """
 
     width: float = 1.0
@@ -87,6 +127,7 @@ class EfficientNetConfig:
     stem_channels: int = 32
     head_channels: int = 1280
     divisor: int = 8
+    round_limit: float = 0.9
     stages: tuple[StageSpec, ...] = field(default=B0_STAGES)
 
     def __post_init__(self) -> None:
@@ -109,13 +150,16 @@ class EfficientNetConfig:
     def replace(self, **changes: object) -> EfficientNetConfig:
         return replace(self, **changes)
 
+    def round_channels(self, channels: int) -> int:
+        return round_filters(channels, self.width, self.divisor, self.round_limit)
+
     @property
     def stem_width(self) -> int:
-        return self.stem_channels if self.lite else round_filters(self.stem_channels, self.width, self.divisor)
+        return self.stem_channels if self.lite else self.round_channels(self.stem_channels)
 
     @property
     def head_width(self) -> int:
-        return self.head_channels if self.lite else round_filters(self.head_channels, self.width, self.divisor)
+        return self.head_channels if self.lite else self.round_channels(self.head_channels)
 
     def scaled_stages(self) -> list[ScaledStage]:
         """The stages with width and depth applied: the one place scaling happens."""
@@ -123,11 +167,12 @@ class EfficientNetConfig:
         in_channels = self.stem_width
         last = len(self.stages) - 1
         for index, spec in enumerate(self.stages):
-            out_channels = round_filters(spec.out_channels, self.width, self.divisor)
+            out_channels = self.round_channels(spec.out_channels)
             fixed_depth = self.lite and index in (0, last)
             repeats = spec.repeats if fixed_depth else round_repeats(spec.repeats, self.depth)
+            se_ratio = self.se_ratio if spec.se_ratio is None else spec.se_ratio
             stages.append(ScaledStage(in_channels, out_channels, repeats, spec.kernel_size,
-                                      spec.stride, spec.expand_ratio))
+                                      spec.stride, spec.expand_ratio, spec.fused, se_ratio))
             in_channels = out_channels
         return stages
 
@@ -159,10 +204,14 @@ class EfficientNet(nn.Module):
         for stage in stages:
             blocks = []
             for j in range(stage.repeats):
-                blocks.append(MBConv(
-                    stage.in_channels if j == 0 else stage.out_channels, stage.out_channels,
-                    stage.kernel_size, stage.stride if j == 0 else 1, stage.expand_ratio,
-                    config.se_ratio, config.drop_path_rate * block_index / total_blocks, options))
+                in_channels = stage.in_channels if j == 0 else stage.out_channels
+                stride = stage.stride if j == 0 else 1
+                drop_path_rate = config.drop_path_rate * block_index / total_blocks
+                blocks.append(
+                    FusedMBConv(in_channels, stage.out_channels, stage.kernel_size, stride, stage.expand_ratio,
+                                drop_path_rate, options) if stage.fused else
+                    MBConv(in_channels, stage.out_channels, stage.kernel_size, stride, stage.expand_ratio,
+                           stage.se_ratio, drop_path_rate, options))
                 block_index += 1
             built.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*built)
@@ -263,7 +312,7 @@ class EfficientNet(nn.Module):
         """Start every block that has a residual connection as the identity
         (:meth:`MBConv.zero_init_last`)."""
         for module in self.modules():
-            if isinstance(module, MBConv) and module.has_residual:
+            if isinstance(module, (MBConv, FusedMBConv)) and module.has_residual:
                 module.zero_init_last()
 
     @torch.jit.ignore

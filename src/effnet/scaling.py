@@ -12,15 +12,16 @@ from dataclasses import dataclass
 BASE_RESOLUTION = 224
 
 
-def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+def round_filters(channels: int, width: float, divisor: int = 8, round_limit: float = 0.9) -> int:
     """Scale a channel count by ``width`` and round it to a multiple of ``divisor``.
 
     Rounds to the nearest multiple, never below ``divisor``, and adds one more ``divisor``
-    when rounding would lose more than 10% of the scaled width (the reference rule).
+    when the result falls below ``round_limit`` times the scaled width (the reference rule:
+    0.9, i.e. never lose more than 10%; EfficientNetV2-B0..B3 use 0, plain rounding).
     """
     scaled = channels * width
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * scaled:
+    if rounded < round_limit * scaled:
         rounded += divisor
     return int(rounded)
 

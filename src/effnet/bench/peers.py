@@ -21,7 +21,8 @@ from ..registry import get_entry, list_models
 SOURCES = ("effnet", "torchvision", "timm")
 TORCHVISION_PEERS = ("resnet50", "resnet152", "densenet169", "mobilenet_v2")
 """The networks EfficientNet is usually compared with (the paper's Table 1 and Figure 1)."""
-DEFAULT_MODELS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b7") + TORCHVISION_PEERS
+DEFAULT_MODELS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b7", "efficientnet_v2_b0",
+                  "efficientnet_v2_s") + TORCHVISION_PEERS
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from typing import Any
 
 from ..errors import EffnetError
 
-COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize")
+COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize",
+            "serve", "ship")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for reports
     prefix = f"effnet {args.command}"
     try:
         with _sigterm_as_interrupt():

@@ -8,6 +8,7 @@ from typing import Any
 from ..device import AMP_DTYPES
 from ..files import check_output_folder
 from ..table import format_table
+from ..train.checkpoint import ResumePoint
 from ..train.config import OPTIMIZERS, TrainConfig, recipe_names
 from ..train.reporting import result_rows
 from ..train.trainer import config_for_run, train
@@ -45,7 +46,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def train_and_report(config: TrainConfig, args: argparse.Namespace, resume: str | None = None) -> int:
+def train_and_report(config: TrainConfig, args: argparse.Namespace, resume: ResumePoint | None = None) -> int:
     """Train, print the result table on the main process; exit code 130 when interrupted."""
     if args.out:
         check_output_folder(args.out)
@@ -83,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
         "model.pretrained": args.pretrained, "run.amp": args.amp, "run.compile": args.compile,
         "run.sync_bn": args.sync_bn, "data.strict": args.strict,
     }
-    config = config_for_run(args.recipe, overrides, args.set, resume=args.resume)
-    return train_and_report(config, args, resume=args.resume)
+    resume = ResumePoint.load(args.resume) if args.resume else None
+    config = config_for_run(args.recipe, overrides, args.set, resume=resume)
+    return train_and_report(config, args, resume=resume)

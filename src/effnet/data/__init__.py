@@ -3,7 +3,7 @@ loaders and the built-in MNIST demo dataset."""
 
 from .datasets import DatasetSplits, ImageDataset, build_datasets, read_csv, scan_folder, stratified_split
 from .demo import load_demo_arrays, write_demo_dataset
-from .images import IMAGE_EXTENSIONS, ImageReadError, load_image, to_rgb, verify_image
+from .images import IMAGE_EXTENSIONS, ImageReadError, decode_image, load_image, to_rgb, verify_image
 from .loaders import build_loader
 from .transforms import MixupCutmix, eval_transforms, train_transforms
 
@@ -15,6 +15,7 @@ __all__ = [
     "MixupCutmix",
     "build_datasets",
     "build_loader",
+    "decode_image",
     "eval_transforms",
     "load_demo_arrays",
     "load_image",

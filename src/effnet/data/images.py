@@ -18,6 +18,7 @@ everywhere:
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -33,39 +34,48 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 WHITE = (255, 255, 255)
 
 
-class ImageReadError(ValueError):
-    """A file that cannot be used as an image: unreadable, corrupt, truncated or too large."""
+READ_ERROR_KINDS = ("empty", "not_an_image", "too_many_pixels", "corrupt", "missing")
 
-    def __init__(self, path: Path, reason: str) -> None:
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an image: unreadable, corrupt, truncated or too large.
+
+    ``kind`` is one of :data:`READ_ERROR_KINDS`; ``reason`` says it in words.
+    """
+
+    def __init__(self, path: Path, reason: str, kind: str = "corrupt") -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.kind = kind
 
 
 def has_image_extension(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _describe(error: BaseException) -> str:
+def _read_error(path: Path, error: BaseException) -> ImageReadError:
     if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"refused as a possible decompression bomb ({error})"
+        return ImageReadError(path, f"refused as a possible decompression bomb ({error})", "too_many_pixels")
     if isinstance(error, Image.UnidentifiedImageError):
-        return "not an image file (Pillow cannot identify it)"
+        return ImageReadError(path, "not an image file (Pillow cannot identify it)", "not_an_image")
     if isinstance(error, FileNotFoundError):
-        return "file not found"
+        return ImageReadError(path, "file not found", "missing")
     text = str(error) or type(error).__name__
-    return f"corrupt or truncated image ({text})"
+    return ImageReadError(path, f"corrupt or truncated image ({text})", "corrupt")
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "empty file (0 bytes)")
-    image = Image.open(path)
+def _open(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:
+    """Open ``path``, or the in-memory file ``data`` named ``path``, checking size and pixel count."""
+    if (len(data) if data is not None else path.stat().st_size) == 0:
+        raise ImageReadError(path, "empty file (0 bytes)", "empty")
+    image = Image.open(io.BytesIO(data) if data is not None else path)
     width, height = image.size
     if width * height > max_pixels:
         image.close()
         raise ImageReadError(path, f"refused as a possible decompression bomb: {width}x{height} = "
-                                   f"{width * height:,} pixels exceeds the limit of {max_pixels:,} (max_pixels)")
+                                   f"{width * height:,} pixels exceeds the limit of {max_pixels:,} (max_pixels)",
+                             "too_many_pixels")
     return image
 
 
@@ -89,7 +99,7 @@ def verify_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, decode:
     except ImageReadError:
         raise
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, struct.error ...) on bad files
-        raise ImageReadError(path, _describe(error)) from error
+        raise _read_error(path, error) from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -115,15 +125,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``path`` into an 8-bit RGB PIL image; raises :class:`ImageReadError` on any bad file."""
-    path = Path(path)
+def _decode(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:
     try:
-        with _open(path, max_pixels) as image:
+        with _open(path, max_pixels, data) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)
     except ImageReadError:
         raise
     except Exception as error:  # see verify_image
-        raise ImageReadError(path, _describe(error)) from error
+        raise _read_error(path, error) from error
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an 8-bit RGB PIL image; raises :class:`ImageReadError` on any bad file."""
+    return _decode(Path(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`load_image` for a file held in memory (an upload); ``name`` labels its errors."""
+    return _decode(Path(name), max_pixels, data)

@@ -55,6 +55,30 @@ def evaluate_runners(runners: Mapping[str, Runner], batches: Iterable[tuple[torc
             for name in runners}
 
 
+def collect_logits(runners: Mapping[str, Runner], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every runner's logits (float32, one row per image) and the labels, in one pass over ``batches``
+    (for per-image analysis: confusion matrices, the most confident mistakes)."""
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    targets = []
+    for images, labels in batches:
+        batch = images.numpy()
+        for name, runner in runners.items():
+            outputs[name].append(runner(batch).astype(np.float32))
+        targets.append(labels.numpy())
+    if not targets:
+        raise ValueError("no images to evaluate on")
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}, np.concatenate(targets)
+
+
+def accuracy_of(logits: np.ndarray, reference: np.ndarray, targets: np.ndarray) -> Accuracy:
+    """:class:`Accuracy` of ``logits`` against the labels and against the ``reference`` logits."""
+    output, expected = logits.astype(np.float64), reference.astype(np.float64)
+    predicted = output.argmax(1)
+    return Accuracy(float((predicted == targets).mean()), float((predicted == expected.argmax(1)).mean()),
+                    _decibels(float((expected ** 2).sum()), float(((output - expected) ** 2).sum())), len(targets))
+
+
 def _decibels(signal: float, noise: float) -> float:
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
@@ -93,21 +117,27 @@ def file_size(path: str | Path | None) -> int | None:
     return Path(path).stat().st_size if path is not None and Path(path).is_file() else None
 
 
-def format_rows(rows: Iterable[DeploymentRow]) -> str:
-    """The comparison as a table: format, file size, batch-1 latency, batch throughput, top-1,
-    agreement with the reference and logit SQNR."""
-    rows = list(rows)
+def row_headers(rows: Iterable[DeploymentRow]) -> list[str]:
+    """Column names of :func:`row_cells`: format, file size, batch-1 latency, batch throughput,
+    top-1, agreement with the reference and logit SQNR."""
     batch = next((row.speed.throughput.batch_size for row in rows if row.speed), 32)
-    headers = ["format", "size MB", "latency b1 ms", f"img/s b{batch}", "top-1 %", "agreement %", "SQNR dB"]
-    body = []
-    for row in rows:
-        body.append([
-            row.name,
-            f"{row.file_bytes / 1e6:.2f}" if row.file_bytes is not None else "-",
-            f"{row.speed.latency.median_ms:.2f}" if row.speed else "-",
-            f"{row.speed.throughput.throughput:.1f}" if row.speed else "-",
-            f"{100 * row.accuracy.top1:.2f}" if row.accuracy else "-",
-            f"{100 * row.accuracy.agreement:.2f}" if row.accuracy else "-",
-            f"{row.accuracy.sqnr_db:.1f}" if row.accuracy and math.isfinite(row.accuracy.sqnr_db) else "-",
-        ])
-    return format_table(headers, body)
+    return ["format", "size MB", "latency b1 ms", f"img/s b{batch}", "top-1 %", "agreement %", "SQNR dB"]
+
+
+def row_cells(row: DeploymentRow) -> list[str]:
+    """One row rounded for reading, under :func:`row_headers`."""
+    return [
+        row.name,
+        f"{row.file_bytes / 1e6:.2f}" if row.file_bytes is not None else "-",
+        f"{row.speed.latency.median_ms:.2f}" if row.speed else "-",
+        f"{row.speed.throughput.throughput:.1f}" if row.speed else "-",
+        f"{100 * row.accuracy.top1:.2f}" if row.accuracy else "-",
+        f"{100 * row.accuracy.agreement:.2f}" if row.accuracy else "-",
+        f"{row.accuracy.sqnr_db:.1f}" if row.accuracy and math.isfinite(row.accuracy.sqnr_db) else "-",
+    ]
+
+
+def format_rows(rows: Iterable[DeploymentRow]) -> str:
+    """The comparison as an aligned plain-text table (see :func:`row_headers`)."""
+    rows = list(rows)
+    return format_table(row_headers(rows), [row_cells(row) for row in rows])

@@ -106,7 +106,7 @@ def quantize_checkpoint(model: EfficientNet, calib_dir: str | Path, eval_dir: st
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
     calibration = calibration_images(calib_dir, model.preprocessing, options.calibration_images)
-    loader = labelled_loader(eval_dir, model.preprocessing, getattr(model, "class_names", None),
+    loader = labelled_loader(eval_dir, model.preprocessing, model.class_names,
                              options.batch_size)
     onnx_out = out_path.suffix == ".onnx"
     label = {"ort-ptq": "QDQ", "pt2e-ptq": "PT2E PTQ", "qat": "PT2E QAT"}[options.method]

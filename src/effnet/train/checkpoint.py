@@ -11,6 +11,7 @@ file whole.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write
-from ..weights.trained import LAST
+from ..weights.trained import LAST, read_training_checkpoint
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -37,6 +38,20 @@ def resolve_resume(path: str | Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume from {path}: no such run directory or checkpoint")
     return path
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint to resume from, read once: its path and its contents."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @classmethod
+    def load(cls, resume: str | Path) -> ResumePoint:
+        """Read what ``--resume`` names (a run directory or a checkpoint file)."""
+        path = resolve_resume(resume)
+        return cls(path, read_training_checkpoint(path))
 
 
 def rng_state() -> dict[str, Any]:

@@ -75,11 +75,15 @@ class DataSettings:
     strict: bool = False
     allow_single_class: bool = False
 
-    def resolve_sizes(self, preprocessing: Preprocessing, min_size: int) -> None:
-        """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing) and
-        refuse any below ``min_size``, the network's total stride (smaller inputs leave the last
-        stages with nothing to see)."""
-        self.img_size = self.img_size or preprocessing.resolution
+    def resolve_sizes(self, preprocessing: Preprocessing, min_size: int, train_size: int | None = None) -> None:
+        """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing;
+        ``train_size``: the size it trains at, when smaller than its eval size as for
+        EfficientNetV2) and refuse any below ``min_size``, the network's total stride (smaller
+        inputs leave the last stages with nothing to see). A given ``img_size`` is also the
+        default eval size."""
+        if self.img_size is None and self.eval_img_size is None:
+            self.eval_img_size = preprocessing.resolution
+        self.img_size = self.img_size or train_size or preprocessing.resolution
         self.eval_img_size = self.eval_img_size or self.img_size
         self.crop_pct = self.crop_pct or preprocessing.crop_pct
         for name, size in (("data.img_size", self.img_size), ("data.eval_img_size", self.eval_img_size)):
@@ -231,6 +235,8 @@ SECTIONS: dict[str, type] = {
 OPTIMIZERS = ("adamw", "sgd", "rmsprop_tf")
 SCHEDULES = ("cosine", "step")
 PROGRESSIVE_MODES = ("none", "linear", "staged")
+# Model settings with a training setting of their own: model.overrides may not set them.
+REGULARIZATION_KEYS = frozenset({"dropout", "drop_rate", "drop_path_rate"})
 AUTO_AUGMENTS = (None, *auto_augment_policies)
 
 
@@ -262,9 +268,9 @@ class TrainConfig:
                 config.recipe = None if value is None else str(value)
                 continue
             if key not in SECTIONS:
-                raise ValueError(f"{source}: unknown section {key!r}; valid sections: recipe, {', '.join(SECTIONS)}")
+                raise ConfigError(f"{source}: unknown section {key!r}; valid sections: recipe, {', '.join(SECTIONS)}")
             if not isinstance(value, dict):
-                raise ValueError(f"{source}: section {key!r} must be a mapping of settings, got {value!r}")
+                raise ConfigError(f"{source}: section {key!r} must be a mapping of settings, got {value!r}")
             for name, item in value.items():
                 set_value(config, f"{key}.{name}", item, source)
         config.validate()
@@ -282,7 +288,7 @@ class TrainConfig:
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
         positive = {
             "run.epochs": self.run.epochs, "data.batch_size": self.data.batch_size,
             "run.accum_steps": self.run.accum_steps, "optimizer.lr": self.optimizer.lr,
@@ -295,28 +301,36 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive and finite, got {value}")
         for name, size in (("data.img_size", self.data.img_size), ("data.eval_img_size", self.data.eval_img_size)):
             if size is not None and size < 1:
-                raise ValueError(f"{name} must be a positive number of pixels, got {size} (leave it unset for the "
+                raise ConfigError(f"{name} must be a positive number of pixels, got {size} (leave it unset for the "
                                  "model's own size)")
         if self.data.crop_pct is not None and not 0 < self.data.crop_pct <= 1:
-            raise ValueError(f"data.crop_pct must be in (0, 1], got {self.data.crop_pct}")
+            raise ConfigError(f"data.crop_pct must be in (0, 1], got {self.data.crop_pct}")
         if self.data.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
         if not 0 < self.finetune.layer_decay <= 1:
-            raise ValueError(f"finetune.layer_decay must be in (0, 1] (1: one learning rate for all layers), "
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1] (1: one learning rate for all layers), "
                              f"got {self.finetune.layer_decay}")
         if not 0 <= self.augment.label_smoothing < 1:
-            raise ValueError(f"augment.label_smoothing must be in [0, 1), got {self.augment.label_smoothing}")
+            raise ConfigError(f"augment.label_smoothing must be in [0, 1), got {self.augment.label_smoothing}")
         if not 0 <= self.schedule.warmup_epochs < math.inf:
             raise ConfigError(f"schedule.warmup_epochs must be a number of epochs >= 0, got "
                               f"{self.schedule.warmup_epochs}")
         if self.schedule.warmup_epochs >= self.run.epochs:
             self._shorten_warmup()
         if self.model.zero_init_residual and self.model.pretrained:
-            raise ValueError(f"model.zero_init_residual=true would erase the residual blocks of the pretrained "
+            raise ConfigError(f"model.zero_init_residual=true would erase the residual blocks of the pretrained "
                              f"weights (model.pretrained={self.model.pretrained}); it is for training from scratch: "
                              f"--set model.zero_init_residual=false")
+        regularization = sorted(REGULARIZATION_KEYS & set(self.model.overrides))
+        if regularization:
+            raise ConfigError(f"model.overrides.{regularization[0]}: set dropout with model.drop_rate and stochastic "
+                             "depth with model.drop_path_rate (one setting each)")
+        if self.progressive.mode == "staged" and self.model.drop_rate is not None:
+            raise ConfigError(f"model.drop_rate={self.model.drop_rate} and progressive.mode=staged both set the "
+                             f"dropout; staged learning grows it per stage (progressive.dropout="
+                             f"{list(self.progressive.dropout)}): unset model.drop_rate")
         if self.progressive.mode == "staged" and self.augment.auto_augment != "randaugment":
-            raise ValueError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
+            raise ConfigError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
                              "set augment.auto_augment=randaugment")
 
 
@@ -350,7 +364,7 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     else:
         resource = _recipe_dir() / f"{name_or_path}.yaml"
         if not resource.is_file():
-            raise ValueError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())} "
+            raise ConfigError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())} "
                              "(or give a path to a .yaml file)")
         text = resource.read_text()
         name = str(name_or_path)
@@ -391,7 +405,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     """``"optimizer.lr=0.01"`` -> ``("optimizer.lr", 0.01)``; the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optimizer.lr=0.01")
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optimizer.lr=0.01")
     return key.strip(), read_yaml(raw, f"--set {text!r}") if raw.strip() else None
 
 
@@ -404,8 +418,7 @@ def read_yaml(text: str, where: str) -> Any:
         mark = getattr(error, "problem_mark", None)
         position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or type(error).__name__
-        raise ConfigError(f"{where} is not valid YAML{position}: {problem}; quote values with special "
-                          "characters (e.g. '[1, 2]' needs its closing bracket)") from None
+        raise ConfigError(f"{where} is not valid YAML{position}: {problem}") from None
 
 
 def get_value(config: TrainConfig, key: str) -> Any:
@@ -428,17 +441,17 @@ def set_value(config: TrainConfig, key: str, value: Any, source: str = "override
 def _resolve(config: TrainConfig, key: str, source: str) -> tuple[Any, str, Any]:
     parts = key.split(".")
     if parts[0] not in SECTIONS or len(parts) < 2:
-        raise ValueError(f"{source}: unknown setting {key!r}; settings look like SECTION.KEY with SECTION one of "
+        raise ConfigError(f"{source}: unknown setting {key!r}; settings look like SECTION.KEY with SECTION one of "
                          f"{', '.join(SECTIONS)}")
     section = getattr(config, parts[0])
     hints = typing.get_type_hints(type(section))
     if parts[1] not in hints:
-        raise ValueError(f"{source}: unknown setting {key!r}; {parts[0]} has: {', '.join(hints)}")
+        raise ConfigError(f"{source}: unknown setting {key!r}; {parts[0]} has: {', '.join(hints)}")
     if len(parts) == 2:
         return section, parts[1], hints[parts[1]]
     if len(parts) == 3 and _origin(hints[parts[1]]) is dict:
         return getattr(section, parts[1]), parts[2], None
-    raise ValueError(f"{source}: unknown setting {key!r}")
+    raise ConfigError(f"{source}: unknown setting {key!r}")
 
 
 def _origin(hint: Any) -> Any:
@@ -460,11 +473,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, inner[-1], where)
     if _origin(hint) is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"{where} expects a list of {len(args)} values, e.g. [0.08, 1.0]; got {value!r}")
+            raise ConfigError(f"{where} expects a list of {len(args)} values, e.g. [0.08, 1.0]; got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if _origin(hint) is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where} expects a mapping, got {value!r}")
+            raise ConfigError(f"{where} expects a mapping, got {value!r}")
         return dict(value)
     try:
         if hint is bool:
@@ -486,7 +499,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 raise TypeError
             return str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+        raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
     return value
 
 

@@ -17,21 +17,23 @@ from .config import AugmentSettings, ProgressiveSettings
 
 @dataclass(frozen=True)
 class EpochSettings:
-    """The image size and regularization of one epoch; ``dropout`` ``None`` keeps the model's."""
+    """The image size and regularization of one epoch (``dropout``: the head's dropout rate)."""
 
     img_size: int
     ra_magnitude: int
     mixup_alpha: float
-    dropout: float | None = None
+    dropout: float
 
 
 class ProgressivePlan:
-    """Per-epoch :class:`EpochSettings` for a run of ``epochs`` epochs ending at ``final_size``."""
+    """Per-epoch :class:`EpochSettings` for a run of ``epochs`` epochs ending at ``final_size``;
+    ``dropout`` is the model's own rate, which only staged learning changes."""
 
     def __init__(self, settings: ProgressiveSettings, augment: AugmentSettings, final_size: int,
-                 epochs: int) -> None:
+                 epochs: int, dropout: float) -> None:
         self.settings = settings
         self.augment = augment
+        self.dropout = dropout
         self.final_size = final_size
         self.epochs = epochs
         self.start_size = min(settings.start_size, final_size)
@@ -47,12 +49,12 @@ class ProgressivePlan:
     def at(self, epoch: int) -> EpochSettings:
         s, a = self.settings, self.augment
         if s.mode == "none":
-            return EpochSettings(self.final_size, a.ra_magnitude, a.mixup_alpha)
+            return EpochSettings(self.final_size, a.ra_magnitude, a.mixup_alpha, self.dropout)
         if s.mode == "linear":
             fraction = epoch / (self.epochs - 1) if self.epochs > 1 else 1.0
             size = self.final_size if fraction >= 1.0 else \
                 self._round(self.start_size + (self.final_size - self.start_size) * fraction)
-            return EpochSettings(size, a.ra_magnitude, a.mixup_alpha)
+            return EpochSettings(size, a.ra_magnitude, a.mixup_alpha, self.dropout)
         stages = min(s.stages, self.epochs)
         stage = min(stages - 1, epoch * stages // self.epochs)
         fraction = stage / (stages - 1) if stages > 1 else 1.0

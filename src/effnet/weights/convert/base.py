@@ -42,14 +42,14 @@ PYTORCH_TRAINED = TrainedWith("symmetric", 1e-5)
 
 @dataclass(frozen=True)
 class Architecture:
-    """What renaming needs to know of the target network: its stages and whether blocks have SE."""
+    """What renaming needs to know of the target network: its stages (block counts, expand
+    ratios, which are fused and which have SE)."""
 
     stages: tuple[ScaledStage, ...]
-    has_se: bool
 
     @classmethod
     def of(cls, config: EfficientNetConfig) -> Architecture:
-        return cls(tuple(config.scaled_stages()), config.se_ratio > 0)
+        return cls(tuple(config.scaled_stages()))
 
     @property
     def total_blocks(self) -> int:

@@ -1,12 +1,13 @@
-"""torchvision ``efficientnet_b0..b7`` state dicts.
+"""torchvision ``efficientnet_b0..b7`` and ``efficientnet_v2_s/m/l`` state dicts.
 
 ``features.0`` is the stem (``0`` conv, ``1`` BN), ``features.{s+1}.{j}.block.{k}`` block j
-of stage s, where k counts the block's modules: expand (absent when the expand ratio is 1),
-depthwise, SE (``fc1``, ``fc2``), project. The head is ``features.{stages+1}``, the
+of stage s, where k counts the block's modules: for MBConv expand (absent when the expand
+ratio is 1), depthwise, SE (``fc1``, ``fc2``), project; for Fused-MBConv the kxk conv, then
+the projection (absent when the expand ratio is 1). The head is ``features.{stages+1}``, the
 classifier ``classifier.1`` (``classifier.0`` is dropout). torchvision evaluates all of its
-EfficientNet-V1 checkpoints with symmetric padding; B0-B4 use ``nn.BatchNorm2d``'s default
-epsilon 1e-5, B5-B7 (ports of TF weights by EfficientNet-PyTorch) epsilon 1e-3. Those are
-the settings that reproduce its published accuracy.
+EfficientNet checkpoints with symmetric padding; B0-B4 use ``nn.BatchNorm2d``'s default
+epsilon 1e-5, B5-B7 (ports of TF weights by EfficientNet-PyTorch) and V2-S/M/L epsilon 1e-3.
+Those are the settings that reproduce its published accuracy.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ def _block(stage_index: int, rest: str, arch: Architecture) -> str | None:
     stage = arch.stages[stage_index]
     if block >= stage.repeats:
         return None
-    modules = ((["expand"] if stage.expand_ratio != 1 else []) + ["dw"] + (["se"] if arch.has_se else [])
-               + ["project"])
+    if stage.fused:
+        modules = ["expand"] + (["project"] if stage.expand_ratio != 1 else [])
+    else:
+        modules = ((["expand"] if stage.expand_ratio != 1 else []) + ["dw"] + (["se"] if stage.se_ratio > 0 else [])
+                   + ["project"])
     if module_index >= len(modules):
         return None
     module = modules[module_index]
@@ -68,5 +72,7 @@ def rename(key: str, arch: Architecture) -> str | None:
     return None
 
 
-_TF_PORTS = {f"efficientnet_b{i}": TrainedWith("symmetric", 1e-3) for i in (5, 6, 7)}
-LAYOUT = Layout("torchvision", "torchvision", "features.0.0.weight", rename, PYTORCH_TRAINED, _TF_PORTS)
+_EPS_1E3 = {name: TrainedWith("symmetric", 1e-3) for name in (
+    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m",
+    "efficientnet_v2_l")}
+LAYOUT = Layout("torchvision", "torchvision", "features.0.0.weight", rename, PYTORCH_TRAINED, _EPS_1E3)

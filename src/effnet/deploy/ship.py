@@ -1,0 +1,356 @@
+"""``effnet ship``: a checkpoint to a verified, self-contained deployment folder.
+
+BatchNorm is folded, the network exported to ONNX (verified against eager PyTorch), then
+turned into the target's file (ONNX Runtime fp32 or INT8, OpenVINO fp32, bf16 or INT8,
+TorchScript), run in its own runtime on the ``--eval`` images beside the fp32 reference, and
+only shipped if it loses at most ``max_drop`` top-1 points. The folder holds:
+
+- the model file (``model.onnx``, ``model.xml`` + ``model.bin``, or ``model.ts``);
+- ``manifest.json`` (runtime, model file, name, target, precision, input size, measured top-1),
+  ``labels.json`` (class names), ``preprocessing.json``;
+- ``predict.py``, a standalone classifier needing only the runtime, numpy and Pillow;
+- ``report.md`` and ``report.html`` (see :mod:`.ship_report`), ``confusion.png``.
+
+Nothing appears in the destination until every check has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, EffnetError, InputFileError
+from ..files import atomic_write, publish
+from ..model import EfficientNet
+from .calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, labelled_loader, unlabelled_loader
+from .compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
+from .export import artifact_metadata, export_model, input_shape
+from .quantize import OrtRecipe, Pt2eRecipe, QatSettings, check_groups, quantize_aware_train, quantize_onnx, save_pt2e
+from .runtime import Runner, load_runner, onnx_runner
+from .verify import FP32_TOLERANCE, ExportVerificationError, compare_to_reference
+
+logger = logging.getLogger("effnet.deploy")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a shipped model runs: its runtime, the precision it computes in, and its file."""
+
+    name: str
+    runtime: str
+    precision: str
+    model_file: str
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
+
+
+TARGETS = {target.name: target for target in (
+    Target("onnxruntime", "onnxruntime", "fp32", "model.onnx"),
+    Target("onnxruntime-int8", "onnxruntime", "int8", "model.onnx"),
+    Target("openvino", "openvino", "fp32", "model.xml"),
+    Target("openvino-bf16", "openvino", "bf16", "model.xml"),
+    Target("openvino-int8", "openvino", "int8", "model.xml"),
+    Target("torchscript", "torchscript", "fp32", "model.ts"),
+)}
+FP32_FALLBACK = {"onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino", "openvino-bf16": "openvino"}
+REMEDIES = ("keep-float-stem", "qat", "fp32")
+"""What ``auto_remedy`` tries, in order, after the target as asked: the stem in float (Lite0's folded
+stem weights amplify the input's quantization noise), quantization-aware training with the stem in
+float, and the target's fp32 sibling."""
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ConfigError(f"unknown ship target {name!r}; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+@dataclass(frozen=True)
+class ShipOptions:
+    """How ``effnet ship`` runs. ``keep_float``: layer groups left in float in an INT8 target;
+    ``command``: the command line recorded in the report."""
+
+    target: str = "onnxruntime-int8"
+    max_drop: float = 1.0
+    auto_remedy: bool = False
+    remedies: tuple[str, ...] = REMEDIES
+    keep_float: tuple[str, ...] = ()
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    qat: QatSettings = field(default_factory=QatSettings)
+    batch_size: int = 32
+    threads: int | None = None
+    measure_speed: bool = True
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        target(self.target)
+        if self.max_drop < 0:
+            raise ConfigError(f"--max-drop is the top-1 points that may be lost, 0 or more; got {self.max_drop}")
+        unknown = sorted(set(self.remedies) - set(REMEDIES))
+        if unknown:
+            raise ConfigError(f"unknown remedy {', '.join(unknown)}; choose from {', '.join(REMEDIES)}")
+        object.__setattr__(self, "keep_float", check_groups(self.keep_float))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of building the shipped model: a target, the layer groups kept in float, and the
+    INT8 method (``ptq``, ``qat``; ``none`` for float targets)."""
+
+    target: Target
+    keep_float: tuple[str, ...] = ()
+    method: str = "none"
+
+    def describe(self) -> str:
+        parts = [self.target.name]
+        if self.method == "qat":
+            parts.append("QAT")
+        if self.keep_float:
+            parts.append("float " + "+".join(self.keep_float))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A recipe built and measured on the evaluation images, and whether it met ``max_drop``."""
+
+    recipe: Recipe
+    accuracy: Accuracy
+    drop_points: float
+    accepted: bool
+
+
+class ShipRefused(EffnetError, ValueError):
+    """Every recipe tried lost more top-1 than allowed; nothing was shipped."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-image results on the evaluation set: labels, files, reference and shipped logits."""
+
+    class_names: list[str]
+    files: list[Path]
+    targets: np.ndarray
+    reference: np.ndarray
+    shipped: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShipResult:
+    """The shipped folder and everything measured on the way."""
+
+    out_dir: Path
+    model_name: str
+    recipe: Recipe
+    attempts: list[Attempt]
+    reference: DeploymentRow
+    shipped: DeploymentRow
+    evaluation: Evaluation
+    manifest: dict
+
+    def describe(self) -> str:
+        accuracy, reference = self.shipped.accuracy, self.reference.accuracy
+        return (f"shipped {self.model_name} as {self.recipe.describe()} to {self.out_dir}: top-1 "
+                f"{100 * accuracy.top1:.2f}% (fp32 {100 * reference.top1:.2f}%, drop "
+                f"{self.attempts[-1].drop_points:.2f} points), agreement {100 * accuracy.agreement:.2f}%")
+
+
+def recipes(options: ShipOptions) -> list[Recipe]:
+    """The target as asked, then (with ``auto_remedy``) each applicable remedy, in order."""
+    asked = target(options.target)
+    tried = [Recipe(asked, options.keep_float if asked.int8 else (), "ptq" if asked.int8 else "none")]
+    if not options.auto_remedy:
+        return tried
+    stem = tuple(dict.fromkeys((*options.keep_float, "stem")))
+    for remedy in options.remedies:
+        if remedy == "keep-float-stem" and asked.int8 and "stem" not in options.keep_float:
+            tried.append(Recipe(asked, stem, "ptq"))
+        elif remedy == "qat" and asked.int8:
+            tried.append(Recipe(asked, tuple(g for g in stem if g != "activations"), "qat"))
+        elif remedy == "fp32" and asked.name in FP32_FALLBACK:
+            tried.append(Recipe(TARGETS[FP32_FALLBACK[asked.name]]))
+    return tried
+
+
+def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path, out_dir: str | Path,
+         options: ShipOptions = ShipOptions()) -> ShipResult:
+    """Build, verify, measure and write the deployment folder ``out_dir`` (see the module docstring).
+
+    ``calib_dir`` (any folder of images) is needed for INT8 targets and for the remedies that
+    quantize; ``eval_dir`` is a class-folder dataset with the model's classes. Raises
+    :class:`ShipRefused` if no recipe tried stays within ``options.max_drop``.
+    """
+    from .ship_report import write_reports
+
+    model.eval()
+    out_dir = Path(out_dir)
+    _check_destination(out_dir)
+    plan = recipes(options)
+    if any(r.target.int8 for r in plan) and calib_dir is None:
+        raise ConfigError(f"target {options.target} quantizes to INT8 and needs calibration images: pass --calib DIR")
+    if any(r.target.runtime == "openvino" for r in plan):
+        from .openvino import bf16_supported
+
+        if any(r.target.precision == "bf16" for r in plan) and not bf16_supported():
+            raise ConfigError("target openvino-bf16 is unavailable: this CPU has no bf16 (AVX-512 BF16 or AMX); "
+                              "ship --target openvino (fp32) instead")
+    loader = labelled_loader(eval_dir, model.preprocessing, model.class_names, options.batch_size)
+    calibration = (calibration_images(calib_dir, model.preprocessing, options.calibration_images)
+                   if any(r.target.int8 for r in plan) else None)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".effnet-ship-") as work_name:
+        work = Path(work_name)
+        fp32_onnx = work / "fp32.onnx"
+        export_model(model, fp32_onnx, "onnx", fold_bn=True)
+        reference = onnx_runner(fp32_onnx, options.threads, name="onnxruntime fp32")
+        logger.info("evaluating the fp32 reference on %s", eval_dir)
+        reference_logits, targets = _logits(reference, loader)
+        reference_accuracy = accuracy_of(reference_logits, reference_logits, targets)
+        attempts: list[Attempt] = []
+        for index, recipe in enumerate(plan):
+            folder = work / f"attempt-{index}"
+            folder.mkdir()
+            logger.info("building %s", recipe.describe())
+            runner = _build(recipe, model, fp32_onnx, calibration, calib_dir, folder, options)
+            logits, _ = _logits(runner, loader)
+            accuracy = accuracy_of(logits, reference_logits, targets)
+            drop = 100 * (reference_accuracy.top1 - accuracy.top1)
+            attempts.append(Attempt(recipe, accuracy, drop, drop <= options.max_drop + 1e-9))
+            logger.info("%s: top-1 %.2f%% (fp32 %.2f%%), drop %.2f points, agreement %.2f%%", recipe.describe(),
+                        100 * accuracy.top1, 100 * reference_accuracy.top1, drop, 100 * accuracy.agreement)
+            if attempts[-1].accepted:
+                break
+        else:
+            raise ShipRefused(_refusal(model, options, attempts, reference_accuracy, eval_dir))
+        shape = input_shape(model)
+        speeds: dict[str, Speed | None] = {"reference": None, "shipped": None}
+        if options.measure_speed:
+            logger.info("measuring latency and throughput")
+            speeds = {"reference": measure_speed(reference, shape), "shipped": measure_speed(runner, shape)}
+        model_files = _model_files(folder, recipe.target)
+        reference_row = DeploymentRow("fp32 reference (onnxruntime)", fp32_onnx.stat().st_size, speeds["reference"],
+                                      reference_accuracy)
+        shipped_row = DeploymentRow(f"shipped: {recipe.describe()}", sum(p.stat().st_size for p in model_files),
+                                    speeds["shipped"], accuracy)
+        evaluation = Evaluation(_class_names(model), [path for path, _ in loader.dataset.samples], targets,
+                                reference_logits, logits)
+        manifest = _manifest(model, recipe, accuracy, reference_accuracy)
+        result = ShipResult(out_dir, model.model_name, recipe, attempts, reference_row, shipped_row, evaluation,
+                            manifest)
+        out_dir.mkdir(exist_ok=True)
+        for path in model_files:
+            publish(path, out_dir / path.name)
+        _write_json(out_dir / "manifest.json", manifest)
+        _write_json(out_dir / "labels.json", evaluation.class_names)
+        _write_json(out_dir / "preprocessing.json", model.preprocessing.to_dict())
+        predict_source = Path(__file__).with_name("standalone_predict.py").read_text()
+        atomic_write(out_dir / "predict.py", lambda temp: temp.write_text(predict_source))
+        write_reports(result, options, eval_dir)
+    return result
+
+
+def _check_destination(out_dir: Path) -> None:
+    if not out_dir.parent.is_dir():
+        raise InputFileError(f"the folder {out_dir.parent} that should hold {out_dir.name} does not exist")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir} already exists and is not an empty folder; choose a new --out "
+                          "(a ship folder is written whole, never merged into another)")
+
+
+def _logits(runner: Runner, loader) -> tuple[np.ndarray, np.ndarray]:
+    logits, targets = collect_logits({runner.name: runner}, loader)
+    return logits[runner.name], targets
+
+
+def _build(recipe: Recipe, model: EfficientNet, fp32_onnx: Path, calibration, calib_dir: str | Path | None,
+           folder: Path, options: ShipOptions) -> Runner:
+    """Write ``recipe``'s model file(s) into ``folder`` and return a runner over them in their runtime."""
+    target = recipe.target
+    if target.runtime == "torchscript":
+        path = folder / target.model_file
+        export_model(model, path, "torchscript", fold_bn=True)
+        return load_runner(path, "torchscript", options.threads)
+    onnx_path = folder / "model.onnx"
+    if not target.int8:
+        shutil.copyfile(fp32_onnx, onnx_path)
+    elif recipe.method == "qat":
+        batches = unlabelled_loader(calib_dir, model.preprocessing, options.batch_size)
+        converted = quantize_aware_train(model, batches, options.qat, Pt2eRecipe(keep_float=recipe.keep_float))
+        save_pt2e(converted, onnx_path, input_shape(model),
+                  {**artifact_metadata(model, "onnx"), "quantization": "qat"})
+    else:
+        quantize_onnx(fp32_onnx, onnx_path, calibration, OrtRecipe(keep_float=recipe.keep_float))
+    if target.runtime == "onnxruntime":
+        return onnx_runner(onnx_path, options.threads, name=f"onnxruntime {target.precision}")
+    from .openvino import convert_onnx, openvino_runner
+
+    xml = convert_onnx(onnx_path, folder / target.model_file)
+    onnx_path.unlink()
+    runner = openvino_runner(xml, "bf16" if target.precision == "bf16" else "fp32", options.threads)
+    if target.precision == "fp32":
+        verification = compare_to_reference(runner, model, input_shape(model), tolerance=FP32_TOLERANCE)
+        if not verification.passed:
+            raise ExportVerificationError(f"OpenVINO conversion rejected, {verification.describe()}")
+    return runner
+
+
+def _model_files(folder: Path, target: Target) -> list[Path]:
+    main = folder / target.model_file
+    return [main.with_suffix(".bin"), main] if target.runtime == "openvino" else [main]
+
+
+def _class_names(model: EfficientNet) -> list[str]:
+    return list(model.class_names) if model.class_names else [f"class_{i}" for i in range(model.num_classes)]
+
+
+def _manifest(model: EfficientNet, recipe: Recipe, accuracy: Accuracy, reference: Accuracy) -> dict:
+    from .environment import library_versions
+
+    target = recipe.target
+    manifest = {
+        "runtime": target.runtime, "model_file": target.model_file, "model_name": model.model_name,
+        "target": target.name, "precision": target.precision, "input_size": model.preprocessing.resolution,
+        "num_classes": model.num_classes, "keep_float": list(recipe.keep_float),
+        "quantization": {"ptq": "onnxruntime QDQ static", "qat": "PT2E QAT"}.get(recipe.method),
+        "top1": accuracy.top1, "fp32_top1": reference.top1, "agreement": accuracy.agreement,
+        "sqnr_db": accuracy.sqnr_db if np.isfinite(accuracy.sqnr_db) else None,
+        "eval_images": accuracy.count, "versions": library_versions(),
+    }
+    if target.runtime == "openvino":
+        manifest["inference_precision"] = "bf16" if target.precision == "bf16" else "f32"
+    return manifest
+
+
+def _write_json(path: Path, data: object) -> None:
+    atomic_write(path, lambda temp: temp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def _refusal(model: EfficientNet, options: ShipOptions, attempts: list[Attempt], reference: Accuracy,
+             eval_dir: str | Path) -> str:
+    first = attempts[0]
+    lines = [f"refused to ship {model.model_name} as {options.target}: it loses {first.drop_points:.2f} top-1 points "
+             f"on {eval_dir} (fp32 {100 * reference.top1:.2f}% -> {100 * first.accuracy.top1:.2f}%, agreement "
+             f"{100 * first.accuracy.agreement:.2f}%), more than --max-drop {options.max_drop:g}; nothing was written."]
+    if len(attempts) > 1:
+        lines.append("tried: " + "; ".join(f"{a.recipe.describe()}: drop {a.drop_points:.2f}" for a in attempts))
+    remedies = []
+    if target(options.target).int8:
+        remedies += ["--keep-float stem (the stem's folded weights amplify the input's quantization noise)",
+                     "quantization-aware training (effnet quantize --method qat, or --auto-remedy)"]
+        if "lite" not in model.model_name:
+            remedies.append("a Lite variant (ReLU6, no squeeze-excitation: designed to quantize)")
+    if options.target in FP32_FALLBACK:
+        remedies.append(f"--target {FP32_FALLBACK[options.target]} (fp32)")
+    remedies.append("a larger --max-drop")
+    lines.append("remedies: " + "; ".join(remedies) + ("" if options.auto_remedy else
+                                                       ". --auto-remedy tries them in order and ships the first that "
+                                                       "meets --max-drop"))
+    return "\n".join(lines)
+

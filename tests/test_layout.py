@@ -1,0 +1,114 @@
+"""The package's shape: no import cycles between its parts, one atomic-write helper, no
+identity patched onto models from outside."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import effnet
+
+PACKAGE = Path(effnet.__file__).resolve().parent
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of the package."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The ``effnet`` modules ``name`` imports (relative imports resolved)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "effnet"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "effnet":
+                found.add(target)
+                found |= {f"{target}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _unit(module: str) -> str:
+    """The part of the package a module belongs to: ``effnet.<top-level module or subpackage>``."""
+    return ".".join(module.split(".")[:2])
+
+
+def _unit_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        if name == "effnet":  # the package's public re-exports sit above every part
+            continue
+        source = _unit(name)
+        targets = {_unit(t) for t in _imports(name, path) if t in modules or _unit(t) in modules}
+        graph.setdefault(source, set()).update(t for t in targets if t not in (source, "effnet"))
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_the_parts_of_the_package() -> None:
+    graph = _unit_graph()
+    assert {"effnet.model", "effnet.train", "effnet.weights", "effnet.cli"} <= set(graph)
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_cli_sits_above_the_library() -> None:
+    graph = _unit_graph()
+    users = {source for source, targets in graph.items() if "effnet.cli" in targets}
+    assert users == {"effnet.__main__"}  # `python -m effnet` is the command line
+
+
+def _sources() -> dict[Path, str]:
+    return {path: path.read_text() for path in _modules().values()}
+
+
+def test_one_atomic_replace_helper() -> None:
+    users = [path.name for path, text in _sources().items() if re.search(r"\bos\.replace\(", text)]
+    assert users == ["files.py"]
+
+
+def test_no_model_identity_patched_on_or_guessed() -> None:
+    pattern = re.compile(r"getattr\(\s*\w*model\w*,\s*[\"'](preprocessing|class_names|model_name)[\"']"
+                         r"|\bmodel\.(preprocessing|class_names|model_name)\s*=[^=]")
+    offenders = [f"{path.name}: {m.group(0)}" for path, text in _sources().items() for m in pattern.finditer(text)]
+    assert offenders == []
