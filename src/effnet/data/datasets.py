@@ -264,15 +264,19 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     if not path.is_file():
         raise FileNotFoundError(f"CSV listing {path} does not exist")
     base = Path(root) if root is not None else path.parent
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in reader.fieldnames or []]
-        if "path" not in header or "label" not in header:
-            raise ValueError(f"{path}: the first line must be a header with 'path' and 'label' columns, "
-                             f"found {header or 'an empty file'}")
-        reader.fieldnames = header
-        rows = [(line, (row.get("path") or "").strip(), (row.get("label") or "").strip())
-                for line, row in enumerate(reader, start=2)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            if "path" not in header or "label" not in header:
+                raise ValueError(f"{path}: the first line must be a header with 'path' and 'label' columns, "
+                                 f"found {header or 'an empty file'}")
+            reader.fieldnames = header
+            rows = [(line, (row.get("path") or "").strip(), (row.get("label") or "").strip())
+                    for line, row in enumerate(reader, start=2)]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a readable CSV listing ({error}); save it as UTF-8 text with a "
+                         "'path,label' header") from None
     incomplete = [line for line, file, label in rows if not file or not label]
     if incomplete:
         raise ValueError(f"{path}: rows without a path or a label on line(s) {_format_paths(incomplete)}")

@@ -359,7 +359,10 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"recipe file {path} is not UTF-8 text ({error})") from None
         name = path.stem
     else:
         resource = _recipe_dir() / f"{name_or_path}.yaml"
