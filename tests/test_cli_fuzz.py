@@ -89,6 +89,8 @@ def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
             ["train", "--data", empty, "--recipe", bad, "--out", out, "--no-progress"],
             ["train", "--data", bad, "--out", out, "--no-progress"],
             ["quantize", "--checkpoint", bad, "--calib", data, "--eval", data, "--out", out],
+            ["ship", "--checkpoint", bad, "--target", "onnxruntime", "--eval", data, "--out", out],
+            ["serve", "--checkpoint", bad, "--port", "0"],
         ]
     settings = _settings()
     for _ in range(4 * CASES_PER_KIND):
@@ -115,6 +117,9 @@ def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
         (["train", "--data", data, "--out", out, "--no-progress", "--lr"], not_positive),
         (["train", "--data", data, "--out", out, "--no-progress", "--workers"], ["-1", *never_valid]),
         (["eval", "--checkpoint", str(inputs["pt"]), "--data", data, "--workers", "0", "--batch-size"], not_positive),
+        (["serve", "--checkpoint", weights, "--port"], ["-1", "65536", "99999", *never_valid]),
+        (["serve", "--checkpoint", weights, "--workers"], ["0", "-1", *never_valid]),
+        (["demo", "--out", out, "--epochs"], ["0", "-1", *never_valid]),
     ]
     for _ in range(2 * CASES_PER_KIND):
         prefix, pool = rng.choice(numeric)
@@ -123,7 +128,8 @@ def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
               ["predict", str(root / "missing.png"), "--checkpoint", str(inputs["safetensors"])],
               ["predict", str(inputs["png"]), "--checkpoint", str(inputs["safetensors"]), "--out", str(root)],
               ["eval", "--checkpoint", str(inputs["pt"]), "--data", str(inputs["png"])],
-              ["train", "--data", data, "--out", str(inputs["png"])]]
+              ["train", "--data", data, "--out", str(inputs["png"])],
+              ["models", "--filter", _random_text(rng) + "\udcff"]]
     return cases
 
 
