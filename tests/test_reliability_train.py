@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from _train_helpers import (
     make_image_folder,
@@ -113,6 +114,19 @@ def test_resume_validates_before_writing(finished_run, tmp_path, capsys):
     assert main(["train", "--resume", str(finished_run / "model.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "holds a model's weights only, not a training checkpoint" in err and "torch file" not in err
+
+
+def test_resuming_non_finite_weights_is_refused_before_writing(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["model"]["stem.conv.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, run / "last.pt")
+    before = _listing(run)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'last.pt'}: checkpoint weight 'stem.conv.weight' holds NaN or infinite values" in err
+    assert _listing(run) == before
 
 
 def test_a_single_class_is_refused_unless_allowed(tmp_path, caplog):
