@@ -197,6 +197,9 @@ def test_export_and_eval_and_train_refuse_an_out_of_the_wrong_kind(checkpoint, t
     notes.write_text("keep me")
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(notes)]) == 2
     assert "already exists and is not a .onnx file" in capsys.readouterr().err
+    assert main(["quantize", "--checkpoint", str(checkpoint), "--calib", str(tmp_path), "--eval", str(tmp_path),
+                 "--out", str(notes)]) == 2
+    assert "already exists and is not a .onnx file" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(notes)]) == 2
     assert f"cannot create {notes}: {notes} is a file, not a folder" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--out", str(notes)]) == 2

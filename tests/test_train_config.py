@@ -85,7 +85,8 @@ def test_zero_init_residual_is_refused_on_pretrained_weights() -> None:
     ("run.epochs=ten", "run.epochs expects int"),
     ("run.epochs=0", "run.epochs must be positive"),
     ("augment.scale=0.5", "expects a list of 2 values"),
-    ("schedule.warmup_epochs=40", "must be >= 0 and shorter than run.epochs=30"),
+    ("schedule.warmup_epochs=-1", "schedule.warmup_epochs must be a number of epochs >= 0"),
+    ("optimizer.lr=.inf", "optimizer.lr must be positive and finite, got inf"),
     ("progressive.mode=staged", "set augment.auto_augment=randaugment"),
 ])
 def test_bad_settings_are_refused_by_name(assignment: str, message: str) -> None:

@@ -180,7 +180,7 @@ def test_staged_progressive_learning_applies_each_stage_mixup(data, tmp_path, mo
 
 
 def test_a_new_run_refuses_a_directory_holding_a_run(data, straight_run) -> None:
-    with pytest.raises(ValueError, match="already holds a run.*--resume"):
+    with pytest.raises(ValueError, match="already holds another run .*--resume.*--overwrite"):
         Trainer(tiny_config(data), run_dir=straight_run.run_dir)
 
 

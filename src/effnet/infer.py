@@ -410,6 +410,9 @@ def collect_images(paths: Iterable[str | Path]) -> ImageList:
     seen: set[Path] = set()
     extensions = ", ".join(IMAGE_EXTENSIONS)
 
+    def unreadable(folder: Path, reason: str) -> None:
+        found.problems.append((printable_path(folder), f"folder cannot be read: {reason}"))
+
     def add(files: Iterable[Path]) -> None:
         for file in files:
             if file not in seen:
@@ -422,7 +425,7 @@ def collect_images(paths: Iterable[str | Path]) -> ImageList:
         if path.is_file():
             add([path])
         elif path.is_dir():
-            images = image_files_under(path)
+            images = image_files_under(path, unreadable)
             if not images:
                 found.problems.append((text, f"folder with no images (looked for {extensions}, in subfolders too)"))
             add(images)
@@ -431,7 +434,7 @@ def collect_images(paths: Iterable[str | Path]) -> ImageList:
             images = []
             for match in map(Path, matches):
                 if match.is_dir():
-                    images += image_files_under(match)
+                    images += image_files_under(match, unreadable)
                 elif has_image_extension(match):
                     images.append(match)
             if not images:

@@ -87,6 +87,7 @@ def entry_for_phi(phi: float, scaling: CompoundScaling | None = None) -> ModelEn
     Dropout and the eval crop are taken from the published variant nearest in coefficients.
     """
     scaling = scaling or CompoundScaling()
+    scaling.check(phi)
     width, depth, resolution = scaling.width(phi), scaling.depth(phi), scaling.resolution(phi)
     nearest = nearest_published(width, depth, resolution)
     config = EfficientNetConfig(width=width, depth=depth, dropout=nearest.dropout)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 BASE_RESOLUTION = 224
 
 
@@ -29,6 +31,13 @@ def round_filters(channels: int, width: float, divisor: int = 8, round_limit: fl
 def round_repeats(repeats: int, depth: float) -> int:
     """Scale a stage's block count by ``depth``, rounding up (ceil, not int)."""
     return int(math.ceil(depth * repeats))
+
+
+MAX_WIDTH_DEPTH = 8.0
+"""The largest width or depth multiplier :meth:`CompoundScaling.check` lets through."""
+MIN_WIDTH_DEPTH = 0.01
+MAX_RESOLUTION = 1024
+"""The largest input size (px) :meth:`CompoundScaling.check` lets through."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,28 @@ class CompoundScaling:
     def resolution(self, phi: float, multiple: int = 8) -> int:
         """Input resolution at ``phi``, rounded to the nearest multiple of ``multiple``."""
         return max(multiple, int(round(self.base_resolution * self.gamma**phi / multiple)) * multiple)
+
+    def check(self, phi: float) -> None:
+        """Refuse bases that are not positive finite numbers, and a ``phi`` whose network is not
+        finite or could not be built here (beyond :data:`MAX_WIDTH_DEPTH` or :data:`MAX_RESOLUTION`,
+        or below :data:`MIN_WIDTH_DEPTH`)."""
+        for name, base in (("alpha", self.alpha), ("beta", self.beta), ("gamma", self.gamma)):
+            if not 0 < base < math.inf:
+                raise ConfigError(f"{name} (--{name}) must be a positive finite number (the paper's is "
+                                  f"{getattr(CompoundScaling, name)}), got {base}")
+        if not math.isfinite(phi):
+            raise ConfigError(f"phi (--phi) must be a finite number, got {phi}")
+        try:
+            width, depth, resolution = self.width(phi), self.depth(phi), self.base_resolution * self.gamma**phi
+        except OverflowError:
+            width = depth = resolution = math.inf
+        if max(width, depth) > MAX_WIDTH_DEPTH or resolution > MAX_RESOLUTION:
+            raise ConfigError(f"phi={phi:g} gives width x{width:.3g}, depth x{depth:.3g} at {resolution:.4g} px, "
+                              f"beyond what is built here (at most x{MAX_WIDTH_DEPTH:g} and {MAX_RESOLUTION} px; the "
+                              "largest published network, L2, is x4.3, x5.3 at 800 px): use a smaller --phi")
+        if min(width, depth) < MIN_WIDTH_DEPTH:
+            raise ConfigError(f"phi={phi:g} gives width x{width:.3g}, depth x{depth:.3g}: below x{MIN_WIDTH_DEPTH:g}, "
+                              "a network with almost no channels or blocks; use a larger --phi")
 
 
 @dataclass(frozen=True)

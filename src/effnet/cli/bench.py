@@ -12,14 +12,20 @@ from ..bench.runner import DTYPES, BenchSettings, run_bench
 
 
 def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r} (nothing to measure)")
+    return names
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(b) for b in _names(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"batch sizes must be integers separated by commas, got {text!r}") from None
+        sizes = tuple(int(b) for b in _names(text))
+    except (ValueError, argparse.ArgumentTypeError):
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers separated by commas, got {text!r}")
+    return sizes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import PurePath
 
 from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.pipeline import INT8_SUFFIXES, QUANT_METHODS, QuantizeOptions, default_output, load_deployable
 from ..deploy.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS, LAYER_GROUPS, OrtRecipe, Pt2eRecipe, QatSettings
+from ..files import check_output_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         pt2e=Pt2eRecipe(reduce_range=args.reduce_range, keep_float=() if args.method == "ort-ptq" else keep_float),
         qat=QatSettings(epochs=args.epochs, lr=args.lr),
         batch_size=args.batch_size, threads=args.threads, measure_speed=not args.no_speed)
+    out = check_output_file(args.out or default_output(args.checkpoint, INT8_SUFFIXES[args.method]),
+                            (PurePath(INT8_SUFFIXES[args.method]).suffix,))
     model = load_deployable(args.checkpoint)
-    out = args.out or default_output(args.checkpoint, INT8_SUFFIXES[args.method])
     report = quantize_checkpoint(model, args.calib, args.eval, out, options)
     print(report.table())
     print(f"wrote {report.int8_path}")

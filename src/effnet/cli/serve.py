@@ -9,6 +9,8 @@ from dataclasses import fields
 from ..errors import ConfigError
 from ..serve import RUNTIMES, ModelSource, ServeOptions
 
+MAX_PORT = 65535
+
 API_KEY_VARIABLE = "EFFNET_API_KEY"
 DEFAULTS = {field.name: field.default for field in fields(ServeOptions)}
 
@@ -53,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= MAX_PORT:
+        raise ConfigError(f"--port must be from 0 to {MAX_PORT} (0: any free port), got {args.port}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     try:
         from ..serve.server import serve
     except ImportError as error:

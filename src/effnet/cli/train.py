@@ -29,6 +29,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any recipe setting, e.g. --set optimizer.weight_decay=0 (repeatable)")
     parser.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace another run's files in --out (a new run refuses such a folder otherwise)")
+    parser.add_argument("--allow-single-class", action="store_true", default=None,
+                        help="train on data with a single class (refused otherwise: it scores 100%% learning nothing)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
@@ -38,6 +42,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "run.epochs": args.epochs, "data.img_size": args.img_size, "data.batch_size": args.batch_size,
         "optimizer.lr": args.lr, "data.num_workers": args.workers, "data.val_split": args.val_split,
         "run.device": args.device, "run.seed": args.seed, "run.progress": False if args.no_progress else None,
+        "data.allow_single_class": args.allow_single_class,
     }
 
 
@@ -45,7 +50,7 @@ def train_and_report(config: TrainConfig, args: argparse.Namespace, resume: Resu
     """Train, print the result table on the main process; exit code 130 when interrupted."""
     if args.out:
         check_output_folder(args.out)
-    result = train(config, run_dir=args.out, resume=resume)
+    result = train(config, run_dir=args.out, resume=resume, overwrite=args.overwrite)
     if result.is_main:
         print(format_table(["", ""], result_rows(result)))
     return 130 if result.status == "interrupted" else 0

@@ -160,18 +160,35 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def files_under(folder: Path) -> list[Path]:
-    """Every non-hidden file under ``folder`` (any depth, links followed), in path order."""
-    found = []
-    for directory, subdirs, names in os.walk(folder, followlinks=True):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+def files_under(folder: Path, on_error: Callable[[Path, str], None] | None = None) -> list[Path]:
+    """Every non-hidden file under ``folder`` (any depth, links followed), in path order.
+
+    Each real folder is read once: a link back to a folder already read (a symbolic link
+    loop, or two links to one folder) is not followed again. A folder that cannot be listed
+    is passed to ``on_error`` as ``(path, reason)``; by default it is logged as a warning.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+    report = on_error or (lambda path, reason: logger.warning("skipping folder %s: %s", path, reason))
+
+    def unreadable(error: OSError) -> None:
+        reason = "permission denied" if isinstance(error, PermissionError) else (error.strerror or str(error))
+        report(Path(error.filename or folder), reason)
+
+    for directory, subdirs, names in os.walk(folder, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(directory)
+        if real in seen:
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))  # the first link to a folder wins
         found.extend(Path(directory, name) for name in names if not name.startswith("."))
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def image_files_under(folder: Path) -> list[Path]:
+def image_files_under(folder: Path, on_error: Callable[[Path, str], None] | None = None) -> list[Path]:
     """The files of :func:`files_under` with an image extension."""
-    return [path for path in files_under(folder) if has_image_extension(path)]
+    return [path for path in files_under(folder, on_error) if has_image_extension(path)]
 
 
 def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str] | None = None,
@@ -250,15 +267,19 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     if not path.is_file():
         raise FileNotFoundError(f"CSV listing {path} does not exist")
     base = Path(root) if root is not None else path.parent
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in reader.fieldnames or []]
-        if "path" not in header or "label" not in header:
-            raise ValueError(f"{path}: the first line must be a header with 'path' and 'label' columns, "
-                             f"found {header or 'an empty file'}")
-        reader.fieldnames = header
-        rows = [(line, (row.get("path") or "").strip(), (row.get("label") or "").strip())
-                for line, row in enumerate(reader, start=2)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            if "path" not in header or "label" not in header:
+                raise ValueError(f"{path}: the first line must be a header with 'path' and 'label' columns, "
+                                 f"found {header or 'an empty file'}")
+            reader.fieldnames = header
+            rows = [(line, (row.get("path") or "").strip(), (row.get("label") or "").strip())
+                    for line, row in enumerate(reader, start=2)]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a readable CSV listing ({error}); save it as UTF-8 text with a "
+                         "'path,label' header") from None
     incomplete = [line for line, file, label in rows if not file or not label]
     if incomplete:
         raise ValueError(f"{path}: rows without a path or a label on line(s) {_format_paths(incomplete)}")

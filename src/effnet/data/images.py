@@ -18,6 +18,7 @@ everywhere:
 
 from __future__ import annotations
 
+import errno
 import io
 from pathlib import Path
 
@@ -34,7 +35,7 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 WHITE = (255, 255, 255)
 
 
-READ_ERROR_KINDS = ("empty", "not_an_image", "too_many_pixels", "corrupt", "missing")
+READ_ERROR_KINDS = ("empty", "not_an_image", "too_many_pixels", "corrupt", "missing", "unreadable")
 
 
 class ImageReadError(ValueError):
@@ -61,8 +62,20 @@ def _read_error(path: Path, error: BaseException) -> ImageReadError:
         return ImageReadError(path, "not an image file (Pillow cannot identify it)", "not_an_image")
     if isinstance(error, FileNotFoundError):
         return ImageReadError(path, "file not found", "missing")
+    if isinstance(error, OSError) and error.errno is not None:  # the file system refused, not the decoder
+        return ImageReadError(path, f"cannot read the file: {_os_reason(error)}", "unreadable")
     text = str(error) or type(error).__name__
     return ImageReadError(path, f"corrupt or truncated image ({text})", "corrupt")
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied (make it readable, or remove it)"
+    if error.errno == errno.ELOOP:
+        return "a symbolic link loop (the link points back to itself)"
+    if isinstance(error, IsADirectoryError):
+        return "it is a folder"
+    return error.strerror or str(error)
 
 
 def _open(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:

@@ -8,6 +8,8 @@ is what a run saves and what a resumed run reads back.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,10 @@ from ..data.transforms import AUTO_AUGMENTS as auto_augment_policies
 from ..description import Preprocessing
 from ..device import AMP_MODES
 from ..errors import ConfigError
+
+LOG = logging.getLogger("effnet.train")
+SHORT_RUN_WARMUP = 0.1
+"""The share of the run a recipe's warm-up is cut to when the run is not longer than it."""
 
 
 @dataclass
@@ -58,7 +64,8 @@ class DataSettings:
     see :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices).
     ``img_size`` is the final training size, ``eval_img_size`` the evaluation size and
     ``crop_pct`` the evaluation crop; ``None`` takes the model's (:meth:`resolve_sizes` fills
-    them in once, so a run's saved config records the sizes it used).
+    them in once, so a run's saved config records the sizes it used). ``allow_single_class``
+    lets a dataset of one class train (refused otherwise: it scores 100% learning nothing).
     """
 
     path: str | None = None
@@ -71,6 +78,7 @@ class DataSettings:
     val_split: float | None = None
     strict: bool = False
     decode: str = "auto"
+    allow_single_class: bool = False
 
     def resolve_sizes(self, preprocessing: Preprocessing, min_size: int, train_size: int | None = None) -> None:
         """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing;
@@ -295,8 +303,8 @@ class TrainConfig:
             "finetune.epochs_per_group": self.finetune.epochs_per_group,
         }
         for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
+            if not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be positive and finite, got {value}")
         for name, size in (("data.img_size", self.data.img_size), ("data.eval_img_size", self.data.eval_img_size)):
             if size is not None and size < 1:
                 raise ConfigError(f"{name} must be a positive number of pixels, got {size} (leave it unset for the "
@@ -310,9 +318,11 @@ class TrainConfig:
                              f"got {self.finetune.layer_decay}")
         if not 0 <= self.augment.label_smoothing < 1:
             raise ConfigError(f"augment.label_smoothing must be in [0, 1), got {self.augment.label_smoothing}")
-        if not 0 <= self.schedule.warmup_epochs < self.run.epochs:
-            raise ConfigError(f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be >= 0 and shorter than "
-                             f"run.epochs={self.run.epochs}; e.g. --set schedule.warmup_epochs=0")
+        if not 0 <= self.schedule.warmup_epochs < math.inf:
+            raise ConfigError(f"schedule.warmup_epochs must be a number of epochs >= 0, got "
+                              f"{self.schedule.warmup_epochs}")
+        if self.schedule.warmup_epochs >= self.run.epochs:
+            self._shorten_warmup()
         if self.model.zero_init_residual and self.model.pretrained:
             raise ConfigError(f"model.zero_init_residual=true would erase the residual blocks of the pretrained "
                              f"weights (model.pretrained={self.model.pretrained}); it is for training from scratch: "
@@ -330,6 +340,16 @@ class TrainConfig:
                              "set augment.auto_augment=randaugment")
 
 
+    def _shorten_warmup(self) -> None:
+        """A warm-up as long as the run would leave no training at the full rate: it becomes
+        :data:`SHORT_RUN_WARMUP` of the run instead, with a notice (the saved config records it)."""
+        shortened = round(self.run.epochs * SHORT_RUN_WARMUP, 3)
+        LOG.warning("notice: schedule.warmup_epochs=%g is not shorter than run.epochs=%d; warming up for %g "
+                    "epoch(s) instead (--set schedule.warmup_epochs=... to choose)", self.schedule.warmup_epochs,
+                    self.run.epochs, shortened)
+        self.schedule.warmup_epochs = shortened
+
+
 def recipe_names() -> list[str]:
     """The recipes shipped with the package."""
     return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
@@ -345,7 +365,10 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"recipe file {path} is not UTF-8 text ({error})") from None
         name = path.stem
     else:
         resource = _recipe_dir() / f"{name_or_path}.yaml"
@@ -354,7 +377,7 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
                              "(or give a path to a .yaml file)")
         text = resource.read_text()
         name = str(name_or_path)
-    data = yaml.safe_load(text) or {}
+    data = read_yaml(text, f"recipe {name_or_path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {name_or_path} must be a YAML mapping of sections")
     data.setdefault("recipe", name)
@@ -392,7 +415,19 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optimizer.lr=0.01")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip(), read_yaml(raw, f"--set {text!r}") if raw.strip() else None
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML; a syntax error becomes a :class:`ConfigError` naming ``where`` and
+    the line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{where} is not valid YAML{position}: {problem}") from None
 
 
 def get_value(config: TrainConfig, key: str) -> Any:
@@ -494,4 +529,4 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
 
 def read_config(path: str | Path) -> TrainConfig:
     """Read a saved ``config.yaml`` back."""
-    return TrainConfig.from_dict(yaml.safe_load(Path(path).read_text()), source=str(path))
+    return TrainConfig.from_dict(read_yaml(Path(path).read_text(), str(path)), source=str(path))

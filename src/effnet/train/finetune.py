@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..factory import resolve_config
 from ..model import EfficientNet
 from ..registry import get_entry, list_models
@@ -100,6 +101,17 @@ def is_trained_checkpoint(path: str | Path) -> bool:
     return False
 
 
+def _why_not_trained(path: Path) -> str:
+    """What reading ``path`` as one of our checkpoints says (truncated, corrupt ...), or nothing."""
+    if path.suffix not in (".pt", ".pth", ".safetensors"):
+        return ""
+    try:
+        read_metadata(path) if path.suffix == ".safetensors" else read_training_checkpoint(path)
+    except ValueError as error:
+        return f": {error}"
+    return ""
+
+
 def start_settings(source: str | Path) -> dict[str, Any]:
     """The ``model.name`` and ``model.pretrained`` settings that start a fine-tuning run from
     ``source``: a registry name (its default pretrained weights, e.g. ``efficientnet_lite0``),
@@ -111,9 +123,9 @@ def start_settings(source: str | Path) -> dict[str, Any]:
     if path.exists():
         if is_trained_checkpoint(path):
             return {"model.name": load_trained_model(path).model_name, "model.pretrained": text}
-        raise ValueError(f"{path} is not a model trained with effnet (a run directory, its .pt, or a .safetensors "
-                         "file with effnet metadata); for another library's weight file use --from NAME:FILE, "
-                         "e.g. efficientnet_b0:weights.pth")
+        raise ConfigError(f"{path} is not a model trained with effnet (a run directory, its .pt, or a .safetensors "
+                          f"file with effnet metadata){_why_not_trained(path)}; for another library's weight file use "
+                          "--from NAME:FILE, e.g. efficientnet_b0:weights.pth")
     name, sep, tag = text.partition(":")
     try:
         get_entry(name)

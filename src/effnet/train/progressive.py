@@ -42,6 +42,10 @@ class ProgressivePlan:
         step = self.settings.size_step
         return min(self.final_size, max(step, int(size / step + 0.5) * step))
 
+    def smallest_size(self) -> int:
+        """The smallest training image size of the run."""
+        return min(self.at(epoch).img_size for epoch in range(self.epochs))
+
     def at(self, epoch: int) -> EpochSettings:
         s, a = self.settings, self.augment
         if s.mode == "none":

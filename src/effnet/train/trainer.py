@@ -64,6 +64,7 @@ from ..weights.trained import BEST, LAST, MODEL, model_from_checkpoint, read_tra
 from . import checkpoint as ckpt
 from . import finetune
 from .checkpoint import ResumePoint
+from .checks import check_batch_for_batchnorm, check_class_count
 from .config import TrainConfig, apply_overrides, build_config
 from .distributed import (
     DistContext,
@@ -89,6 +90,7 @@ from .reporting import (
     setup_logging,
     write_metrics_csv,
 )
+from .rundir import check_fresh_run_dir, check_resume_run_dir, claim_run_dir
 from .schedule import LRSchedule
 from .state import Batch, EpochSums, RunState, epoch_batches
 
@@ -192,19 +194,24 @@ class Trainer:
 
     ``resume``: a run directory or checkpoint to continue (or a :class:`ResumePoint` already
     read); ``run_dir`` defaults to the resumed run's directory, else ``runs/<model>-<time>``.
+    A new run refuses a folder that holds another run's files unless ``overwrite`` (see
+    :mod:`effnet.train.rundir`).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None,
-                 resume: str | Path | ResumePoint | None = None) -> None:
+                 resume: str | Path | ResumePoint | None = None, overwrite: bool = False) -> None:
         self.config = config
         self.context: DistContext = init_distributed(config.run.device)
         self.resume = ResumePoint.load(resume) if isinstance(resume, (str, Path)) else resume
         if self.resume is not None:
             run_dir = run_dir or self.resume.path.parent
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.model.name)
-        if self.resume is None and (self.run_dir / LAST).exists():
-            raise ValueError(f"{self.run_dir} already holds a run ({LAST}); continue it with "
-                             f"--resume {self.run_dir}, or choose another --out")
+        self.overwrite = overwrite
+        self._fresh = self.resume is None  # fit() claims the folder for a new run once
+        if self.resume is None:
+            check_fresh_run_dir(self.run_dir, overwrite)
+        else:
+            check_resume_run_dir(self.run_dir, self.resume.state, self.resume.path)
         self._check_settings()
         self._seed(config.run.seed)
         self._build_data()
@@ -243,6 +250,7 @@ class Trainer:
         data = self.config.data
         splits = build_datasets(data.path, val_split=data.val_split, seed=self.config.run.seed, strict=data.strict)
         self.train_set, self.val_set, self.class_names = splits.train, splits.val, list(splits.classes)
+        check_class_count(self.class_names, data.allow_single_class, data.path)
         if len(self.train_set) == 0:
             raise ValueError(f"no usable training images in {data.path}")
         if len(self.val_set) == 0:
@@ -316,6 +324,8 @@ class Trainer:
 
         self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs,
                                     model.config.dropout)
+        check_batch_for_batchnorm(config.data.batch_size, len(self.train_set), self.plan.smallest_size(),
+                                  model.feature_info[-1].stride)
         self.decode_on_device = decodes_on_device(config.data.decode, device)
         self.val_set.transform = eval_transforms(model.preprocessing)
         self.val_loader = self._build_val_loader()
@@ -419,8 +429,10 @@ class Trainer:
         started = time.perf_counter()
         handler = None
         tensorboard = None
+        lock = None
         if context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock = claim_run_dir(self.run_dir, self._fresh, self.overwrite)
+            self._fresh = False
             for stale in remove_stale_temps(self.run_dir):
                 LOG.warning("removed %s, left by a save that did not finish", stale.name)
             from .config import save_config
@@ -459,6 +471,8 @@ class Trainer:
             if tensorboard is not None:
                 tensorboard.close()
             close_logging(handler)
+            if lock is not None:
+                lock.release()
 
     def _log_start(self) -> None:
         if not self.context.is_main:
@@ -626,13 +640,13 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int, loss: torch.Tensor) -> None:
         last = self.run_dir / LAST
-        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
+        kept, then = ((f"the last good checkpoint {last} is kept", f"resume with --resume {self.run_dir} or start "
+                       "again") if last.exists() else ("no checkpoint had been written yet", "start again"))
         value = loss.item()
         what = f"{value}" if not math.isfinite(value) else "non-finite in another process"
         message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {self.schedule.lr:.4g}); "
                    f"the run stopped and {kept}. Lower the learning rate (--set optimizer.lr=...), clip gradients "
-                   f"(--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then resume with "
-                   f"--resume {self.run_dir} or start again.")
+                   f"(--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
         LOG.error(message)
         raise TrainingDiverged(message)
 
@@ -744,9 +758,9 @@ class Trainer:
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: str | Path | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Build a :class:`Trainer`, run it, and leave the process group (under ``torchrun``)."""
-    trainer = Trainer(config, run_dir, resume)
+    trainer = Trainer(config, run_dir, resume, overwrite)
     try:
         return trainer.fit(stop_after)
     finally:

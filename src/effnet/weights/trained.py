@@ -29,6 +29,10 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{path} holds a model's weights only, not a training checkpoint: resume from the "
+                              f"run's {LAST} or its folder, or start a new run from it with effnet finetune "
+                              f"--from {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
