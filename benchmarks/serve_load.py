@@ -1,18 +1,19 @@
 """Load test of ``effnet serve`` on loopback: dynamic batching against one image per model call.
 
     taskset -c 0,1 python benchmarks/serve_load.py [--model efficientnet_b0] [--checkpoint CKPT]
-        [--clients 1,8,32] [--requests 160] [--time-limit 120] [--threads N] [--max-wait-ms 5] [--pause 1]
+        [--clients 1,8,32] [--requests 320] [--time-limit 120] [--threads N] [--max-wait-ms 5] [--pause 1]
 
 Starts two real servers on free 127.0.0.1 ports: batching on (``--max-batch 32``) and off
 (``--max-batch 1``), same model (B0 fp32, random weights unless --checkpoint: speed does not
 depend on them), same ``--threads``. For each number of concurrent clients it sends a fixed
 number of requests (one real photo each, a 451x300 JPEG the server decodes and resizes), the
 two servers taking turns, and stops by itself at --time-limit. Printed per run: throughput,
-p50/p99 latency, the mean batch size (from the server's ``effnet_batch_size`` metric), errors
-and requests lost; then the
-batched/unbatched throughput ratio per client count, beside the CPU's features. The clients
-run in this process (asyncio + httpx) and share the CPU with the server; ``taskset`` pins the
-whole test (servers and clients) to the cores given, e.g. two.
+p50/p99 latency, the mean batch size (from the server's ``effnet_batch_size`` metric), the
+server's CPU time per request (from ``/proc``: on a machine shared with other work, wall-clock
+throughput follows the neighbours' load, CPU time per request much less), errors and requests
+lost; then the batched/unbatched ratios per client count, beside the CPU's features. The
+clients run in this process (asyncio + httpx) and share the CPU with the server; ``taskset``
+pins the whole test (servers and clients) to the cores given, e.g. two.
 Aim: at 32 clients, batching >= 1.5x the unbatched throughput with no request failed or lost.
 """
 
@@ -58,6 +59,11 @@ class Run:
     seconds: float
     latencies: list[float]
     mean_batch: float
+    server_cpu_s: float
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.server_cpu_s / max(1, self.ok)
 
     @property
     def throughput(self) -> float:
@@ -79,6 +85,12 @@ def cpu_description() -> str:
     present = [flag for flag in CPU_FLAGS if flag in flags]
     cores = len(os.sched_getaffinity(0))
     return f"{name}, {cores} of {os.cpu_count()} cores usable, {', '.join(present) or 'no AVX2'}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def photo() -> bytes:
@@ -126,12 +138,16 @@ def start_server(max_batch: int, args: argparse.Namespace, checkpoint: Path, log
 
 def measure(mode: str, server: ServerProcess, clients: int, args: argparse.Namespace, image: bytes) -> Run:
     images_before, batches_before = batch_totals(server.url)
+    cpu_before = cpu_seconds(server.process.pid)
     sent, ok, errors, seconds, latencies = asyncio.run(
         load(server.url + "/v1/predict", image, clients, args.requests, args.time_limit))
+    cpu = cpu_seconds(server.process.pid) - cpu_before
     images_after, batches_after = batch_totals(server.url)
     mean_batch = (images_after - images_before) / max(1.0, batches_after - batches_before)
-    print(f"  {mode:>9} {clients:>2} clients: {ok / seconds:6.1f} req/s", flush=True)
-    return Run(mode, clients, sent, ok, errors, seconds, latencies, mean_batch)
+    run = Run(mode, clients, sent, ok, errors, seconds, latencies, mean_batch, cpu)
+    print(f"  {mode:>9} {clients:>2} clients: {run.throughput:6.1f} req/s, {run.cpu_ms_per_request:5.0f} server CPU "
+          "ms/request", flush=True)
+    return run
 
 
 def main() -> None:
@@ -139,7 +155,7 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_b0")
     parser.add_argument("--checkpoint", help="serve this checkpoint instead of a random-weight --model")
     parser.add_argument("--clients", default="1,8,32", type=lambda text: [int(c) for c in text.split(",")])
-    parser.add_argument("--requests", type=int, default=160, help="requests per run (default 160)")
+    parser.add_argument("--requests", type=int, default=320, help="requests per run (default 320)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per run at most (default 120)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="server compute threads (default: the cores this process may use)")
@@ -169,13 +185,16 @@ def main() -> None:
                 server.stop()
 
     rows = [[r.mode, r.clients, r.sent, r.ok, r.errors, args.requests - r.sent, f"{r.throughput:.1f}",
-             f"{r.percentile(0.5):.0f}", f"{r.percentile(0.99):.0f}", f"{r.mean_batch:.1f}"] for r in runs]
-    print(format_table(["mode", "clients", "sent", "ok", "errors", "lost", "req/s", "p50 ms", "p99 ms", "mean batch"],
-                       rows))
+             f"{r.percentile(0.5):.0f}", f"{r.percentile(0.99):.0f}", f"{r.mean_batch:.1f}",
+             f"{r.cpu_ms_per_request:.0f}"] for r in runs]
+    print(format_table(["mode", "clients", "sent", "ok", "errors", "lost", "req/s", "p50 ms", "p99 ms", "mean batch",
+                        "CPU ms/req"], rows))
     by_key = {(r.mode, r.clients): r for r in runs}
     for clients in args.clients:
-        ratio = by_key["batched", clients].throughput / by_key["unbatched", clients].throughput
-        print(f"batched / unbatched throughput at {clients:>2} clients: {ratio:.2f}x")
+        batched, unbatched = by_key["batched", clients], by_key["unbatched", clients]
+        speed = batched.throughput / unbatched.throughput
+        cpu = batched.cpu_ms_per_request / unbatched.cpu_ms_per_request
+        print(f"batched / unbatched at {clients:>2} clients: throughput {speed:.2f}x, CPU per request {cpu:.2f}x")
     clean = all(r.errors == 0 and r.sent == args.requests for r in runs)
     top = max(args.clients)
     ratio = by_key["batched", top].throughput / by_key["unbatched", top].throughput

@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 
 from _deploy_helpers import tiny_model
-from _serve_helpers import CLEAN_EXIT, ServerProcess, metric
+from _serve_helpers import CLEAN_EXIT, ServerProcess, free_port, metric
 from effnet.cli import main
 from effnet.deploy.export import export_model
+from effnet.description import Preprocessing
 from effnet.errors import ConfigError, InputFileError
-from effnet.serve import Batcher, QueueFullError, load_artifact, load_predictor
+from effnet.serve import Batcher, Predictor, QueueFullError, create_app, load_artifact, load_predictor
 from effnet.weights.io import save_model
 
 CLASSES = ["circle", "square", "stripes"]
@@ -161,7 +162,7 @@ def test_too_big_too_many_wrong_type_and_keys_are_refused(server, files):
         (post(server, content=iter([big, big]), headers={**AUTH, "Content-Type": "image/png"}),  # chunked, no length
          413, "too_large", "exceeds the limit of 0.05 MB"),
         (post(server, [upload(files["images"][0])] * (MAX_FILES + 1)), 400, "too_many_files",
-         f"send at most {MAX_FILES} files"),
+         f"more than {MAX_FILES} files in one request; send at most {MAX_FILES}"),
         (post(server, json={"image": "cat.jpg"}), 415, "unsupported_media_type", "application/json is not accepted"),
         (post(server, content=b"raw", headers=AUTH), 415, "unsupported_media_type", "(none) is not accepted"),
         (post(server, data={"top_k": "3"}), 415, "unsupported_media_type", "x-www-form-urlencoded is not accepted"),
@@ -321,3 +322,54 @@ def test_batcher_reports_a_failing_model_to_every_request():
 
     results = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
     assert [str(r) for r in results] == ["out of memory"] * 2
+
+
+class GatedPredictor(Predictor):
+    """A stand-in model whose every forward pass waits for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__("gated", "fake", ["yes", "no"], Preprocessing(resolution=8))
+        self.gate = threading.Event()
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        assert self.gate.wait(TIMEOUT)
+        return torch.tensor([[0.75, 0.25]]).expand(len(batch), 2)
+
+
+def test_not_ready_until_the_warm_up_ran():
+    import uvicorn
+
+    predictor = GatedPredictor()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        health = httpx.get(url + "/healthz", timeout=TIMEOUT)
+        assert health.status_code == 503 and health.json()["status"] == "warming_up"
+        early = httpx.post(url + "/v1/predict", content=png_bytes(np.zeros((8, 8, 3), np.uint8)),
+                           headers={"Content-Type": "image/png"}, timeout=TIMEOUT)
+        assert early.status_code == 503 and early.json()["error"] == "not_ready"
+        assert early.headers["retry-after"] == "1"
+        predictor.gate.set()
+        while httpx.get(url + "/healthz", timeout=TIMEOUT).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        answer = httpx.post(url + "/v1/predict", content=png_bytes(np.zeros((8, 8, 3), np.uint8)),
+                            headers={"Content-Type": "image/png"}, timeout=TIMEOUT).json()
+        assert answer["predictions"][0]["top_k"][0] == {"rank": 1, "class_index": 0, "class_name": "yes",
+                                                        "probability": 0.75}
+    finally:
+        predictor.gate.set()
+        server.should_exit = True
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()

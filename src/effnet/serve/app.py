@@ -104,8 +104,9 @@ class Service:
         start = time.perf_counter()
         uploads, fields = await read_uploads(request, self.options.max_files)
         top_k = parse_top_k(request.query_params.get("top_k", fields.get("top_k")), self.predictor.num_classes)
-        images = await run_in_threadpool(self.prepare, uploads)
         try:
+            self.batcher.check_room(len(uploads))  # before decoding: a flood is turned away cheaply
+            images = await run_in_threadpool(self.prepare, uploads)
             rows = await self.batcher.submit(images)
         except QueueFullError as error:
             raise RequestError(503, "queue_full", str(error), {"Retry-After": str(error.retry_after)}) from None
