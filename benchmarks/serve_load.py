@@ -1,10 +1,11 @@
 """Load test of ``effnet serve`` on loopback: dynamic batching against one image per model call.
 
     taskset -c 0,1 python benchmarks/serve_load.py [--model efficientnet_b0] [--checkpoint CKPT]
-        [--clients 1,8,32] [--requests 320] [--time-limit 120] [--threads N] [--max-wait-ms 5] [--pause 1]
+        [--clients 1,8,32] [--requests 320] [--time-limit 120] [--threads N] [--max-batch 32]
+        [--max-wait-ms 5] [--pause 1]
 
-Starts two real servers on free 127.0.0.1 ports: batching on (``--max-batch 32``) and off
-(``--max-batch 1``), same model (B0 fp32, random weights unless --checkpoint: speed does not
+Starts two real servers on free 127.0.0.1 ports: batching on (``--max-batch 32`` unless told)
+and off (``--max-batch 1``), same model (B0 fp32, random weights unless --checkpoint: speed does not
 depend on them), same ``--threads``. For each number of concurrent clients it sends a fixed
 number of requests (one real photo each, a 451x300 JPEG the server decodes and resizes), the
 two servers taking turns, and stops by itself at --time-limit. Printed per run: throughput,
@@ -45,7 +46,7 @@ from effnet.table import format_table  # noqa: E402
 from effnet.weights.io import save_model  # noqa: E402
 
 AIM = 1.5
-MODES = {"unbatched": 1, "batched": 32}
+MODES = ("unbatched", "batched")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
 
 
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="server compute threads (default: the cores this process may use)")
     parser.add_argument("--pause", type=float, default=1.0, help="idle seconds before each run (default 1)")
+    parser.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch (default 32)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
 
@@ -169,8 +171,8 @@ def main() -> None:
             create_model(args.model), Path(folder) / f"{args.model}.safetensors")
         print(f"{args.model} fp32 on {cpu_description()}; server threads {args.threads}, torch {torch.__version__}; "
               f"{args.requests} requests per run (one {len(image) // 1024} kB JPEG each)", flush=True)
-        servers = {mode: start_server(max_batch, args, checkpoint, Path(folder) / f"{mode}.log")
-                   for mode, max_batch in MODES.items()}
+        sizes = {"unbatched": 1, "batched": args.max_batch}
+        servers = {mode: start_server(sizes[mode], args, checkpoint, Path(folder) / f"{mode}.log") for mode in MODES}
         runs = []
         try:
             for server in servers.values():

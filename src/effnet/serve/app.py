@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -29,7 +30,6 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from ..infer import top_classes
 from .batching import Batcher, QueueFullError
@@ -63,6 +63,9 @@ class Service:
         self.ready = False
         self.failure: str | None = None
         self._api_key = options.api_key.encode() if options.api_key else None
+        # Few decoding threads: every thread that runs torch ops (the transforms) gets its own OpenMP
+        # pool, and dozens of them would crowd out the model's threads on a small machine.
+        self.decoder = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="effnet-decode")
 
     def run_batch(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self.predictor.probabilities(torch.stack(images)))
@@ -106,7 +109,7 @@ class Service:
         top_k = parse_top_k(request.query_params.get("top_k", fields.get("top_k")), self.predictor.num_classes)
         try:
             self.batcher.check_room(len(uploads))  # before decoding: a flood is turned away cheaply
-            images = await run_in_threadpool(self.prepare, uploads)
+            images = await asyncio.get_running_loop().run_in_executor(self.decoder, self.prepare, uploads)
             rows = await self.batcher.submit(images)
         except QueueFullError as error:
             raise RequestError(503, "queue_full", str(error), {"Retry-After": str(error.retry_after)}) from None
@@ -141,6 +144,7 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Fas
         yield
         await warm_up
         await service.batcher.close()
+        service.decoder.shutdown()
 
     app = FastAPI(title="effnet", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
