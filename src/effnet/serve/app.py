@@ -53,13 +53,15 @@ def parse_top_k(value: str | None, num_classes: int) -> int:
 
 
 class Service:
-    """The app's state: predictor, batcher, metrics, readiness."""
+    """The app's state: predictor, batcher, metrics, readiness. ``decoding`` images are being
+    decoded; they count against ``max_queue`` with the ones waiting for a batch."""
 
     def __init__(self, predictor: Predictor, options: ServeOptions) -> None:
         self.predictor = predictor
         self.options = options
         self.batcher: Batcher[torch.Tensor, torch.Tensor] | None = None
-        self.metrics = ServeMetrics(lambda: self.batcher.depth if self.batcher is not None else 0)
+        self.decoding = 0
+        self.metrics = ServeMetrics(lambda: self.decoding + (self.batcher.depth if self.batcher is not None else 0))
         self.ready = False
         self.failure: str | None = None
         self._api_key = options.api_key.encode() if options.api_key else None
@@ -108,8 +110,12 @@ class Service:
         uploads, fields = await read_uploads(request, self.options.max_files)
         top_k = parse_top_k(request.query_params.get("top_k", fields.get("top_k")), self.predictor.num_classes)
         try:
-            self.batcher.check_room(len(uploads))  # before decoding: a flood is turned away cheaply
-            images = await asyncio.get_running_loop().run_in_executor(self.decoder, self.prepare, uploads)
+            self.batcher.check_room(self.decoding + len(uploads))  # before decoding: a flood is turned away cheaply
+            self.decoding += len(uploads)
+            try:
+                images = await asyncio.get_running_loop().run_in_executor(self.decoder, self.prepare, uploads)
+            finally:
+                self.decoding -= len(uploads)
             rows = await self.batcher.submit(images)
         except QueueFullError as error:
             raise RequestError(503, "queue_full", str(error), {"Retry-After": str(error.retry_after)}) from None
