@@ -2,7 +2,7 @@
 
     taskset -c 0,1 python benchmarks/serve_load.py [--model efficientnet_b0] [--checkpoint CKPT]
         [--clients 1,8,32] [--requests 320] [--time-limit 120] [--threads N] [--max-batch 32]
-        [--max-wait-ms 5] [--pause 1]
+        [--max-wait-ms 5] [--decode-threads 1] [--pause 1]
 
 Starts two real servers on free 127.0.0.1 ports: batching on (``--max-batch 32`` unless told)
 and off (``--max-batch 1``), same model (B0 fp32, random weights unless --checkpoint: speed does not
@@ -134,7 +134,8 @@ def batch_totals(url: str) -> tuple[float, float]:
 
 def start_server(max_batch: int, args: argparse.Namespace, checkpoint: Path, log: Path) -> ServerProcess:
     return ServerProcess(["--checkpoint", str(checkpoint), "--max-batch", str(max_batch), "--max-wait-ms",
-                          str(args.max_wait_ms), "--max-queue", "1024", "--device", "cpu"], log, threads=args.threads)
+                          str(args.max_wait_ms), "--max-queue", "1024", "--decode-threads", str(args.decode_threads),
+                          "--device", "cpu"], log, threads=args.threads)
 
 
 def measure(mode: str, server: ServerProcess, clients: int, args: argparse.Namespace, image: bytes) -> Run:
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=1.0, help="idle seconds before each run (default 1)")
     parser.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch (default 32)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--decode-threads", type=int, default=1, help="the servers' --decode-threads (default 1)")
     args = parser.parse_args()
 
     image = photo()
@@ -170,7 +172,8 @@ def main() -> None:
         checkpoint = Path(args.checkpoint) if args.checkpoint else save_model(
             create_model(args.model), Path(folder) / f"{args.model}.safetensors")
         print(f"{args.model} fp32 on {cpu_description()}; server threads {args.threads}, torch {torch.__version__}; "
-              f"{args.requests} requests per run (one {len(image) // 1024} kB JPEG each)", flush=True)
+              f"{args.decode_threads} decode thread(s); {args.requests} requests per run (one "
+              f"{len(image) // 1024} kB JPEG each)", flush=True)
         sizes = {"unbatched": 1, "batched": args.max_batch}
         servers = {mode: start_server(sizes[mode], args, checkpoint, Path(folder) / f"{mode}.log") for mode in MODES}
         runs = []
