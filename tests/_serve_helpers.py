@@ -27,9 +27,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m effnet serve ARGS --port P`` in a subprocess, its output in ``log``."""
+    """``python -m effnet serve ARGS --port P --threads T`` in a subprocess, its output in ``log``."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, threads: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -38,7 +38,7 @@ class ServerProcess:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [source, environment.get("PYTHONPATH")]))
         with open(log, "wb") as output:
             self.process = subprocess.Popen([sys.executable, "-m", "effnet", "serve", *args, "--port", str(self.port),
-                                             "--threads", "1", "--log-level", "warning"],
+                                             "--threads", str(threads), "--log-level", "warning"],
                                             stdout=output, stderr=subprocess.STDOUT, env=environment)
 
     def output(self) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet.data.images import ImageReadError, load_image, to_rgb, verify_image
+from effnet.data.images import ImageReadError, decode_image, load_image, to_rgb, verify_image
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -60,6 +60,27 @@ def test_every_bad_kind_is_refused_with_its_reason(tmp_path, name):
     assert expected in caught.value.reason
     with pytest.raises(ImageReadError):
         load_image(path)
+
+
+@pytest.mark.parametrize("name", sorted(bad_files()))
+def test_bytes_in_memory_are_refused_like_files_with_a_kind(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(bad_files()[name])
+    with pytest.raises(ImageReadError) as from_file:
+        load_image(path)
+    with pytest.raises(ImageReadError) as from_bytes:
+        decode_image(bad_files()[name], name)
+    assert from_bytes.value.reason == from_file.value.reason and from_bytes.value.kind == from_file.value.kind
+    assert from_bytes.value.kind == {"zero_byte.png": "empty", "corrupt.png": "corrupt", "truncated.png": "corrupt",
+                                     "text_renamed.jpg": "not_an_image", "bomb.png": "too_many_pixels"}[name]
+    assert str(from_bytes.value).startswith(f"{name}: ")
+
+
+def test_bytes_decode_to_the_same_pixels_as_the_file(tmp_path):
+    for fmt in ("PNG", "JPEG"):
+        path = tmp_path / f"picture.{fmt.lower()}"
+        path.write_bytes(encoded(fmt))
+        assert np.array_equal(np.asarray(decode_image(path.read_bytes())), np.asarray(load_image(path)))
 
 
 def test_truncated_jpeg_needs_a_decode_to_be_found(tmp_path):

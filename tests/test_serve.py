@@ -17,16 +17,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage import data as skimage_data
 
 from _deploy_helpers import tiny_model
-from _serve_helpers import CLEAN_EXIT, ServerProcess, metric
+from _serve_helpers import CLEAN_EXIT, ServerProcess, free_port, metric
 from effnet.cli import main
 from effnet.deploy.export import export_model
+from effnet.description import Preprocessing
 from effnet.errors import ConfigError, InputFileError
-from effnet.serve import Batcher, QueueFullError, load_artifact, load_predictor
+from effnet.serve import Batcher, Predictor, QueueFullError, create_app, load_artifact, load_predictor
 from effnet.weights.io import save_model
 
 CLASSES = ["circle", "square", "stripes"]
+CATS = {"tiger cat", "tabby", "Egyptian cat"}
 KEY = "s3cret-key"
 AUTH = {"X-API-Key": KEY}
 MAX_PIXELS = 20_000
@@ -43,6 +46,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)  # module fixtures are made before conftest's per-test seed
     model = tiny_model(num_classes=len(CLASSES))
     model.describe(class_names=CLASSES)
     checkpoint = save_model(model, folder / "tiny.safetensors")
@@ -82,25 +86,34 @@ def post(server, files=None, **options) -> httpx.Response:
 
 
 # ---------------------------------------------------------------------------- answers
-def test_answers_equal_effnet_predict(server, files, capsys):
-    assert main(["predict", *map(str, files["images"]), "--checkpoint", str(files["checkpoint"]), "--format", "json",
-                 "--top-k", "3", "--device", "cpu", "--no-progress"]) == 0
+def test_answers_equal_effnet_predict(files, capsys):
+    """Real ImageNet weights on real photos (colour and greyscale, PNG and JPEG), so that
+    probabilities differ between pictures and a mix-up or a preprocessing difference shows."""
+    photos = []
+    for name, suffix in (("chelsea", "jpg"), ("coffee", "png"), ("astronaut", "png"), ("camera", "png"),
+                         ("rocket", "jpg")):
+        photos.append(files["folder"] / f"{name}.{suffix}")
+        Image.fromarray(getattr(skimage_data, name)()).save(photos[-1])
+    assert main(["predict", *map(str, photos), "--model", "efficientnet_lite0", "--format", "json", "--top-k", "3",
+                 "--device", "cpu", "--no-progress"]) == 0
     expected = json.loads(capsys.readouterr().out)
-    answer = post(server, [upload(path) for path in files["images"][:MAX_FILES]], params={"top_k": 3})
-    assert answer.status_code == 200, answer.text
+    server = ServerProcess(["--model", "efficientnet_lite0"], files["folder"] / "lite0.log").wait_ready()
+    try:
+        answer = post(server, [upload(path) for path in photos[:4]], params={"top_k": 3}, headers={})
+        raw = post(server, content=photos[4].read_bytes(), headers={"Content-Type": "image/jpeg"}, params={"top_k": 3})
+    finally:
+        assert server.stop() in CLEAN_EXIT, server.output()
+    assert answer.status_code == 200 and raw.status_code == 200, (answer.text, raw.text)
     body = answer.json()
-    assert body["model"] == "efficientnet_b0" and body["runtime"] == "torch" and body["time_ms"] > 0
-    raw = post(server, content=files["images"][4].read_bytes(), headers={**AUTH, "Content-Type": "image/jpeg"},
-               params={"top_k": 3})
-    got = body["predictions"] + [{**raw.json()["predictions"][0], "file": files["images"][4].name}]
-    assert [p["file"] for p in got] == [path.name for path in files["images"]]
+    assert body["model"] == "efficientnet_lite0" and body["runtime"] == "torch" and body["time_ms"] > 0
+    got = body["predictions"] + [{**raw.json()["predictions"][0], "file": photos[4].name}]
+    assert [p["file"] for p in got] == [path.name for path in photos]
     for served, reference in zip(got, expected, strict=True):
         assert [c["class_name"] for c in served["top_k"]] == [c["class_name"] for c in reference["predictions"]]
         assert [c["class_index"] for c in served["top_k"]] == [c["class_index"] for c in reference["predictions"]]
         np.testing.assert_allclose([c["probability"] for c in served["top_k"]],
-                                   [c["probability"] for c in reference["predictions"]], atol=2e-6)
-    top = [p["top_k"][0]["probability"] for p in got]
-    assert max(top) - min(top) > 1e-4  # the pictures score differently, so a mix-up would show
+                                   [c["probability"] for c in reference["predictions"]], atol=1e-5)
+    assert got[0]["top_k"][0]["class_name"] in CATS and got[1]["top_k"][0]["class_name"] == "espresso"
 
 
 def test_model_health_and_page(server):
@@ -161,7 +174,7 @@ def test_too_big_too_many_wrong_type_and_keys_are_refused(server, files):
         (post(server, content=iter([big, big]), headers={**AUTH, "Content-Type": "image/png"}),  # chunked, no length
          413, "too_large", "exceeds the limit of 0.05 MB"),
         (post(server, [upload(files["images"][0])] * (MAX_FILES + 1)), 400, "too_many_files",
-         f"send at most {MAX_FILES} files"),
+         f"more than {MAX_FILES} files in one request; send at most {MAX_FILES}"),
         (post(server, json={"image": "cat.jpg"}), 415, "unsupported_media_type", "application/json is not accepted"),
         (post(server, content=b"raw", headers=AUTH), 415, "unsupported_media_type", "(none) is not accepted"),
         (post(server, data={"top_k": "3"}), 415, "unsupported_media_type", "x-www-form-urlencoded is not accepted"),
@@ -321,3 +334,54 @@ def test_batcher_reports_a_failing_model_to_every_request():
 
     results = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
     assert [str(r) for r in results] == ["out of memory"] * 2
+
+
+class GatedPredictor(Predictor):
+    """A stand-in model whose every forward pass waits for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__("gated", "fake", ["yes", "no"], Preprocessing(resolution=8))
+        self.gate = threading.Event()
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        assert self.gate.wait(TIMEOUT)
+        return torch.tensor([[0.75, 0.25]]).expand(len(batch), 2)
+
+
+def test_not_ready_until_the_warm_up_ran():
+    import uvicorn
+
+    predictor = GatedPredictor()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        health = httpx.get(url + "/healthz", timeout=TIMEOUT)
+        assert health.status_code == 503 and health.json()["status"] == "warming_up"
+        early = httpx.post(url + "/v1/predict", content=png_bytes(np.zeros((8, 8, 3), np.uint8)),
+                           headers={"Content-Type": "image/png"}, timeout=TIMEOUT)
+        assert early.status_code == 503 and early.json()["error"] == "not_ready"
+        assert early.headers["retry-after"] == "1"
+        predictor.gate.set()
+        while httpx.get(url + "/healthz", timeout=TIMEOUT).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        answer = httpx.post(url + "/v1/predict", content=png_bytes(np.zeros((8, 8, 3), np.uint8)),
+                            headers={"Content-Type": "image/png"}, timeout=TIMEOUT).json()
+        assert answer["predictions"][0]["top_k"][0] == {"rank": 1, "class_index": 0, "class_name": "yes",
+                                                        "probability": 0.75}
+    finally:
+        predictor.gate.set()
+        server.should_exit = True
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             ("max_queue", "images that may wait; more are answered 503 with Retry-After"),
                             ("max_files", "images per request"),
                             ("max_upload_mb", "request body size, in MB"),
-                            ("max_pixels", "pixels per image (decompression bombs)")):
+                            ("max_pixels", "pixels per image (decompression bombs)"),
+                            ("decode_threads", "threads decoding and preparing uploads")):
         limits.add_argument("--" + name.replace("_", "-"), type=type(DEFAULTS[name]), default=DEFAULTS[name],
                             help=f"{help_text} (default {DEFAULTS[name]})")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),

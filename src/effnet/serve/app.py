@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -29,7 +30,6 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from ..infer import top_classes
 from .batching import Batcher, QueueFullError
@@ -53,16 +53,21 @@ def parse_top_k(value: str | None, num_classes: int) -> int:
 
 
 class Service:
-    """The app's state: predictor, batcher, metrics, readiness."""
+    """The app's state: predictor, batcher, metrics, readiness. ``decoding`` images are being
+    decoded; they count against ``max_queue`` with the ones waiting for a batch."""
 
     def __init__(self, predictor: Predictor, options: ServeOptions) -> None:
         self.predictor = predictor
         self.options = options
         self.batcher: Batcher[torch.Tensor, torch.Tensor] | None = None
-        self.metrics = ServeMetrics(lambda: self.batcher.depth if self.batcher is not None else 0)
+        self.decoding = 0
+        self.metrics = ServeMetrics(lambda: self.decoding + (self.batcher.depth if self.batcher is not None else 0))
         self.ready = False
         self.failure: str | None = None
         self._api_key = options.api_key.encode() if options.api_key else None
+        # Few decoding threads: every thread that runs torch ops (the transforms) gets its own OpenMP
+        # pool, and dozens of them would crowd out the model's threads on a small machine.
+        self.decoder = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="effnet-decode")
 
     def run_batch(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self.predictor.probabilities(torch.stack(images)))
@@ -104,8 +109,13 @@ class Service:
         start = time.perf_counter()
         uploads, fields = await read_uploads(request, self.options.max_files)
         top_k = parse_top_k(request.query_params.get("top_k", fields.get("top_k")), self.predictor.num_classes)
-        images = await run_in_threadpool(self.prepare, uploads)
         try:
+            self.batcher.check_room(self.decoding + len(uploads))  # before decoding: a flood is turned away cheaply
+            self.decoding += len(uploads)
+            try:
+                images = await asyncio.get_running_loop().run_in_executor(self.decoder, self.prepare, uploads)
+            finally:
+                self.decoding -= len(uploads)
             rows = await self.batcher.submit(images)
         except QueueFullError as error:
             raise RequestError(503, "queue_full", str(error), {"Retry-After": str(error.retry_after)}) from None
@@ -140,6 +150,7 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Fas
         yield
         await warm_up
         await service.batcher.close()
+        service.decoder.shutdown()
 
     app = FastAPI(title="effnet", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service

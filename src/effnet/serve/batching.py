@@ -79,12 +79,16 @@ class Batcher(Generic[Item, Result]):
         """Run ``function`` in the batch thread (e.g. a warm-up), between batches."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
+    def check_room(self, count: int) -> None:
+        """Raise :class:`QueueFullError` unless ``count`` more items fit in the queue now."""
+        if len(self._pending) + count > self.max_queue:
+            raise QueueFullError(len(self._pending), self.max_queue)
+
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """The results of ``items``, once the batches holding them have run."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running (call start() first)")
-        if len(self._pending) + len(items) > self.max_queue:
-            raise QueueFullError(len(self._pending), self.max_queue)
+        self.check_room(len(items))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         self._pending.extend(zip(items, futures, strict=True))

@@ -3,7 +3,7 @@
 - ``effnet_requests_total{endpoint, status}``: answered requests;
 - ``effnet_request_duration_seconds{endpoint}``: latency histogram;
 - ``effnet_batch_size``: images per model call (histogram);
-- ``effnet_queue_depth``: images waiting for a batch (gauge, read when scraped);
+- ``effnet_queue_depth``: images being decoded or waiting for a batch (gauge, read when scraped);
 - ``effnet_images_total``: images classified.
 """
 
@@ -30,7 +30,8 @@ class ServeMetrics:
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("effnet_batch_size", "Images per model call", buckets=BATCH_BUCKETS,
                                     registry=self.registry)
-        self.queue_depth = Gauge("effnet_queue_depth", "Images waiting for a batch", registry=self.registry)
+        self.queue_depth = Gauge("effnet_queue_depth", "Images being decoded or waiting for a batch",
+                                 registry=self.registry)
         self.queue_depth.set_function(queue_depth)
         self.images = Counter("effnet_images", "Images classified", registry=self.registry)
 

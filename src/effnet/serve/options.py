@@ -42,8 +42,8 @@ class ServeOptions:
 
     ``max_batch`` images per model call, formed within ``max_wait_ms`` of the first;
     ``max_queue`` images may wait (more: 503); ``max_files`` per request; ``max_upload_mb``
-    per request body; ``max_pixels`` per image (decompression bombs); ``api_key`` required on
-    ``/v1/*`` when set.
+    per request body; ``max_pixels`` per image (decompression bombs); ``decode_threads``
+    threads decode and prepare uploads; ``api_key`` required on ``/v1/*`` when set.
     """
 
     max_batch: int = 32
@@ -52,10 +52,11 @@ class ServeOptions:
     max_files: int = 32
     max_upload_mb: float = 20.0
     max_pixels: int = 50_000_000
+    decode_threads: int = 1
     api_key: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_files", "max_pixels"):
+        for name in ("max_batch", "max_queue", "max_files", "max_pixels", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.max_upload_mb <= 0:

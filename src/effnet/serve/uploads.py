@@ -58,9 +58,10 @@ async def read_uploads(request: Request, max_files: int) -> tuple[list[Upload], 
             form = await request.form(max_files=max_files, max_fields=16)
         except (MultiPartException, HTTPException) as error:  # Starlette turns the first into the second
             text = str(getattr(error, "detail", error))
-            code = "too_many_files" if "files" in text.lower() else "bad_multipart"
-            raise RequestError(400, code, f"{text} (send at most {max_files} files per request)"
-                               if code == "too_many_files" else f"unreadable multipart body: {text}") from None
+            if "too many files" in text.lower():
+                raise RequestError(400, "too_many_files", f"more than {max_files} files in one request; send at most "
+                                                          f"{max_files} per request (--max-files)") from None
+            raise RequestError(400, "bad_multipart", f"unreadable multipart body: {text}") from None
         uploads, fields = [], {}
         try:
             for key, value in form.multi_items():
