@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from effnet.registry import default_train_size, get_entry
 from effnet.train.config import (
     TrainConfig,
     apply_overrides,
@@ -14,7 +15,6 @@ from effnet.train.config import (
     recipe_names,
     save_config,
 )
-from effnet.registry import default_train_size, get_entry
 from effnet.train.progressive import ProgressivePlan
 
 
