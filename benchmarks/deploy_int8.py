@@ -1,7 +1,7 @@
-"""INT8 against fp32 on the demo test set, for B0 and Lite0, with every remedy for EfficientNet's
-known INT8 trouble (SiLU, squeeze-excitation, depthwise convs).
+"""INT8 against fp32 on the demo test set, for B0, Lite0 and V2-B0, with every remedy for
+EfficientNet's known INT8 trouble (SiLU, squeeze-excitation, depthwise convs).
 
-    python benchmarks/deploy_int8.py [--b0 CKPT] [--lite0 CKPT] --data DEMO_DIR
+    python benchmarks/deploy_int8.py [--b0 CKPT] [--lite0 CKPT] [--v2-b0 CKPT] --data DEMO_DIR
                                      [--calib-images 256] [--qat-epochs 1] [--qat-images 2000]
                                      [--qat-keep-float stem] [--entropy] [--threads 2]
 
@@ -129,6 +129,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--b0", help="B0 checkpoint trained on the demo digits")
     parser.add_argument("--lite0", help="Lite0 checkpoint fine-tuned on the demo digits")
+    parser.add_argument("--v2-b0", help="EfficientNetV2-B0 checkpoint trained on the demo digits")
     parser.add_argument("--data", required=True, type=Path, help="the demo dataset folder (train/ and val/)")
     parser.add_argument("--calib-images", type=int, default=256)
     parser.add_argument("--qat-epochs", type=int, default=1)
@@ -138,9 +139,10 @@ def main() -> int:
     parser.add_argument("--entropy", action="store_true", help="also calibrate by entropy (slow)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    checkpoints = {label: path for label, path in (("Lite0", args.lite0), ("B0", args.b0)) if path}
+    checkpoints = {label: path for label, path in (("Lite0", args.lite0), ("B0", args.b0), ("V2-B0", args.v2_b0))
+                   if path}
     if not checkpoints:
-        parser.error("give --lite0 CKPT, --b0 CKPT or both")
+        parser.error("give one or more of --lite0 CKPT, --b0 CKPT, --v2-b0 CKPT")
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="effnet-int8-") as work:

@@ -1,6 +1,10 @@
 """Ours against torchvision and timm on this CPU, with the same weights, in one process.
 
     python benchmarks/peers_cpu.py [--model efficientnet_b0] [--rounds 5] [--json out.json]
+    python benchmarks/peers_cpu.py --model efficientnet_v2_s --resolution 224 --batches 1,8 --train-batch 8
+
+EfficientNetV2-S is compared with torchvision's ``efficientnet_v2_s`` and timm's
+``efficientnetv2_s`` (timm's PyTorch definition, symmetric padding like torchvision's).
 
 Each peer is built with random weights and copied into one of our networks through our
 converters (effnet.weights.convert); the logits must match before anything is timed. Then:
@@ -30,17 +34,42 @@ from torch import nn  # noqa: E402
 import effnet  # noqa: E402
 from effnet.bench.measure import time_interleaved  # noqa: E402
 from effnet.bench.peers import build_timm, build_torchvision, timm_available  # noqa: E402
-from effnet.testing import randomize_statistics  # noqa: E402
 from effnet.weights.convert import assign_state_dict, convert_state_dict  # noqa: E402
 
 PEERS = ("torchvision", "timm")
+
+
+def timm_name(name: str) -> str:
+    """timm's name for one of our networks: ``efficientnet_v2_s`` is ``efficientnetv2_s`` there."""
+    return name.replace("efficientnet_v2_", "efficientnetv2_")
 
 
 def bn_eps(network: nn.Module) -> float:
     return next(m.eps for m in network.modules() if isinstance(m, nn.BatchNorm2d))
 
 
-def build_pairs(name: str) -> dict[str, tuple[nn.Module, nn.Module]]:
+def randomize_batchnorm(network: nn.Module, seed: int, resolution: int) -> None:
+    """Random BatchNorm affine terms and running statistics measured on random images, as
+    trained weights have: with the fresh ones (mean 0, variance 1, scale 1) the logits shrink
+    towards zero and an equality check would prove little, and with random statistics deep
+    networks (V2-S's 40 blocks) grow activations to 1e7, where rounding noise decides the logits."""
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    with torch.no_grad():
+        for module in norms:
+            size = module.num_features
+            module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.copy_(torch.randn(size, generator=generator) * 0.1)
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration batch
+        network.train()(torch.randn(4, 3, resolution, resolution, generator=generator))
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
+    network.eval()
+
+
+def build_pairs(name: str, resolution: int) -> dict[str, tuple[nn.Module, nn.Module]]:
     """Per peer: (ours carrying the peer's weights, the peer), both with symmetric padding."""
     pairs = {}
     for seed, peer_name in enumerate(PEERS):
@@ -48,8 +77,8 @@ def build_pairs(name: str) -> dict[str, tuple[nn.Module, nn.Module]]:
             print("timm is not installed: its column is left out", flush=True)
             continue
         peer = (build_torchvision(name) if peer_name == "torchvision"
-                else build_timm(name, drop_rate=0.2, drop_path_rate=0.2))
-        randomize_statistics(peer, seed, biases=False)
+                else build_timm(timm_name(name), drop_rate=0.2, drop_path_rate=0.2))
+        randomize_batchnorm(peer, seed, resolution)
         ours = effnet.create_model(name, bn_eps=bn_eps(peer))
         assign_state_dict(ours, convert_state_dict(peer.state_dict(), ours.config, layout=peer_name))
         pairs[peer_name] = (ours, peer)
@@ -126,7 +155,8 @@ def compare(title: str, times: dict[str, list[float]], batch: int, throughput: b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="efficientnet_b0", help="efficientnet_b0 ... b7 (default b0)")
+    parser.add_argument("--model", default="efficientnet_b0",
+                        help="efficientnet_b0 ... b7 or efficientnet_v2_s/m/l (default b0)")
     parser.add_argument("--resolution", type=int, default=None, help="input size (default: the model's)")
     parser.add_argument("--batches", default="1,32", help="inference batch sizes (default 1,32)")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch size (default 32)")
@@ -139,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     resolution = args.resolution or effnet.get_entry(args.model).preprocessing.resolution
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.model} @{resolution}", flush=True)
-    pairs = build_pairs(args.model)
+    pairs = build_pairs(args.model, resolution)
     check_equal(pairs, resolution)
     results = []
     for batch in (int(b) for b in args.batches.split(",")):

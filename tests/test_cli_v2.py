@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from _train_helpers import make_image_folder, single_thread, tiny_assignments  # noqa: F401 (fixture)
+from effnet.bench.peers import DEFAULT_MODELS
 from effnet.cli import main
 from effnet.layers import FusedMBConv
 from effnet.weights.io import load_model
@@ -79,6 +80,7 @@ def test_quantize_a_v2_checkpoint(trained, data, tmp_path, capsys) -> None:
 
 
 def test_bench_measures_v2(tmp_path, capsys) -> None:
+    assert {"efficientnet_v2_b0", "efficientnet_v2_s"} <= set(DEFAULT_MODELS)
     out = tmp_path / "bench"
     assert main(["bench", "--models", "efficientnet_v2_b0", "--resolution", "32", "--batch", "1", "--iterations", "2",
                  "--min-iterations", "1", "--warmup", "1", "--out", str(out)]) == 0

@@ -30,7 +30,7 @@ from .sources import PretrainedSource, default_source, find_source_by_url, get_s
 H5_SUFFIXES = (".h5", ".hdf5")
 PretrainedSpec = bool | str | Path | Mapping[str, Any]
 _ARCHITECTURE_FIELDS = ("width", "depth", "se_ratio", "lite", "activation", "in_chans", "stem_channels",
-                        "head_channels", "divisor", "stages")
+                        "head_channels", "divisor", "round_limit", "stages")
 
 
 @dataclass
