@@ -13,7 +13,7 @@ import sys
 from ..errors import EffnetError
 
 COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize",
-            "ship")
+            "ship", "pick")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,67 @@
+"""``effnet pick``: the most accurate variant, runtime and precision within a budget on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..deploy.pick import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pick", help="measure variants x runtimes here and pick the most accurate within a latency budget",
+        description="Measure every candidate (variant x runtime x precision) on this machine, interleaved with a "
+                    "reference (torchvision's B0 in ONNX Runtime fp32), skipping larger siblings of a variant "
+                    "already over the budget and reusing cached measurements; print the table with the Pareto "
+                    "front and the pick, and write pick.csv, pick.md and pick.png to --out.")
+    parser.add_argument("--max-latency-ms", type=float, required=True, help="p50 latency budget per batch")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--device", default="cpu", choices=["cpu"],
+                        help="where to run (cpu; the ONNX Runtime and OpenVINO candidates are CPU runtimes)")
+    parser.add_argument("--max-memory-mb", type=float, default=None, help="memory budget (growth of resident memory)")
+    parser.add_argument("--max-file-mb", type=float, default=None, help="model file size budget")
+    parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
+                        help=f"families to consider: {', '.join(FAMILIES)} (default {','.join(DEFAULT_FAMILIES)})")
+    parser.add_argument("--models", default=None, help="only these variants (comma-separated, smallest first)")
+    parser.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
+                        help=f"runtimes: {', '.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})")
+    parser.add_argument("--max-seconds", type=float, default=4.0, help="cap on each measurement (default 4 s)")
+    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input size for every variant instead of its own (quick runs)")
+    parser.add_argument("--cache-dir", default=None, help="measurement cache (default: effnet's cache folder/pick)")
+    parser.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
+    parser.add_argument("--out", default=None, help="folder for pick.csv, pick.md and pick.png")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..deploy.pick import PickSettings, pick
+    from ..deploy.pick_report import format_result, write_outputs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = PickSettings(
+        max_latency_ms=args.max_latency_ms, batch=args.batch, max_memory_mb=args.max_memory_mb,
+        max_file_mb=args.max_file_mb, families=_names(args.families),
+        models=_names(args.models) if args.models else None, runtimes=_names(args.runtimes),
+        max_seconds=args.max_seconds, threads=args.threads, resolution=args.resolution,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, refresh=args.refresh)
+    progress = logging.getLogger("effnet.pick")
+    if not progress.handlers:
+        progress.addHandler(logging.StreamHandler())
+        progress.setLevel(logging.INFO)
+    result = pick(settings, progress=progress.info)
+    print(format_result(result))
+    if args.out:
+        for path in write_outputs(result, Path(args.out)):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,384 @@
+"""``effnet pick``: which variant, in which runtime and precision, is the most accurate one that
+meets a latency (and memory, file size) budget on this machine.
+
+Every candidate (variant x runtime) is measured here, interleaved with one reference,
+torchvision's B0 exported the plain way and run in ONNX Runtime fp32 at the same batch size,
+so that a busy machine shows as noise in both instead of as a ranking
+(:func:`effnet.bench.measure.time_interleaved`). The time is bounded three ways:
+
+- skip: variants of a family are measured smallest first; once one is over the latency budget
+  in a runtime, the larger ones are skipped in that runtime (the table says so);
+- cap: each measurement stops after ``max_seconds`` (at least two rounds);
+- cache: measurements are kept in ``<effnet cache>/pick/measurements.json`` keyed by the
+  machine (CPU model and features, cores), the library versions and the candidate, so another
+  budget is answered from it in seconds.
+
+Weights are random (latency does not depend on them); the expected top-1 is the published
+ImageNet top-1 of the variant's default pretrained weights (effnet.weights.sources), an fp32
+figure: the INT8 and bf16 candidates' own accuracy is not measured here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bench.measure import LatencyStats, resident_memory, tensor_bytes, time_interleaved
+from ..bench.peers import published_top1
+from ..bench.runner import failure_status
+from ..errors import ConfigError
+from ..factory import create_model
+from ..files import atomic_write
+from ..registry import get_entry, list_models
+from .environment import cpu_description, library_versions
+from .runtime import Runner, onnx_runner, torch_runner
+
+logger = logging.getLogger("effnet.deploy")
+
+RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
+DEFAULT_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
+FAMILIES = {"v1": "efficientnet_b", "lite": "efficientnet_lite", "v2": "efficientnetv2_"}
+DEFAULT_FAMILIES = ("v1", "lite")
+V1_LARGEST = 7
+"""B8 and L2 are research-scale (672 and 800 px); pick stops at B7."""
+REFERENCE = "torchvision efficientnet_b0, onnxruntime fp32"
+CACHE_VERSION = 1
+
+
+def precision_of(runtime: str) -> str:
+    return "int8" if runtime.endswith("int8") else "bf16" if runtime.endswith("bf16") else "fp32"
+
+
+def family_variants(family: str) -> list[str]:
+    """The variants of a family, smallest first (B0..B7, Lite0..Lite4, V2 once it exists)."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    prefix = FAMILIES[family]
+    names = [n for n in list_models() if n.startswith(prefix) and n[len(prefix):][:1].isalnum()]
+    if family == "v1":
+        names = [n for n in names if n[len(prefix):].isdigit() and int(n[len(prefix):]) <= V1_LARGEST]
+    if not names:
+        raise ConfigError(f"no {family} variants in this version of effnet; choose from "
+                          f"{', '.join(f for f in FAMILIES if f != family)}")
+    return sorted(names, key=lambda n: (get_entry(n).preprocessing.resolution, n))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One thing to measure: a variant in a runtime at a batch size and input size."""
+
+    model: str
+    runtime: str
+    batch: int
+    resolution: int
+
+    @property
+    def precision(self) -> str:
+        return precision_of(self.runtime)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a candidate costs here: latency per batch (p50, p90), the reference's p50 in the same
+    interleaved run, the growth of resident memory while loading and running it, and its file size."""
+
+    p50_ms: float
+    p90_ms: float
+    reference_p50_ms: float
+    memory_mb: float | None
+    file_mb: float
+    iterations: int
+
+
+@dataclass(frozen=True)
+class PickRow:
+    candidate: Candidate
+    top1: float | None
+    measurement: Measurement | None = None
+    status: str = "ok"
+    cached: bool = False
+    pareto: bool = False
+    fits: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.measurement is not None and self.status == "ok"
+
+
+@dataclass(frozen=True)
+class PickSettings:
+    """The budget and how to measure. ``resolution`` replaces every variant's native input size
+    (quick runs; the published top-1 stays the native one)."""
+
+    max_latency_ms: float
+    batch: int = 1
+    max_memory_mb: float | None = None
+    max_file_mb: float | None = None
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    models: tuple[str, ...] | None = None
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
+    max_seconds: float = 4.0
+    threads: int | None = None
+    resolution: int | None = None
+    cache_dir: Path | None = None
+    refresh: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_latency_ms <= 0 or self.batch < 1 or self.max_seconds <= 0:
+            raise ConfigError(f"need a positive latency budget, batch and measurement cap; got "
+                              f"{self.max_latency_ms} ms, batch {self.batch}, {self.max_seconds} s")
+        unknown = sorted(set(self.runtimes) - set(RUNTIMES))
+        if unknown or not self.runtimes:
+            raise ConfigError(f"unknown runtime {', '.join(unknown) or '(none given)'}; "
+                              f"choose from {', '.join(RUNTIMES)}")
+        for name in self.models or ():
+            get_entry(name)
+
+    def variants(self) -> list[list[str]]:
+        """Groups of siblings, smallest first: one per family, or the models asked for (in order)."""
+        if self.models:
+            return [list(self.models)]
+        return [family_variants(f) for f in self.families]
+
+
+@dataclass
+class PickResult:
+    settings: PickSettings
+    rows: list[PickRow]
+    pick: PickRow | None
+    measured: int
+    from_cache: int
+
+    def reference_ms(self) -> float | None:
+        values = [r.measurement.reference_p50_ms for r in self.rows if r.ok]
+        return float(np.median(values)) if values else None
+
+    def sentence(self) -> str:
+        """The pick in one sentence."""
+        s = self.settings
+        budget = f"{s.max_latency_ms:g} ms at batch {s.batch}" + (
+            f", {s.max_memory_mb:g} MB of memory" if s.max_memory_mb else "") + (
+            f", {s.max_file_mb:g} MB of file" if s.max_file_mb else "")
+        if self.pick is None:
+            fastest = min((r for r in self.rows if r.ok), key=lambda r: r.measurement.p50_ms, default=None)
+            hint = (f"; the fastest is {fastest.candidate.model} in {fastest.candidate.runtime} at "
+                    f"{fastest.measurement.p50_ms:.2f} ms" if fastest else "")
+            return f"No candidate meets {budget} on this machine{hint}."
+        c, m = self.pick.candidate, self.pick.measurement
+        return (f"Pick {c.model} in {c.runtime} ({c.precision}): expected top-1 {_top1_text(self.pick.top1)} "
+                f"(published, fp32 weights), p50 {m.p50_ms:.2f} ms ({m.p50_ms / m.reference_p50_ms:.2f}x "
+                f"{REFERENCE}), the most accurate candidate within {budget} on this machine.")
+
+
+def _top1_text(top1: float | None) -> str:
+    return "unknown" if top1 is None else f"{top1:.2f}%"
+
+
+# --- the cache -----------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    from ..weights.hub import cache_home
+
+    return cache_home() / "pick"
+
+
+class MeasurementCache:
+    """Measurements on disk, keyed by machine, library versions, threads, cap and candidate."""
+
+    def __init__(self, folder: Path, threads: int | None, max_seconds: float) -> None:
+        self.path = Path(folder) / "measurements.json"
+        self._context = {"version": CACHE_VERSION, "machine": cpu_description(), "libraries": library_versions(),
+                         "threads": threads, "max_seconds": max_seconds}
+        self._entries: dict[str, dict] = {}
+        if self.path.is_file():
+            try:
+                self._entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                logger.warning("ignoring an unreadable measurement cache %s", self.path)
+
+    def key(self, candidate: Candidate) -> str:
+        text = json.dumps({**self._context, "candidate": asdict(candidate)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, candidate: Candidate) -> Measurement | None:
+        entry = self._entries.get(self.key(candidate))
+        return Measurement(**entry["measurement"]) if entry else None
+
+    def put(self, candidate: Candidate, measurement: Measurement) -> None:
+        self._entries[self.key(candidate)] = {"candidate": asdict(candidate), "measurement": asdict(measurement)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, lambda temp: temp.write_text(json.dumps(self._entries, indent=1)))
+
+
+# --- building and timing the candidates ------------------------------------------------------
+
+class _Builder:
+    """Builds each variant once (random weights), its ONNX export, INT8 and OpenVINO files, lazily."""
+
+    def __init__(self, work: Path, settings: PickSettings) -> None:
+        self.work = work
+        self.settings = settings
+        self._files: dict[tuple[str, str], Path] = {}
+
+    def model(self, name: str) -> torch.nn.Module:
+        overrides = {"resolution": self.settings.resolution} if self.settings.resolution else {}
+        return create_model(name, **overrides).eval()
+
+    def _file(self, name: str, kind: str) -> Path:
+        if (name, kind) in self._files:
+            return self._files[(name, kind)]
+        from .export import export_model
+        from .quantize import OrtRecipe, quantize_onnx
+
+        path = self.work / f"{name}.{kind}"
+        if kind == "onnx":
+            export_model(self.model(name), path, "onnx", fold_bn=True)
+        elif kind == "int8.onnx":
+            resolution = self.settings.resolution or get_entry(name).preprocessing.resolution
+            calibration = torch.randn(8, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+            quantize_onnx(self._file(name, "onnx"), path, calibration, OrtRecipe())
+        else:
+            from .openvino import convert_onnx
+
+            source = self._file(name, "int8.onnx" if kind == "int8.xml" else "onnx")
+            path = convert_onnx(source, path)
+        self._files[(name, kind)] = path
+        return path
+
+    def runner(self, candidate: Candidate) -> tuple[Runner, float]:
+        """A runner of ``candidate`` and its file size in MB (eager: the bytes of its weights)."""
+        threads = self.settings.threads
+        if candidate.runtime in ("eager", "compile"):
+            model = self.model(candidate.model)
+            module = torch.compile(model) if candidate.runtime == "compile" else model
+            return torch_runner(module, candidate.runtime), tensor_bytes(model) / 1e6
+        if candidate.runtime.startswith("onnxruntime"):
+            path = self._file(candidate.model, "int8.onnx" if candidate.precision == "int8" else "onnx")
+            return onnx_runner(path, threads, name=candidate.runtime), path.stat().st_size / 1e6
+        from .openvino import openvino_runner
+
+        path = self._file(candidate.model, "int8.xml" if candidate.precision == "int8" else "xml")
+        runner = openvino_runner(path, "bf16" if candidate.precision == "bf16" else "fp32", threads,
+                                 name=candidate.runtime)
+        return runner, (path.stat().st_size + path.with_suffix(".bin").stat().st_size) / 1e6
+
+
+def reference_runner(work: Path, batch_shape: tuple[int, ...], threads: int | None) -> Runner:
+    """torchvision's B0 (random weights) exported the plain way (``torch.onnx.export``), ONNX Runtime fp32."""
+    import warnings
+
+    from ..bench.peers import build_torchvision
+
+    path = work / "reference_torchvision_b0.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(build_torchvision("efficientnet_b0").eval(), (torch.randn(*batch_shape),), str(path),
+                          dynamo=False, input_names=["input"], output_names=["logits"])
+    return onnx_runner(path, threads, name="reference")
+
+
+def measure_candidate(runner: Runner, reference: Runner, batch: np.ndarray, max_seconds: float,
+                      memory_before: int | None) -> Measurement:
+    """Interleaved timing of ``runner`` against ``reference`` within about ``max_seconds``."""
+    runner(batch)  # load, compile or lower once before anything is timed
+    after = resident_memory()
+    memory = None if memory_before is None or after is None else max(0, after - memory_before) / 2**20
+    first = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(batch)},
+                             rounds=1, calls_per_round=1, warmup=1)
+    per_round = first["candidate"][0] + first["reference"][0]
+    calls = 3 if 3 * per_round * 4 <= max_seconds else 1
+    rounds = int(max(2, min(8, max_seconds // max(per_round * calls, 1e-6))))
+    times = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(batch)},
+                             rounds=rounds, calls_per_round=calls, warmup=0, pause=0.05)
+    size = len(batch)
+    latency = LatencyStats.from_times(times["candidate"], size)
+    reference_ms = LatencyStats.from_times(times["reference"], size).median_ms
+    return Measurement(latency.median_ms, latency.p90_ms, reference_ms, memory, 0.0, latency.iterations)
+
+
+def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) -> PickResult:
+    """Measure (or read from the cache) every candidate that may meet the budget; mark the Pareto
+    front of (latency, top-1) and pick the most accurate candidate within the budget."""
+    from .openvino import bf16_supported
+
+    cache = MeasurementCache(settings.cache_dir or default_cache_dir(), settings.threads, settings.max_seconds)
+    bf16 = "openvino-bf16" not in settings.runtimes or bf16_supported()
+    rows: list[PickRow] = []
+    measured = from_cache = 0
+    reference: Runner | None = None
+    with tempfile.TemporaryDirectory(prefix="effnet-pick-") as work_name:
+        builder = _Builder(Path(work_name), settings)
+        for siblings in settings.variants():
+            over: dict[str, tuple[str, float]] = {}
+            for name in siblings:
+                resolution = settings.resolution or get_entry(name).preprocessing.resolution
+                top1 = published_top1(name)
+                for runtime in settings.runtimes:
+                    candidate = Candidate(name, runtime, settings.batch, resolution)
+                    row = PickRow(candidate, top1)
+                    if runtime == "openvino-bf16" and not bf16:
+                        rows.append(replace(row, status="unavailable: no bf16 on this CPU"))
+                        continue
+                    if runtime in over:
+                        smaller, ms = over[runtime]
+                        rows.append(replace(row, status=f"skipped: {smaller} already {ms:.1f} ms"))
+                        continue
+                    cached = None if settings.refresh else cache.get(candidate)
+                    if cached is not None:
+                        row = replace(row, measurement=cached, cached=True)
+                        from_cache += 1
+                    else:
+                        if progress:
+                            progress(f"measuring {name} in {runtime} ({resolution} px, batch {settings.batch})")
+                        try:
+                            batch = np.random.default_rng(0).standard_normal(
+                                (settings.batch, 3, resolution, resolution), dtype=np.float32)
+                            if reference is None:
+                                reference = reference_runner(builder.work, batch.shape, settings.threads)
+                            before = resident_memory()
+                            runner, file_mb = builder.runner(candidate)
+                            measurement = replace(measure_candidate(runner, reference, batch, settings.max_seconds,
+                                                                    before), file_mb=file_mb)
+                            del runner
+                        except Exception as error:  # noqa: BLE001 - the reason goes in its row, the rest still run
+                            rows.append(replace(row, status=failure_status(error)))
+                            continue
+                        cache.put(candidate, measurement)
+                        row = replace(row, measurement=measurement)
+                        measured += 1
+                    if row.measurement.p50_ms > settings.max_latency_ms:
+                        over[runtime] = (name, row.measurement.p50_ms)
+                    rows.append(row)
+    rows = mark(rows, settings)
+    choice = max((r for r in rows if r.fits), key=lambda r: (r.top1 or 0.0, -r.measurement.p50_ms), default=None)
+    return PickResult(settings, rows, choice, measured, from_cache)
+
+
+def mark(rows: Sequence[PickRow], settings: PickSettings) -> list[PickRow]:
+    """Each row with ``fits`` (within every budget) and ``pareto`` (no other measured row is at
+    least as fast and as accurate, and better in one) set."""
+    marked = []
+    measured = [r for r in rows if r.ok and r.top1 is not None]
+    for row in rows:
+        if not row.ok:
+            marked.append(row)
+            continue
+        m = row.measurement
+        fits = (m.p50_ms <= settings.max_latency_ms
+                and (settings.max_memory_mb is None
+                     or (m.memory_mb is not None and m.memory_mb <= settings.max_memory_mb))
+                and (settings.max_file_mb is None or m.file_mb <= settings.max_file_mb))
+        pareto = row.top1 is not None and not any(
+            o.measurement.p50_ms <= m.p50_ms and o.top1 >= row.top1
+            and (o.measurement.p50_ms < m.p50_ms or o.top1 > row.top1) for o in measured)
+        marked.append(replace(row, fits=fits, pareto=pareto))
+    return marked
+
