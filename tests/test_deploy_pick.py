@@ -29,7 +29,7 @@ def test_pick_measures_marks_the_front_then_answers_another_budget_from_the_cach
     picked = [r for r in rows if r["picked"] == "True"]
     assert len(picked) == 1 and picked[0]["model"] == "efficientnet_lite1" and picked[0]["pareto"] == "True"
     assert all(float(r["p50_ms"]) > 0 and float(r["reference_p50_ms"]) > 0 and float(r["file_mb"]) > 1 for r in rows)
-    assert float(rows[0]["top1_published"]) == pytest.approx(75.1, abs=0.5)
+    assert float(rows[0]["top1"]) == pytest.approx(75.1, abs=0.5)
     assert (out / "pick.png").read_bytes()[:4] == b"\x89PNG"
     assert "| >* | efficientnet_lite1 |" in (out / "pick.md").read_text()
 
@@ -72,3 +72,42 @@ def test_unknown_runtime_and_missing_family_are_refused(capsys):
     assert "unknown runtime tensorrt; choose from eager, compile, onnxruntime" in capsys.readouterr().err
     assert main(["pick", "--max-latency-ms", "10", "--families", "v2"]) == 2
     assert "no v2 variants in this version of effnet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_checkpoints_are_ranked_by_their_top1_measured_on_the_users_images(tmp_path, capsys):
+    import torch
+
+    from _deploy_helpers import tiny_model, write_images
+    from effnet.deploy.calibration import labelled_loader
+    from effnet.weights.io import save_model
+
+    data, calib = write_images(tmp_path / "eval", seed=1), write_images(tmp_path / "calib")
+    paths, expected = [], {}
+    for name in ("efficientnet_lite0", "efficientnet_b0"):
+        model = tiny_model(name=name)
+        model.describe(class_names=["0", "1", "2"])
+        paths.append(save_model(model, tmp_path / f"{name}.safetensors"))
+        with torch.no_grad():
+            hits = [(model(images).argmax(1) == labels).float() for images, labels in
+                    labelled_loader(data, model.preprocessing, model.class_names)]
+        expected[name] = 100 * torch.cat(hits).mean().item()
+    assert main(["pick", "--max-latency-ms", "1000", "--runtimes", "onnxruntime,onnxruntime-int8",
+                 "--checkpoint", str(paths[0]), "--checkpoint", str(paths[1]), "--eval", str(data),
+                 "--calib", str(calib), "--max-seconds", "0.2", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "measured on " in capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "out" / "pick.csv").open()))
+    assert [(r["model"], r["runtime"]) for r in rows] == [
+        ("efficientnet_lite0 (efficientnet_lite0.safetensors)", "onnxruntime"),
+        ("efficientnet_lite0 (efficientnet_lite0.safetensors)", "onnxruntime-int8"),
+        ("efficientnet_b0 (efficientnet_b0.safetensors)", "onnxruntime"),
+        ("efficientnet_b0 (efficientnet_b0.safetensors)", "onnxruntime-int8")]
+    assert all(r["top1_measured"] == "True" for r in rows)
+    assert float(rows[0]["top1"]) == pytest.approx(expected["efficientnet_lite0"])
+    assert float(rows[2]["top1"]) == pytest.approx(expected["efficientnet_b0"])
+
+
+def test_checkpoints_need_an_evaluation_folder(tmp_path, capsys):
+    assert main(["pick", "--max-latency-ms", "10", "--checkpoint", str(tmp_path / "a.safetensors")]) == 2
+    assert "pass --eval DIR" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 from pathlib import Path
 
 from ..deploy.pick import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="input size for every variant instead of its own (quick runs)")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="a trained model to consider instead of the registry's variants (repeat for several; "
+                             "smallest first); its top-1 is measured on --eval in every runtime")
+    parser.add_argument("--eval", default=None, help="class-folder dataset to measure the checkpoints' top-1 on")
+    parser.add_argument("--calib", default=None, help="calibration images for the checkpoints' INT8 candidates")
     parser.add_argument("--cache-dir", default=None, help="measurement cache (default: effnet's cache folder/pick)")
     parser.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
     parser.add_argument("--out", default=None, help="folder for pick.csv, pick.md and pick.png")
@@ -54,12 +59,10 @@ def run(args: argparse.Namespace) -> int:
         max_file_mb=args.max_file_mb, families=_names(args.families),
         models=_names(args.models) if args.models else None, runtimes=_names(args.runtimes),
         max_seconds=args.max_seconds, threads=args.threads, resolution=args.resolution,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, refresh=args.refresh)
-    progress = logging.getLogger("effnet.pick")
-    if not progress.handlers:
-        progress.addHandler(logging.StreamHandler())
-        progress.setLevel(logging.INFO)
-    result = pick(settings, progress=progress.info)
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, refresh=args.refresh,
+        checkpoints=tuple(args.checkpoint), eval_dir=Path(args.eval) if args.eval else None,
+        calib_dir=Path(args.calib) if args.calib else None)
+    result = pick(settings, progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_result(result))
     if args.out:
         for path in write_outputs(result, Path(args.out)):

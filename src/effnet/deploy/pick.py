@@ -15,7 +15,10 @@ so that a busy machine shows as noise in both instead of as a ranking
 
 Weights are random (latency does not depend on them); the expected top-1 is the published
 ImageNet top-1 of the variant's default pretrained weights (effnet.weights.sources), an fp32
-figure: the INT8 and bf16 candidates' own accuracy is not measured here.
+figure: the INT8 and bf16 candidates' own accuracy is not measured then. With checkpoints and
+an evaluation folder instead, the candidates are those trained models, and every candidate's
+top-1 is measured on the user's images in its own runtime and precision (INT8 calibrated on
+``calib_dir``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..errors import ConfigError
 from ..factory import create_model
 from ..files import atomic_write
 from ..registry import get_entry, list_models
+from .compare import collect_logits
 from .environment import cpu_description, library_versions
 from .runtime import Runner, onnx_runner, torch_runner
 
@@ -79,6 +83,8 @@ class Candidate:
     runtime: str
     batch: int
     resolution: int
+    weights: str = ""
+    """Empty for random weights; for a checkpoint, its path, size and modification time."""
 
     @property
     def precision(self) -> str:
@@ -96,6 +102,8 @@ class Measurement:
     memory_mb: float | None
     file_mb: float
     iterations: int
+    top1: float | None = None
+    """Top-1 (%) measured on the evaluation images in this runtime and precision, if asked for."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,9 @@ class PickSettings:
     resolution: int | None = None
     cache_dir: Path | None = None
     refresh: bool = False
+    checkpoints: tuple[str, ...] = ()
+    eval_dir: Path | None = None
+    calib_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.max_latency_ms <= 0 or self.batch < 1 or self.max_seconds <= 0:
@@ -141,9 +152,19 @@ class PickSettings:
                               f"choose from {', '.join(RUNTIMES)}")
         for name in self.models or ():
             get_entry(name)
+        if self.checkpoints and self.eval_dir is None:
+            raise ConfigError("--checkpoint candidates are ranked by their top-1 on your images: pass --eval DIR")
+        if self.eval_dir is not None and not self.checkpoints:
+            raise ConfigError("--eval measures the top-1 of trained models: pass them with --checkpoint")
+        if self.checkpoints and self.resolution:
+            raise ConfigError("--resolution applies to random-weight variants, not to checkpoints")
+        if self.checkpoints and self.calib_dir is None and any(precision_of(r) == "int8" for r in self.runtimes):
+            raise ConfigError("INT8 candidates of checkpoints need calibration images: pass --calib DIR")
 
     def variants(self) -> list[list[str]]:
-        """Groups of siblings, smallest first: one per family, or the models asked for (in order)."""
+        """Groups of siblings, smallest first: one per family, or the models or checkpoints asked for."""
+        if self.checkpoints:
+            return [list(self.checkpoints)]
         if self.models:
             return [list(self.models)]
         return [family_variants(f) for f in self.families]
@@ -173,8 +194,10 @@ class PickResult:
                     f"{fastest.measurement.p50_ms:.2f} ms" if fastest else "")
             return f"No candidate meets {budget} on this machine{hint}."
         c, m = self.pick.candidate, self.pick.measurement
+        source = (f"measured on {s.eval_dir} in {c.runtime}" if self.pick.measurement.top1 is not None
+                  else "published, fp32 weights")
         return (f"Pick {c.model} in {c.runtime} ({c.precision}): expected top-1 {_top1_text(self.pick.top1)} "
-                f"(published, fp32 weights), p50 {m.p50_ms:.2f} ms ({m.p50_ms / m.reference_p50_ms:.2f}x "
+                f"({source}), p50 {m.p50_ms:.2f} ms ({m.p50_ms / m.reference_p50_ms:.2f}x "
                 f"{REFERENCE}), the most accurate candidate within {budget} on this machine.")
 
 
@@ -227,10 +250,41 @@ class _Builder:
         self.work = work
         self.settings = settings
         self._files: dict[tuple[str, str], Path] = {}
+        self._models: dict[str, torch.nn.Module] = {}
 
     def model(self, name: str) -> torch.nn.Module:
-        overrides = {"resolution": self.settings.resolution} if self.settings.resolution else {}
-        return create_model(name, **overrides).eval()
+        """The network behind ``name``: a registry variant (random weights) or a checkpoint path."""
+        if name not in self._models:
+            if self.settings.checkpoints:
+                from .pipeline import load_deployable
+
+                self._models[name] = load_deployable(name)
+            else:
+                overrides = {"resolution": self.settings.resolution} if self.settings.resolution else {}
+                self._models[name] = create_model(name, **overrides).eval()
+        return self._models[name]
+
+    def resolution(self, name: str) -> int:
+        return self.settings.resolution or self.model(name).preprocessing.resolution
+
+    def calibration(self, name: str) -> torch.Tensor:
+        """Checkpoints: images from ``calib_dir``; random weights: seeded noise (only timing matters)."""
+        if self.settings.checkpoints:
+            from .calibration import calibration_images
+
+            return calibration_images(self.settings.calib_dir, self.model(name).preprocessing)
+        size = self.resolution(name)
+        return torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def top1(self, name: str, runner: Runner) -> float:
+        """Top-1 (%) of ``runner`` on the evaluation folder, in the model's own preprocessing."""
+        from .calibration import labelled_loader
+
+        model = self.model(name)
+        logits, targets = collect_logits({"candidate": runner},
+                                         labelled_loader(self.settings.eval_dir, model.preprocessing,
+                                                         model.class_names))
+        return 100.0 * float((logits["candidate"].argmax(1) == targets).mean())
 
     def _file(self, name: str, kind: str) -> Path:
         if (name, kind) in self._files:
@@ -238,13 +292,11 @@ class _Builder:
         from .export import export_model
         from .quantize import OrtRecipe, quantize_onnx
 
-        path = self.work / f"{name}.{kind}"
+        path = self.work / f"{len(self._files)}.{kind}"
         if kind == "onnx":
             export_model(self.model(name), path, "onnx", fold_bn=True)
         elif kind == "int8.onnx":
-            resolution = self.settings.resolution or get_entry(name).preprocessing.resolution
-            calibration = torch.randn(8, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
-            quantize_onnx(self._file(name, "onnx"), path, calibration, OrtRecipe())
+            quantize_onnx(self._file(name, "onnx"), path, self.calibration(name), OrtRecipe())
         else:
             from .openvino import convert_onnx
 
@@ -253,19 +305,20 @@ class _Builder:
         self._files[(name, kind)] = path
         return path
 
-    def runner(self, candidate: Candidate) -> tuple[Runner, float]:
-        """A runner of ``candidate`` and its file size in MB (eager: the bytes of its weights)."""
+    def runner(self, name: str, candidate: Candidate) -> tuple[Runner, float]:
+        """A runner of ``candidate`` (of the network ``name``) and its file size in MB (eager: the
+        bytes of its weights)."""
         threads = self.settings.threads
         if candidate.runtime in ("eager", "compile"):
-            model = self.model(candidate.model)
+            model = self.model(name)
             module = torch.compile(model) if candidate.runtime == "compile" else model
             return torch_runner(module, candidate.runtime), tensor_bytes(model) / 1e6
         if candidate.runtime.startswith("onnxruntime"):
-            path = self._file(candidate.model, "int8.onnx" if candidate.precision == "int8" else "onnx")
+            path = self._file(name, "int8.onnx" if candidate.precision == "int8" else "onnx")
             return onnx_runner(path, threads, name=candidate.runtime), path.stat().st_size / 1e6
         from .openvino import openvino_runner
 
-        path = self._file(candidate.model, "int8.xml" if candidate.precision == "int8" else "xml")
+        path = self._file(name, "int8.xml" if candidate.precision == "int8" else "xml")
         runner = openvino_runner(path, "bf16" if candidate.precision == "bf16" else "fp32", threads,
                                  name=candidate.runtime)
         return runner, (path.stat().st_size + path.with_suffix(".bin").stat().st_size) / 1e6
@@ -319,10 +372,16 @@ def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) 
         for siblings in settings.variants():
             over: dict[str, tuple[str, float]] = {}
             for name in siblings:
-                resolution = settings.resolution or get_entry(name).preprocessing.resolution
-                top1 = published_top1(name)
+                resolution = builder.resolution(name)
+                label, weights, top1 = name, "", None
+                if settings.checkpoints:
+                    path = Path(name)
+                    label = f"{builder.model(name).model_name} ({path.name})"
+                    weights = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+                else:
+                    top1 = published_top1(name)
                 for runtime in settings.runtimes:
-                    candidate = Candidate(name, runtime, settings.batch, resolution)
+                    candidate = Candidate(label, runtime, settings.batch, resolution, weights)
                     row = PickRow(candidate, top1)
                     if runtime == "openvino-bf16" and not bf16:
                         rows.append(replace(row, status="unavailable: no bf16 on this CPU"))
@@ -333,33 +392,39 @@ def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) 
                         continue
                     cached = None if settings.refresh else cache.get(candidate)
                     if cached is not None:
-                        row = replace(row, measurement=cached, cached=True)
+                        row = replace(row, measurement=cached, cached=True, top1=_expected(cached, top1))
                         from_cache += 1
                     else:
                         if progress:
-                            progress(f"measuring {name} in {runtime} ({resolution} px, batch {settings.batch})")
+                            progress(f"measuring {label} in {runtime} ({resolution} px, batch {settings.batch})")
                         try:
                             batch = np.random.default_rng(0).standard_normal(
                                 (settings.batch, 3, resolution, resolution), dtype=np.float32)
                             if reference is None:
                                 reference = reference_runner(builder.work, batch.shape, settings.threads)
                             before = resident_memory()
-                            runner, file_mb = builder.runner(candidate)
+                            runner, file_mb = builder.runner(name, candidate)
                             measurement = replace(measure_candidate(runner, reference, batch, settings.max_seconds,
                                                                     before), file_mb=file_mb)
+                            if settings.eval_dir is not None:
+                                measurement = replace(measurement, top1=builder.top1(name, runner))
                             del runner
                         except Exception as error:  # noqa: BLE001 - the reason goes in its row, the rest still run
                             rows.append(replace(row, status=failure_status(error)))
                             continue
                         cache.put(candidate, measurement)
-                        row = replace(row, measurement=measurement)
+                        row = replace(row, measurement=measurement, top1=_expected(measurement, top1))
                         measured += 1
                     if row.measurement.p50_ms > settings.max_latency_ms:
-                        over[runtime] = (name, row.measurement.p50_ms)
+                        over[runtime] = (label, row.measurement.p50_ms)
                     rows.append(row)
     rows = mark(rows, settings)
     choice = max((r for r in rows if r.fits), key=lambda r: (r.top1 or 0.0, -r.measurement.p50_ms), default=None)
     return PickResult(settings, rows, choice, measured, from_cache)
+
+
+def _expected(measurement: Measurement, published: float | None) -> float | None:
+    return published if measurement.top1 is None else measurement.top1
 
 
 def mark(rows: Sequence[PickRow], settings: PickSettings) -> list[PickRow]:
