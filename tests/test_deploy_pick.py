@@ -40,7 +40,7 @@ def test_pick_measures_marks_the_front_then_answers_another_budget_from_the_cach
     assert main(["pick", "--max-latency-ms", "0.001", *QUICK, "--cache-dir", str(cache)]) == 0
     printed = capsys.readouterr().out
     assert "0 measured, 2 from the cache" in printed
-    assert printed.count("skipped: efficientnet_lite0 already") == 2
+    assert printed.count("skipped: efficientnet_lite0 already") == 2 and "x ref)" in printed
     assert "No candidate meets 0.001 ms at batch 1 on this machine; the fastest is efficientnet_lite0" in printed
 
 
@@ -55,6 +55,8 @@ def test_pareto_front_and_budgets():
     assert [r.pareto for r in marked] == [True, True, False, True, False]
     assert [r.fits for r in marked] == [True, True, True, False, False]
     assert [r.fits for r in mark(rows, PickSettings(max_latency_ms=10, max_file_mb=4))][:2] == [False, False]
+    # relative to the reference (10 ms in every row): 0.95x keeps a and b, not c (1.2x)
+    assert [r.fits for r in mark(rows, PickSettings(max_latency_ratio=0.95))] == [True, True, False, False, False]
 
 
 def test_cache_is_keyed_by_the_machine(tmp_path, monkeypatch):
@@ -72,6 +74,8 @@ def test_unknown_runtime_and_missing_family_are_refused(capsys):
     assert "unknown runtime tensorrt; choose from eager, compile, onnxruntime" in capsys.readouterr().err
     assert main(["pick", "--max-latency-ms", "10", "--families", "v2"]) == 2
     assert "no v2 variants in this version of effnet" in capsys.readouterr().err
+    assert main(["pick", "--families", "lite"]) == 2
+    assert "give a latency budget: --max-latency-ms MS, or --max-latency-ratio R" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -20,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "reference (torchvision's B0 in ONNX Runtime fp32), skipping larger siblings of a variant "
                     "already over the budget and reusing cached measurements; print the table with the Pareto "
                     "front and the pick, and write pick.csv, pick.md and pick.png to --out.")
-    parser.add_argument("--max-latency-ms", type=float, required=True, help="p50 latency budget per batch")
+    parser.add_argument("--max-latency-ms", type=float, default=None, help="p50 latency budget per batch (ms)")
+    parser.add_argument("--max-latency-ratio", type=float, default=None,
+                        help="p50 latency budget relative to the reference measured alongside (1.0: as fast as "
+                             "torchvision's B0 in ONNX Runtime fp32); holds on a busy machine too")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu"],
                         help="where to run (cpu; the ONNX Runtime and OpenVINO candidates are CPU runtimes)")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = PickSettings(
-        max_latency_ms=args.max_latency_ms, batch=args.batch, max_memory_mb=args.max_memory_mb,
+        max_latency_ms=args.max_latency_ms, max_latency_ratio=args.max_latency_ratio, batch=args.batch,
+        max_memory_mb=args.max_memory_mb,
         max_file_mb=args.max_file_mb, families=_names(args.families),
         models=_names(args.models) if args.models else None, runtimes=_names(args.runtimes),
         max_seconds=args.max_seconds, threads=args.threads, resolution=args.resolution,

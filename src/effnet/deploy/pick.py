@@ -123,10 +123,14 @@ class PickRow:
 
 @dataclass(frozen=True)
 class PickSettings:
-    """The budget and how to measure. ``resolution`` replaces every variant's native input size
-    (quick runs; the published top-1 stays the native one)."""
+    """The budget and how to measure. The latency budget is in milliseconds (``max_latency_ms``),
+    or relative to the reference measured interleaved with each candidate (``max_latency_ratio``:
+    1.0 is as fast as torchvision's B0 in ONNX Runtime fp32), which holds on a busy machine too;
+    with both, both must hold. ``resolution`` replaces every variant's native input size (quick
+    runs; the published top-1 stays the native one)."""
 
-    max_latency_ms: float
+    max_latency_ms: float | None = None
+    max_latency_ratio: float | None = None
     batch: int = 1
     max_memory_mb: float | None = None
     max_file_mb: float | None = None
@@ -143,9 +147,14 @@ class PickSettings:
     calib_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.max_latency_ms <= 0 or self.batch < 1 or self.max_seconds <= 0:
+        if self.max_latency_ms is None and self.max_latency_ratio is None:
+            raise ConfigError("give a latency budget: --max-latency-ms MS, or --max-latency-ratio R (relative to "
+                              "torchvision's B0 in ONNX Runtime fp32, measured alongside)")
+        if (min(self.max_latency_ms or 1, self.max_latency_ratio or 1) <= 0 or self.batch < 1
+                or self.max_seconds <= 0):
             raise ConfigError(f"need a positive latency budget, batch and measurement cap; got "
-                              f"{self.max_latency_ms} ms, batch {self.batch}, {self.max_seconds} s")
+                              f"{self.max_latency_ms} ms, ratio {self.max_latency_ratio}, batch {self.batch}, "
+                              f"{self.max_seconds} s")
         unknown = sorted(set(self.runtimes) - set(RUNTIMES))
         if unknown or not self.runtimes:
             raise ConfigError(f"unknown runtime {', '.join(unknown) or '(none given)'}; "
@@ -160,6 +169,17 @@ class PickSettings:
             raise ConfigError("--resolution applies to random-weight variants, not to checkpoints")
         if self.checkpoints and self.calib_dir is None and any(precision_of(r) == "int8" for r in self.runtimes):
             raise ConfigError("INT8 candidates of checkpoints need calibration images: pass --calib DIR")
+
+    def over_latency(self, measurement: Measurement) -> bool:
+        """Whether ``measurement`` is slower than the latency budget."""
+        ratio = measurement.p50_ms / measurement.reference_p50_ms
+        return ((self.max_latency_ms is not None and measurement.p50_ms > self.max_latency_ms)
+                or (self.max_latency_ratio is not None and ratio > self.max_latency_ratio))
+
+    def describe_latency(self) -> str:
+        parts = ([f"{self.max_latency_ms:g} ms"] if self.max_latency_ms is not None else []) + (
+            [f"{self.max_latency_ratio:g}x the reference"] if self.max_latency_ratio is not None else [])
+        return " and ".join(parts) + f" at batch {self.batch}"
 
     def variants(self) -> list[list[str]]:
         """Groups of siblings, smallest first: one per family, or the models or checkpoints asked for."""
@@ -185,7 +205,7 @@ class PickResult:
     def sentence(self) -> str:
         """The pick in one sentence."""
         s = self.settings
-        budget = f"{s.max_latency_ms:g} ms at batch {s.batch}" + (
+        budget = s.describe_latency() + (
             f", {s.max_memory_mb:g} MB of memory" if s.max_memory_mb else "") + (
             f", {s.max_file_mb:g} MB of file" if s.max_file_mb else "")
         if self.pick is None:
@@ -387,8 +407,9 @@ def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) 
                         rows.append(replace(row, status="unavailable: no bf16 on this CPU"))
                         continue
                     if runtime in over:
-                        smaller, ms = over[runtime]
-                        rows.append(replace(row, status=f"skipped: {smaller} already {ms:.1f} ms"))
+                        smaller, slow = over[runtime]
+                        rows.append(replace(row, status=f"skipped: {smaller} already {slow.p50_ms:.1f} ms "
+                                                        f"({slow.p50_ms / slow.reference_p50_ms:.2f}x ref)"))
                         continue
                     cached = None if settings.refresh else cache.get(candidate)
                     if cached is not None:
@@ -415,8 +436,8 @@ def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) 
                         cache.put(candidate, measurement)
                         row = replace(row, measurement=measurement, top1=_expected(measurement, top1))
                         measured += 1
-                    if row.measurement.p50_ms > settings.max_latency_ms:
-                        over[runtime] = (label, row.measurement.p50_ms)
+                    if settings.over_latency(row.measurement):
+                        over[runtime] = (label, row.measurement)
                     rows.append(row)
     rows = mark(rows, settings)
     choice = max((r for r in rows if r.fits), key=lambda r: (r.top1 or 0.0, -r.measurement.p50_ms), default=None)
@@ -437,7 +458,7 @@ def mark(rows: Sequence[PickRow], settings: PickSettings) -> list[PickRow]:
             marked.append(row)
             continue
         m = row.measurement
-        fits = (m.p50_ms <= settings.max_latency_ms
+        fits = (not settings.over_latency(m)
                 and (settings.max_memory_mb is None
                      or (m.memory_mb is not None and m.memory_mb <= settings.max_memory_mb))
                 and (settings.max_file_mb is None or m.file_mb <= settings.max_file_mb))

@@ -95,9 +95,14 @@ def _plot(result: PickResult, path: Path) -> None:
     for row in front:
         axes.annotate(row.candidate.model.replace("efficientnet_", ""), (row.measurement.p50_ms, row.top1),
                       fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes.axvline(result.settings.max_latency_ms, color="red", linestyle="--",
-                 label=f"budget {result.settings.max_latency_ms:g} ms")
     reference = result.reference_ms()
+    settings = result.settings
+    if settings.max_latency_ms is not None:
+        axes.axvline(settings.max_latency_ms, color="red", linestyle="--",
+                     label=f"budget {settings.max_latency_ms:g} ms")
+    if settings.max_latency_ratio is not None and reference:
+        axes.axvline(settings.max_latency_ratio * reference, color="red", linestyle="-.",
+                     label=f"budget {settings.max_latency_ratio:g}x reference")
     if reference:
         axes.axvline(reference, color="grey", linestyle=":", label=f"reference ({REFERENCE})")
     if result.pick is not None:
