@@ -80,6 +80,8 @@ def test_unknown_runtime_and_missing_family_are_refused(capsys):
 
 @pytest.mark.slow
 def test_checkpoints_are_ranked_by_their_top1_measured_on_the_users_images(tmp_path, capsys):
+    from dataclasses import replace
+
     import torch
 
     from _deploy_helpers import tiny_model, write_images
@@ -90,7 +92,8 @@ def test_checkpoints_are_ranked_by_their_top1_measured_on_the_users_images(tmp_p
     paths, expected = [], {}
     for name in ("efficientnet_lite0", "efficientnet_b0"):
         model = tiny_model(name=name)
-        model.describe(class_names=["0", "1", "2"])
+        size = 32 if name == "efficientnet_lite0" else 40  # siblings of other sizes than the reference's 224
+        model.describe(class_names=["0", "1", "2"], preprocessing=replace(model.preprocessing, resolution=size))
         paths.append(save_model(model, tmp_path / f"{name}.safetensors"))
         with torch.no_grad():
             hits = [(model(images).argmax(1) == labels).float() for images, labels in
@@ -108,6 +111,7 @@ def test_checkpoints_are_ranked_by_their_top1_measured_on_the_users_images(tmp_p
         ("efficientnet_b0 (efficientnet_b0.safetensors)", "onnxruntime"),
         ("efficientnet_b0 (efficientnet_b0.safetensors)", "onnxruntime-int8")]
     assert all(r["top1_measured"] == "True" for r in rows)
+    assert [r["resolution"] for r in rows] == ["32", "32", "40", "40"]
     assert float(rows[0]["top1"]) == pytest.approx(expected["efficientnet_lite0"])
     assert float(rows[2]["top1"]) == pytest.approx(expected["efficientnet_b0"])
 

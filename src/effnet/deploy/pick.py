@@ -54,6 +54,7 @@ DEFAULT_FAMILIES = ("v1", "lite")
 V1_LARGEST = 7
 """B8 and L2 are research-scale (672 and 800 px); pick stops at B7."""
 REFERENCE = "torchvision efficientnet_b0, onnxruntime fp32"
+REFERENCE_RESOLUTION = 224
 CACHE_VERSION = 1
 
 
@@ -345,7 +346,8 @@ class _Builder:
 
 
 def reference_runner(work: Path, batch_shape: tuple[int, ...], threads: int | None) -> Runner:
-    """torchvision's B0 (random weights) exported the plain way (``torch.onnx.export``), ONNX Runtime fp32."""
+    """torchvision's B0 (random weights) exported the plain way (``torch.onnx.export``), ONNX Runtime fp32,
+    for inputs of ``batch_shape`` (its own 224 px, whatever the candidates' sizes)."""
     import warnings
 
     from ..bench.peers import build_torchvision
@@ -358,18 +360,19 @@ def reference_runner(work: Path, batch_shape: tuple[int, ...], threads: int | No
     return onnx_runner(path, threads, name="reference")
 
 
-def measure_candidate(runner: Runner, reference: Runner, batch: np.ndarray, max_seconds: float,
-                      memory_before: int | None) -> Measurement:
-    """Interleaved timing of ``runner`` against ``reference`` within about ``max_seconds``."""
+def measure_candidate(runner: Runner, batch: np.ndarray, reference: Runner, reference_batch: np.ndarray,
+                      max_seconds: float, memory_before: int | None) -> Measurement:
+    """Interleaved timing of ``runner`` on ``batch`` against ``reference`` on ``reference_batch``
+    within about ``max_seconds``."""
     runner(batch)  # load, compile or lower once before anything is timed
     after = resident_memory()
     memory = None if memory_before is None or after is None else max(0, after - memory_before) / 2**20
-    first = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(batch)},
+    first = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(reference_batch)},
                              rounds=1, calls_per_round=1, warmup=1)
     per_round = first["candidate"][0] + first["reference"][0]
     calls = 3 if 3 * per_round * 4 <= max_seconds else 1
     rounds = int(max(2, min(8, max_seconds // max(per_round * calls, 1e-6))))
-    times = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(batch)},
+    times = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(reference_batch)},
                              rounds=rounds, calls_per_round=calls, warmup=0, pause=0.05)
     size = len(batch)
     latency = LatencyStats.from_times(times["candidate"], size)
@@ -387,6 +390,7 @@ def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) 
     rows: list[PickRow] = []
     measured = from_cache = 0
     reference: Runner | None = None
+    reference_batch: np.ndarray | None = None
     with tempfile.TemporaryDirectory(prefix="effnet-pick-") as work_name:
         builder = _Builder(Path(work_name), settings)
         for siblings in settings.variants():
@@ -422,10 +426,14 @@ def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) 
                             batch = np.random.default_rng(0).standard_normal(
                                 (settings.batch, 3, resolution, resolution), dtype=np.float32)
                             if reference is None:
-                                reference = reference_runner(builder.work, batch.shape, settings.threads)
+                                size = settings.resolution or REFERENCE_RESOLUTION
+                                reference_batch = np.random.default_rng(0).standard_normal(
+                                    (settings.batch, 3, size, size), dtype=np.float32)
+                                reference = reference_runner(builder.work, reference_batch.shape, settings.threads)
                             before = resident_memory()
                             runner, file_mb = builder.runner(name, candidate)
-                            measurement = replace(measure_candidate(runner, reference, batch, settings.max_seconds,
+                            measurement = replace(measure_candidate(runner, batch, reference, reference_batch,
+                                                                    settings.max_seconds,
                                                                     before), file_mb=file_mb)
                             if settings.eval_dir is not None:
                                 measurement = replace(measurement, top1=builder.top1(name, runner))
