@@ -135,6 +135,7 @@ def test_openvino_bf16_is_refused_on_a_cpu_without_bf16(data, tmp_path, capsys):
     assert "openvino-bf16 is unavailable" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchscript_folder_predicts_with_torch(data, tmp_path):
     out = tmp_path / "ts"
     assert ship_cli(data, "torchscript", out, "--no-speed") == 0
@@ -162,6 +163,7 @@ def lossy_int8(monkeypatch, tmp_path):
     return {"checkpoint": checkpoint, "calib": write_images(tmp_path / "calib"), "eval": data}
 
 
+@pytest.mark.slow
 def test_a_model_losing_more_than_max_drop_is_not_shipped_and_remedies_are_named(lossy_int8, tmp_path, capsys):
     out = tmp_path / "refused"
     assert ship_cli(lossy_int8, "onnxruntime-int8", out, "--no-speed") == 2
