@@ -135,6 +135,7 @@ def test_openvino_bf16_is_refused_on_a_cpu_without_bf16(data, tmp_path, capsys):
     assert "openvino-bf16 is unavailable" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchscript_folder_predicts_with_torch(data, tmp_path):
     out = tmp_path / "ts"
     assert ship_cli(data, "torchscript", out, "--no-speed") == 0
@@ -162,6 +163,7 @@ def lossy_int8(monkeypatch, tmp_path):
     return {"checkpoint": checkpoint, "calib": write_images(tmp_path / "calib"), "eval": data}
 
 
+@pytest.mark.slow
 def test_a_model_losing_more_than_max_drop_is_not_shipped_and_remedies_are_named(lossy_int8, tmp_path, capsys):
     out = tmp_path / "refused"
     assert ship_cli(lossy_int8, "onnxruntime-int8", out, "--no-speed") == 2
@@ -202,3 +204,16 @@ def test_bad_destinations_and_missing_calibration_are_refused_before_any_work(da
     assert "needs calibration images: pass --calib DIR" in capsys.readouterr().err
     assert ship_cli(data, "onnxruntime", tmp_path / "missing" / "out") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_auto_remedy_by_quantization_aware_training_ships_int8(lossy_int8, tmp_path, capsys):
+    out = tmp_path / "qat"
+    assert ship_cli(lossy_int8, "onnxruntime-int8", out, "--no-speed", "--auto-remedy", "--remedies", "qat",
+                    "--qat-epochs", "1") == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("shipped efficientnet_b0 as onnxruntime-int8, QAT, "
+                                                              "float stem to")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["precision"], manifest["quantization"], manifest["keep_float"]) == ("int8", "PT2E QAT", ["stem"])
+    assert manifest["agreement"] == 1.0
+    assert len(run_predict(out, lossy_int8["eval"])) == 6

@@ -234,6 +234,14 @@ def extra_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -
     return max(0, _status_bytes("VmHWM") - before)
 
 
+def resident_memory() -> int | None:
+    """The process's resident memory in bytes (Linux), or None where it cannot be read."""
+    try:
+        return _status_bytes("VmRSS")
+    except OSError:
+        return None
+
+
 def _reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as handle:

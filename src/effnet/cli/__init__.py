@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import EffnetError
 
 COMMANDS = ("models", "scale", "data", "bench", "train", "finetune", "eval", "demo", "predict", "export", "quantize",
-            "serve", "ship")
+            "serve", "ship", "pick")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not progress.handlers:
         progress.addHandler(logging.StreamHandler())
         progress.setLevel(logging.INFO)
+        progress.propagate = False  # a root handler set up by a runtime would print every line twice
     options = ShipOptions(
         target=args.target, max_drop=args.max_drop, auto_remedy=args.auto_remedy, remedies=_names(args.remedies),
         keep_float=_names(args.keep_float), calibration_images=args.calib_images,

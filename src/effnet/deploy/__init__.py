@@ -8,6 +8,11 @@
 - :mod:`.calibration`, :mod:`.compare`, :mod:`.runtime`, :mod:`.verify`: the images, the
   measurements and the runtimes behind them.
 - :mod:`.pipeline`: what ``effnet export`` and ``effnet quantize`` run.
+- :mod:`.openvino`: OpenVINO as a CPU runtime (fp32, bf16 and INT8, precision always explicit).
+- :mod:`.ship` (report in :mod:`.ship_report`): ``effnet ship``, a checkpoint to a verified
+  deployment folder with a standalone ``predict.py`` (:mod:`.standalone_predict`).
+- :mod:`.pick` (report in :mod:`.pick_report`): ``effnet pick``, the most accurate candidate
+  within a budget, measured on this machine; :mod:`.environment` keys its cache.
 """
 
 from .compare import Accuracy, DeploymentRow, evaluate_runners, format_rows, measure_speed

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, EffnetError, InputFileError
 from ..files import atomic_write, publish
@@ -264,13 +266,13 @@ def _check_destination(out_dir: Path) -> None:
                           "(a ship folder is written whole, never merged into another)")
 
 
-def _logits(runner: Runner, loader) -> tuple[np.ndarray, np.ndarray]:
+def _logits(runner: Runner, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     logits, targets = collect_logits({runner.name: runner}, loader)
     return logits[runner.name], targets
 
 
-def _build(recipe: Recipe, model: EfficientNet, fp32_onnx: Path, calibration, calib_dir: str | Path | None,
-           folder: Path, options: ShipOptions) -> Runner:
+def _build(recipe: Recipe, model: EfficientNet, fp32_onnx: Path, calibration: torch.Tensor | None,
+           calib_dir: str | Path | None, folder: Path, options: ShipOptions) -> Runner:
     """Write ``recipe``'s model file(s) into ``folder`` and return a runner over them in their runtime."""
     target = recipe.target
     if target.runtime == "torchscript":

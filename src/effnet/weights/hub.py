@@ -28,14 +28,19 @@ ATTEMPTS = 3
 TIMEOUT_S = 30.0
 
 
-def cache_dir() -> Path:
-    """Where downloaded weights are kept."""
+def cache_home() -> Path:
+    """effnet's cache folder: ``$EFFNET_HOME``, else the user cache folder of the platform."""
     home = os.environ.get(ENV_HOME)
     if home:
-        return Path(home).expanduser() / "weights"
+        return Path(home).expanduser()
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("effnet")) / "weights"
+    return Path(user_cache_dir("effnet"))
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights are kept."""
+    return cache_home() / "weights"
 
 
 def url_filename(url: str) -> str:

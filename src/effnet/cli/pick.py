@@ -1,0 +1,74 @@
+"""``effnet pick``: the most accurate variant, runtime and precision within a budget on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..deploy.pick import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pick", help="measure variants x runtimes here and pick the most accurate within a latency budget",
+        description="Measure every candidate (variant x runtime x precision) on this machine, interleaved with a "
+                    "reference (torchvision's B0 in ONNX Runtime fp32), skipping larger siblings of a variant "
+                    "already over the budget and reusing cached measurements; print the table with the Pareto "
+                    "front and the pick, and write pick.csv, pick.md and pick.png to --out.")
+    parser.add_argument("--max-latency-ms", type=float, default=None, help="p50 latency budget per batch (ms)")
+    parser.add_argument("--max-latency-ratio", type=float, default=None,
+                        help="p50 latency budget relative to the reference measured alongside (1.0: as fast as "
+                             "torchvision's B0 in ONNX Runtime fp32); holds on a busy machine too")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--device", default="cpu", choices=["cpu"],
+                        help="where to run (cpu; the ONNX Runtime and OpenVINO candidates are CPU runtimes)")
+    parser.add_argument("--max-memory-mb", type=float, default=None, help="memory budget (growth of resident memory)")
+    parser.add_argument("--max-file-mb", type=float, default=None, help="model file size budget")
+    parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
+                        help=f"families to consider: {', '.join(FAMILIES)} (default {','.join(DEFAULT_FAMILIES)})")
+    parser.add_argument("--models", default=None, help="only these variants (comma-separated, smallest first)")
+    parser.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
+                        help=f"runtimes: {', '.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})")
+    parser.add_argument("--max-seconds", type=float, default=4.0, help="cap on each measurement (default 4 s)")
+    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input size for every variant instead of its own (quick runs)")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="a trained model to consider instead of the registry's variants (repeat for several; "
+                             "smallest first); its top-1 is measured on --eval in every runtime")
+    parser.add_argument("--eval", default=None, help="class-folder dataset to measure the checkpoints' top-1 on")
+    parser.add_argument("--calib", default=None, help="calibration images for the checkpoints' INT8 candidates")
+    parser.add_argument("--cache-dir", default=None, help="measurement cache (default: effnet's cache folder/pick)")
+    parser.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
+    parser.add_argument("--out", default=None, help="folder for pick.csv, pick.md and pick.png")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..deploy.pick import PickSettings, pick
+    from ..deploy.pick_report import format_result, write_outputs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = PickSettings(
+        max_latency_ms=args.max_latency_ms, max_latency_ratio=args.max_latency_ratio, batch=args.batch,
+        max_memory_mb=args.max_memory_mb,
+        max_file_mb=args.max_file_mb, families=_names(args.families),
+        models=_names(args.models) if args.models else None, runtimes=_names(args.runtimes),
+        max_seconds=args.max_seconds, threads=args.threads, resolution=args.resolution,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, refresh=args.refresh,
+        checkpoints=tuple(args.checkpoint), eval_dir=Path(args.eval) if args.eval else None,
+        calib_dir=Path(args.calib) if args.calib else None)
+    result = pick(settings, progress=lambda message: print(message, file=sys.stderr, flush=True))
+    print(format_result(result))
+    if args.out:
+        for path in write_outputs(result, Path(args.out)):
+            print(f"wrote {path}")
+    return 0
