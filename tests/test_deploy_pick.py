@@ -69,11 +69,18 @@ def test_cache_is_keyed_by_the_machine(tmp_path, monkeypatch):
     assert MeasurementCache(tmp_path, None, 4.0).get(candidate) is None
 
 
-def test_unknown_runtime_and_missing_family_are_refused(capsys):
+def test_families_list_their_variants_smallest_first():
+    assert pick_module.family_variants("v2") == [f"efficientnet_v2_{v}" for v in ("b0", "b1", "b2", "b3", "s", "m",
+                                                                                  "l", "xl")]
+    assert pick_module.family_variants("lite")[0] == "efficientnet_lite0"
+    assert pick_module.family_variants("v1")[-1] == "efficientnet_b7"
+
+
+def test_unknown_runtime_and_family_are_refused(capsys):
     assert main(["pick", "--max-latency-ms", "10", "--runtimes", "tensorrt"]) == 2
     assert "unknown runtime tensorrt; choose from eager, compile, onnxruntime" in capsys.readouterr().err
-    assert main(["pick", "--max-latency-ms", "10", "--families", "v2"]) == 2
-    assert "no v2 variants in this version of effnet" in capsys.readouterr().err
+    assert main(["pick", "--max-latency-ms", "10", "--families", "v3"]) == 2
+    assert "unknown family 'v3'; choose from v1, lite, v2" in capsys.readouterr().err
     assert main(["pick", "--families", "lite"]) == 2
     assert "give a latency budget: --max-latency-ms MS, or --max-latency-ratio R" in capsys.readouterr().err
 

@@ -49,7 +49,7 @@ logger = logging.getLogger("effnet.deploy")
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
 DEFAULT_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
-FAMILIES = {"v1": "efficientnet_b", "lite": "efficientnet_lite", "v2": "efficientnetv2_"}
+FAMILIES = {"v1": "efficientnet_b", "lite": "efficientnet_lite", "v2": "efficientnet_v2_"}
 DEFAULT_FAMILIES = ("v1", "lite")
 V1_LARGEST = 7
 """B8 and L2 are research-scale (672 and 800 px); pick stops at B7."""
@@ -63,7 +63,7 @@ def precision_of(runtime: str) -> str:
 
 
 def family_variants(family: str) -> list[str]:
-    """The variants of a family, smallest first (B0..B7, Lite0..Lite4, V2 once it exists)."""
+    """The variants of a family, smallest first (B0..B7, Lite0..Lite4, V2-B0..XL)."""
     if family not in FAMILIES:
         raise ConfigError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     prefix = FAMILIES[family]
@@ -73,7 +73,7 @@ def family_variants(family: str) -> list[str]:
     if not names:
         raise ConfigError(f"no {family} variants in this version of effnet; choose from "
                           f"{', '.join(f for f in FAMILIES if f != family)}")
-    return sorted(names, key=lambda n: (get_entry(n).preprocessing.resolution, n))
+    return names  # the registry lists each family smallest first
 
 
 @dataclass(frozen=True)
