@@ -248,3 +248,11 @@ def test_train_throughput_weighs_epochs_by_their_time():
     result = TrainResult(Path("run"), "completed", 2, 2, None, None, None, ["a"], history)
     assert result.train_images_per_s == pytest.approx(7000 / 40)
     assert TrainResult(Path("run"), "interrupted", 0, 2, None, None, None, ["a"]).train_images_per_s is None
+
+
+def test_keep_last_keeps_the_final_ema_weights_whatever_the_validation_says(data, tmp_path) -> None:
+    result = train(tiny_config(data, **{"run.keep": "last", "run.epochs": 3}), run_dir=tmp_path / "last")
+    assert (result.best_epoch, result.best_weights) == (3, "ema")
+    best = load(tmp_path / "last" / "best.pt")
+    assert best["epoch"] == 3 and best["eval_weights"] == "ema"
+    assert result.best_top1 == result.history[-1]["ema_val_top1"]

@@ -12,8 +12,8 @@ from ..train.metrics import per_class_rows
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="the main job: demo digits -> train -> evaluate (a few minutes on 2 CPU cores)",
-        description="Write 5,000 MNIST digits as PNG folders, train on 4,000 with the demo recipe (the "
-                    "kept epoch chosen on a tenth of them) and evaluate the 1,000 held out once, at the end.")
+        description="Write 5,000 MNIST digits as PNG folders, train on 4,000 with the demo recipe, keep the "
+                    "final weights and evaluate them on the 1,000 held out.")
     parser.add_argument("--out", default=str(DEMO_ROOT), help=f"folder for the data and runs (default {DEMO_ROOT})")
     parser.add_argument("--model", default="efficientnet_b0")
     parser.add_argument("--pretrained", action="store_true",
@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     demo = run_demo(args.out, model=args.model, pretrained=args.pretrained,
                     overrides={"run.epochs": args.epochs, "data.img_size": args.img_size}, assignments=args.set)
     result = demo.train
-    if demo.held_out is not None:
-        print(format_table(["digit", "images", "accuracy %"], per_class_rows(demo.held_out, result.class_names)))
+    if result.final is not None:
+        print(format_table(["digit", "images", "accuracy %"], per_class_rows(result.final, result.class_names)))
         print()
     print(format_table(["", ""], demo_rows(demo)))
     return 0 if result.status == "completed" else 130

@@ -186,6 +186,10 @@ class RunSettings:
 
     ``amp``: ``None``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with grad scaling).
     ``channels_last``: NHWC activations (faster for depthwise convs on CUDA and on recent CPUs).
+    ``keep``: the weights a run keeps (``best.pt``, ``model.safetensors``, the final
+    evaluation): ``best``, the epoch and weights (raw or EMA) with the best validation top-1;
+    or ``last``, the final epoch's EMA weights (raw without EMA), chosen without looking at
+    the validation images, whose top-1 is then an unbiased estimate.
     """
 
     epochs: int = 10
@@ -200,6 +204,7 @@ class RunSettings:
     deterministic: bool = False
     progress: bool = True
     tensorboard: bool = True
+    keep: str = "best"
 
 
 FINETUNE_STRATEGIES = ("linear", "full", "gradual")
@@ -240,6 +245,7 @@ SECTIONS: dict[str, type] = {
 OPTIMIZERS = ("adamw", "sgd", "rmsprop_tf")
 SCHEDULES = ("cosine", "step")
 PROGRESSIVE_MODES = ("none", "linear", "staged")
+KEEP_CHOICES = ("best", "last")
 # Model settings with a training setting of their own: model.overrides may not set them.
 REGULARIZATION_KEYS = frozenset({"dropout", "drop_rate", "drop_path_rate"})
 AUTO_AUGMENTS = (None, *auto_augment_policies)
@@ -290,6 +296,7 @@ class TrainConfig:
             "augment.auto_augment": (self.augment.auto_augment, AUTO_AUGMENTS),
             "run.amp": (self.run.amp, AMP_MODES),
             "data.decode": (self.data.decode, DECODE_MODES),
+            "run.keep": (self.run.keep, KEEP_CHOICES),
             "finetune.strategy": (self.finetune.strategy, FINETUNE_STRATEGIES),
         }
         for name, (value, allowed) in choices.items():

@@ -667,8 +667,12 @@ class Trainer:
             row.update(ema_val_loss=evals["ema"].loss, ema_val_top1=evals["ema"].top1, ema_val_top5=evals["ema"].top5)
         row["epoch_time_s"] = sums.seconds
         row["train_img_per_s"] = float(images[1]) / max(sums.seconds, 1e-9)
-        source = max(evals, key=lambda k: evals[k].top1)
-        improved = run.improves(evals[source].top1)
+        if config.run.keep == "last":  # nothing is chosen on the validation images
+            source = "ema" if "ema" in evals else "model"
+            improved = True
+        else:
+            source = max(evals, key=lambda k: evals[k].top1)
+            improved = run.improves(evals[source].top1)
         if improved:
             run.best = {"top1": evals[source].top1, "epoch": epoch + 1, "weights": source}
         run.history.append(row)
@@ -688,7 +692,7 @@ class Trainer:
             LOG.info("epoch %d/%d @%dpx: train loss %.4f, val loss %.4f, top-1 %.2f%%%s, top-5 %.2f%%, "
                      "%.1f img/s, %.0fs%s", epoch + 1, config.run.epochs, settings.img_size, row["train_loss"],
                      row["val_loss"], row["val_top1"], ema_text, row["val_top5"], row["train_img_per_s"],
-                     row["epoch_time_s"], " (best)" if improved else "")
+                     row["epoch_time_s"], " (best)" if improved and config.run.keep == "best" else "")
         barrier(context)
         return row
 
