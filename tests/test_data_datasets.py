@@ -9,6 +9,7 @@ from torchvision.transforms import v2
 
 from effnet.data.datasets import ImageDataset, build_datasets, read_csv, scan_folder, stratified_split
 from effnet.data.loaders import build_loader
+from effnet.errors import EffnetError
 from test_data_images import bad_files, truncated_jpeg
 
 
@@ -107,7 +108,7 @@ def test_a_run_of_unreadable_files_stops_with_a_clear_error(tmp_path):
     dataset = scan_folder(root)
     for path, _ in dataset.samples:
         path.unlink()
-    with pytest.raises(RuntimeError, match="could not read any"):
+    with pytest.raises(EffnetError, match="could not read any"):
         dataset[0]
 
 

@@ -112,3 +112,9 @@ def test_no_model_identity_patched_on_or_guessed() -> None:
                          r"|\bmodel\.(preprocessing|class_names|model_name)\s*=[^=]")
     offenders = [f"{path.name}: {m.group(0)}" for path, text in _sources().items() for m in pattern.finditer(text)]
     assert offenders == []
+
+
+def test_library_errors_derive_from_effnet_error() -> None:
+    bare = [f"{path.name}: {m.group(0)}" for path, text in _sources().items()
+            for m in re.finditer(r"raise (ValueError|FileNotFoundError)\(", text)]
+    assert bare == []

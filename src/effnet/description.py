@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from .errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
@@ -39,10 +41,10 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if not isinstance(self.resolution, int) or self.resolution <= 0 or not 0 < self.crop_pct <= 1:
-            raise ValueError(f"invalid preprocessing: resolution={self.resolution!r}, crop_pct={self.crop_pct!r} "
-                             "(the resolution is a positive number of pixels, crop_pct in (0, 1])")
+            raise ConfigError(f"invalid preprocessing: resolution={self.resolution!r}, crop_pct={self.crop_pct!r} "
+                              "(the resolution is a positive number of pixels, crop_pct in (0, 1])")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of {INTERPOLATIONS}")
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}; choose one of {INTERPOLATIONS}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 

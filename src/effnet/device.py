@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from .errors import ConfigError
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AMP_MODES = (None, *AMP_DTYPES)
 
@@ -21,14 +23,14 @@ def resolve_device(device: str | torch.device | None = None, local_rank: int = 0
             resolved = torch.device("cuda", local_rank)
         torch.empty(0, device=resolved)
     except (RuntimeError, AssertionError) as error:
-        raise ValueError(f"device {str(device)!r} cannot be used here ({str(error).splitlines()[0]}); "
-                         "use 'cpu', or 'auto' for the best one available") from None
+        raise ConfigError(f"device {str(device)!r} cannot be used here ({str(error).splitlines()[0]}); "
+                          "use 'cpu', or 'auto' for the best one available") from None
     return resolved
 
 
 def check_amp(amp: str | None) -> str | None:
     if amp not in AMP_MODES:
-        raise ValueError(f"unknown amp {amp!r}; use None (full precision), 'bf16' or 'fp16'")
+        raise ConfigError(f"unknown amp {amp!r}; use None (full precision), 'bf16' or 'fp16'")
     return amp
 
 

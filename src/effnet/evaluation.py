@@ -20,6 +20,7 @@ from .data.device_decode import (
 from .data.loaders import build_loader
 from .data.transforms import eval_transforms
 from .device import resolve_device
+from .errors import ConfigError
 from .model import EfficientNet
 from .train.metrics import EvalResult, evaluate, find_mistakes
 from .weights.trained import load_trained_model
@@ -37,8 +38,8 @@ def evaluation_dataset(data: str | Path, val_split: float | None = None, seed: i
                 any((data / name).is_file() for name in VAL_CSV_NAMES):
             return build_datasets(data).val
         if (data / "train").is_dir() or (data / "train.csv").is_file():
-            raise ValueError(f"{data} has a training split but no val/ (or val.csv) to evaluate; pass the "
-                             "val_split used in training (--val-split) to evaluate the held-out images")
+            raise ConfigError(f"{data} has a training split but no val/ (or val.csv) to evaluate; pass the "
+                              "val_split used in training (--val-split) to evaluate the held-out images")
         return scan_folder(data)
     if data.is_file() and data.suffix.lower() == ".csv":
         return read_csv(data)
@@ -59,10 +60,10 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
     dataset = evaluation_dataset(data, val_split, seed)
     class_names = model.class_names or list(dataset.classes)
     if len(class_names) != model.num_classes:
-        raise ValueError(f"the model has {model.num_classes} outputs but {len(class_names)} class names")
+        raise ConfigError(f"the model has {model.num_classes} outputs but {len(class_names)} class names")
     unknown = [c for c in dataset.classes if c not in class_names]
     if unknown:
-        raise ValueError(f"{data} has classes the model does not know: {unknown}; the model's classes: {class_names}")
+        raise ConfigError(f"{data} has classes the model does not know: {unknown}; the model's classes: {class_names}")
     target_map = [class_names.index(c) for c in dataset.classes]
     dataset.transform = eval_transforms(model.preprocessing)
     target = resolve_device(device)

@@ -45,6 +45,7 @@ from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, 
 from .data.transforms import eval_transforms
 from .description import Preprocessing
 from .device import autocast_context, check_amp, resolve_device
+from .errors import ConfigError
 from .factory import create_model
 from .files import printable_path
 from .model import EfficientNet
@@ -100,22 +101,22 @@ def to_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
         return to_rgb(image)
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3:
-            raise ValueError(f"a pixel tensor must be uint8 CxHxW, got {image.dtype} {list(image.shape)}")
+            raise ConfigError(f"a pixel tensor must be uint8 CxHxW, got {image.dtype} {list(image.shape)}")
         image = image.permute(1, 2, 0).cpu().numpy()
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError(f"an image array must be HxW or HxWxC with C = 1, 3 or 4, got shape {array.shape}")
+        raise ConfigError(f"an image array must be HxW or HxWxC with C = 1, 3 or 4, got shape {array.shape}")
     if np.issubdtype(array.dtype, np.floating):
         if array.size and not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
-            raise ValueError(f"a float image array must hold values in 0..1, found {np.nanmin(array):g}.."
-                             f"{np.nanmax(array):g}; divide 0..255 data by 255 or pass it as uint8")
+            raise ConfigError(f"a float image array must hold values in 0..1, found {np.nanmin(array):g}.."
+                              f"{np.nanmax(array):g}; divide 0..255 data by 255 or pass it as uint8")
         array = np.rint(array * 255.0).astype(np.uint8)
     elif array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif array.dtype != np.uint8:
-        raise ValueError(f"an image array must be uint8 (0..255) or float (0..1), got {array.dtype}")
+        raise ConfigError(f"an image array must be uint8 (0..255) or float (0..1), got {array.dtype}")
     return to_rgb(Image.fromarray(array))
 
 
@@ -127,8 +128,8 @@ def prepare_image(image: ImageInput, transform: Callable[[Image.Image], torch.Te
         if image.dim() == 4 and image.shape[0] == 1:
             image = image[0]
         if image.dim() != 3:
-            raise ValueError(f"a preprocessed tensor must be CxHxW or 1xCxHxW, got {list(image.shape)}; "
-                             "for a batch use Classifier.probabilities")
+            raise ConfigError(f"a preprocessed tensor must be CxHxW or 1xCxHxW, got {list(image.shape)}; "
+                              "for a batch use Classifier.probabilities")
         return image
     return transform(to_pil(image))
 
@@ -203,17 +204,17 @@ class Classifier:
         description = model.description if isinstance(model, EfficientNet) else None
         if preprocessing is None:
             if description is None:
-                raise ValueError(f"a {type(model).__name__} carries no preprocessing (only an EfficientNet has a "
-                                 "description); pass preprocessing=effnet.Preprocessing(resolution, crop_pct, "
-                                 "interpolation, mean, std)")
+                raise ConfigError(f"a {type(model).__name__} carries no preprocessing (only an EfficientNet has a "
+                                  "description); pass preprocessing=effnet.Preprocessing(resolution, crop_pct, "
+                                  "interpolation, mean, std)")
             preprocessing = description.preprocessing
         if class_names is None and description is not None:
             class_names = description.class_names
         num_classes = model.num_classes if isinstance(model, EfficientNet) else None
         if num_classes == 0:
-            raise ValueError("the model has no classifier (num_classes=0): it outputs features, not classes")
+            raise ConfigError("the model has no classifier (num_classes=0): it outputs features, not classes")
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
+            raise ConfigError(f"{len(class_names)} class names for a model with {num_classes} classes")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.preprocessing: Preprocessing = preprocessing
@@ -251,8 +252,8 @@ class Classifier:
         if model_name is not None:
             path = Path(path)
             if path.is_dir():
-                raise ValueError(f"{path} is a run directory, which records its architecture: load it without "
-                                 f"a model name (drop {model_name!r} / --model)")
+                raise ConfigError(f"{path} is a run directory, which records its architecture: load it without "
+                                  f"a model name (drop {model_name!r} / --model)")
             if num_classes is None:
                 num_classes = _stored_num_classes(path)
             try:
@@ -265,9 +266,9 @@ class Classifier:
         except StateDictError:
             raise
         except ValueError as error:
-            raise ValueError(f"{error} (if {path} holds another library's weights, give its architecture too: "
-                             "Classifier.from_checkpoint(path, model_name='efficientnet_b0'), or effnet "
-                             "predict --model NAME --checkpoint FILE)") from None
+            raise ConfigError(f"{error} (if {path} holds another library's weights, give its architecture too: "
+                              "Classifier.from_checkpoint(path, model_name='efficientnet_b0'), or effnet "
+                              "predict --model NAME --checkpoint FILE)") from None
         return cls(model, **options)
 
     # --------------------------------------------------------------- running
@@ -282,7 +283,7 @@ class Classifier:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(N, classes)`` (float32, on the CPU) of a preprocessed ``NxCxHxW`` batch."""
         if batch.dim() != 4 or not batch.is_floating_point():
-            raise ValueError(f"expected a preprocessed float batch NxCxHxW, got {batch.dtype} {list(batch.shape)}")
+            raise ConfigError(f"expected a preprocessed float batch NxCxHxW, got {batch.dtype} {list(batch.shape)}")
         batch = batch.to(self.device, non_blocking=True)
         if self.tta_flip:
             batch = torch.cat([batch, batch.flip(3)])
@@ -326,9 +327,9 @@ class Classifier:
         """
         _check_top_k(top_k)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+            raise ConfigError(f"num_workers must be 0 or more, got {num_workers}")
         return self._stream(list(images), batch_size, num_workers, top_k)
 
     def _stream(self, images: list[ImageInput], batch_size: int, num_workers: int,
@@ -371,7 +372,7 @@ def _stored_num_classes(path: Path) -> int:
 
 def _check_top_k(top_k: int) -> None:
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
 
 
 def load_classifier(model_name: str | None = None, checkpoint: str | Path | None = None, *,
@@ -383,9 +384,9 @@ def load_classifier(model_name: str | None = None, checkpoint: str | Path | None
         return Classifier.from_checkpoint(checkpoint, model_name, num_classes=num_classes, **options)
     if model_name is not None:
         return Classifier.from_pretrained(model_name, **options)
-    raise ValueError("no model: give a model name for its pretrained weights (e.g. efficientnet_lite0), "
-                     "a checkpoint (an effnet .safetensors, a run's best.pt or a run directory), or both "
-                     "to read another library's weight file as that architecture")
+    raise ConfigError("no model: give a model name for its pretrained weights (e.g. efficientnet_lite0), "
+                      "a checkpoint (an effnet .safetensors, a run's best.pt or a run directory), or both "
+                      "to read another library's weight file as that architecture")
 
 
 # ----------------------------------------------------------------- files in
@@ -452,7 +453,7 @@ def format_for(out: str | Path | None, format: str | None = None) -> str:
     """The output format: ``format`` when given, else from ``out``'s suffix (.csv, .json), else table."""
     if format is not None:
         if format not in FORMATS:
-            raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+            raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
         return format
     suffix = Path(out).suffix.lower().lstrip(".") if out is not None else ""
     return suffix if suffix in ("csv", "json") else "table"
@@ -538,7 +539,7 @@ def open_writer(format: str, stream: IO[str]) -> PredictionWriter:
     """A writer for ``format`` (``table``, ``csv`` or ``json``) on ``stream``."""
     writers = {"table": TableWriter, "csv": CsvWriter, "json": JsonWriter}
     if format not in writers:
-        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     return writers[format](stream)
 
 

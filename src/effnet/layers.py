@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 PaddingMode = Literal["symmetric", "same"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -34,7 +36,7 @@ def make_activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
 def same_padding_amounts(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -206,7 +208,7 @@ def create_conv2d(in_channels: int, out_channels: int, kernel_size: int, stride:
                   groups: int = 1, bias: bool = False, padding: PaddingMode = "symmetric") -> nn.Conv2d:
     """A conv with symmetric ``k // 2`` padding, or TF 'SAME' padding where it differs."""
     if padding not in ("symmetric", "same"):
-        raise ValueError(f"unknown padding {padding!r}; choose 'symmetric' or 'same'")
+        raise ConfigError(f"unknown padding {padding!r}; choose 'symmetric' or 'same'")
     if padding == "same" and needs_dynamic_padding(kernel_size, stride):
         return Conv2dSame(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias)
     return Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2,
@@ -225,7 +227,7 @@ class LayerOptions:
     def __post_init__(self) -> None:
         make_activation(self.activation)
         if self.padding not in ("symmetric", "same"):
-            raise ValueError(f"unknown padding {self.padding!r}; choose 'symmetric' or 'same'")
+            raise ConfigError(f"unknown padding {self.padding!r}; choose 'symmetric' or 'same'")
 
     def act(self) -> nn.Module:
         return make_activation(self.activation)
@@ -275,7 +277,7 @@ class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+            raise ConfigError(f"drop_prob must be in [0, 1), got {drop_prob}")
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .description import ModelDescription, Preprocessing
+from .errors import ConfigError
 from .layers import ConvBnAct, FusedMBConv, LayerOptions, MBConv, PaddingMode
 from .scaling import round_filters, round_repeats
 
@@ -141,7 +142,7 @@ class EfficientNetConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"invalid {name}={getattr(self, name)!r} in EfficientNetConfig")
+                raise ConfigError(f"invalid {name}={getattr(self, name)!r} in EfficientNetConfig")
         self.layer_options()  # validates activation and padding
 
     def layer_options(self) -> LayerOptions:
@@ -233,7 +234,7 @@ class EfficientNet(nn.Module):
         description = self.description.replace(**changes)
         names = description.class_names
         if names is not None and self.num_classes and len(names) != self.num_classes:
-            raise ValueError(f"{len(names)} class names for a model with {self.num_classes} classes")
+            raise ConfigError(f"{len(names)} class names for a model with {self.num_classes} classes")
         self.description = description
         return description
 
@@ -303,8 +304,8 @@ class EfficientNet(nn.Module):
     def zero_init_classifier(self) -> None:
         """Start the classifier at zero, so that first predictions are uniform."""
         if not isinstance(self.classifier, nn.Linear):
-            raise ValueError("the model has no classifier to zero (num_classes=0); "
-                             "give it one with reset_classifier(num_classes) first")
+            raise ConfigError("the model has no classifier to zero (num_classes=0); "
+                              "give it one with reset_classifier(num_classes) first")
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
@@ -322,7 +323,7 @@ class EfficientNet(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
+            raise ConfigError(
                 f"EfficientNet expects an input of shape (N, {self.in_chans}, H, W), got {list(x.shape)}")
 
     @torch.jit.unused

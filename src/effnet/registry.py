@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .description import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, ModelDescription, Preprocessing
+from .errors import ConfigError
 from .model import V2_BASE_STAGES, V2_L_STAGES, V2_M_STAGES, V2_S_STAGES, V2_XL_STAGES, EfficientNetConfig, StageSpec
 from .scaling import PUBLISHED_VARIANTS, CompoundScaling, Variant, nearest_published
 
@@ -134,6 +135,6 @@ def get_entry(name: str) -> ModelEntry:
     if match:
         entry = entry_for_phi(float(match.group(1)))
         return ModelEntry(name, entry.config, entry.preprocessing)
-    raise ValueError(
+    raise ConfigError(
         f"unknown model {name!r}. Known models: {', '.join(list_models())}; "
         "or 'efficientnet_phi<X>' for the compound-scaling formula at phi X (e.g. efficientnet_phi1.5)")

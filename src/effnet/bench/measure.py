@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import ConfigError
 from ..factory import create_model
 from ..model import EfficientNetConfig
 
@@ -87,7 +88,7 @@ class LatencyStats:
     @classmethod
     def from_times(cls, seconds: Sequence[float], batch_size: int) -> LatencyStats:
         if not seconds:
-            raise ValueError("no timed calls to summarize")
+            raise ConfigError("no timed calls to summarize")
         ordered = sorted(seconds)
         return cls(1000.0 * statistics.median(ordered), 1000.0 * _quantile(ordered, 0.9), len(ordered), batch_size)
 
@@ -124,10 +125,10 @@ class TimingBudget:
 
     def __post_init__(self) -> None:
         if self.warmup < 1 or self.min_iterations < 1 or self.iterations < self.min_iterations:
-            raise ValueError(f"invalid timing budget {self}: need warmup >= 1 and "
-                             "iterations >= min_iterations >= 1")
+            raise ConfigError(f"invalid timing budget {self}: need warmup >= 1 and "
+                              "iterations >= min_iterations >= 1")
         if self.max_seconds <= 0:
-            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+            raise ConfigError(f"max_seconds must be positive, got {self.max_seconds}")
 
 
 @dataclass(frozen=True)

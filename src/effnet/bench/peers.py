@@ -15,6 +15,7 @@ from functools import cache, partial
 import torchvision
 from torch import nn
 
+from ..errors import ConfigError
 from ..factory import create_model
 from ..registry import get_entry, list_models
 
@@ -54,7 +55,7 @@ def build_torchvision(name: str, num_classes: int = 1000, **kwargs: object) -> n
 def build_timm(name: str, num_classes: int = 1000, **kwargs: object) -> nn.Module:
     """A timm network with random weights (``pretrained=False``)."""
     if not timm_available():
-        raise ValueError(f"timm:{name} needs timm, which is not installed: pip install timm")
+        raise ConfigError(f"timm:{name} needs timm, which is not installed: pip install timm")
     import timm
 
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
@@ -109,7 +110,7 @@ def resolve(name: str) -> BenchModel:
     """The network a benchmark name stands for; unknown names get an error listing the known."""
     source, _, bare = name.rpartition(":")
     if source and source not in SOURCES:
-        raise ValueError(f"unknown source {source!r} in {name!r}; write NAME, torchvision:NAME or timm:NAME")
+        raise ConfigError(f"unknown source {source!r} in {name!r}; write NAME, torchvision:NAME or timm:NAME")
     if source in ("", "effnet") and _is_ours(bare):
         return BenchModel(name, "effnet", get_entry(bare).preprocessing.resolution, published_top1(bare),
                           partial(create_model, bare))
@@ -118,9 +119,9 @@ def resolve(name: str) -> BenchModel:
                           partial(build_torchvision, bare))
     if source == "timm":
         return _resolve_timm(name, bare)
-    raise ValueError(f"unknown model {name!r}. Ours: {', '.join(list_models())} (or efficientnet_phi<X>). "
-                     f"torchvision: {', '.join(n for n in known_models() if n not in list_models())}. "
-                     "Any timm network as timm:NAME; torchvision's EfficientNets as torchvision:efficientnet_b0.")
+    raise ConfigError(f"unknown model {name!r}. Ours: {', '.join(list_models())} (or efficientnet_phi<X>). "
+                      f"torchvision: {', '.join(n for n in known_models() if n not in list_models())}. "
+                      "Any timm network as timm:NAME; torchvision's EfficientNets as torchvision:efficientnet_b0.")
 
 
 def _is_ours(name: str) -> bool:
@@ -133,11 +134,11 @@ def _is_ours(name: str) -> bool:
 
 def _resolve_timm(name: str, bare: str) -> BenchModel:
     if not timm_available():
-        raise ValueError(f"{name} needs timm, which is not installed: pip install timm")
+        raise ConfigError(f"{name} needs timm, which is not installed: pip install timm")
     import timm
 
     if not timm.is_model(bare):
-        raise ValueError(f"unknown timm model {bare!r}; timm.list_models('*{bare[:6]}*') lists similar names")
+        raise ConfigError(f"unknown timm model {bare!r}; timm.list_models('*{bare[:6]}*') lists similar names")
     config = timm.get_pretrained_cfg(bare)
     size = getattr(config, "input_size", None) if config is not None else None
     return BenchModel(name, "timm", int(size[-1]) if size else 224, None, partial(build_timm, bare))

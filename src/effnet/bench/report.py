@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from ..errors import ConfigError
 from ..table import format_markdown, format_table
 from .runner import BenchRow
 
@@ -140,7 +141,7 @@ def output_folder(out_dir: Path | str) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"cannot create the output folder {out_dir}: {error.strerror}") from None
+        raise ConfigError(f"cannot create the output folder {out_dir}: {error.strerror}") from None
     return out_dir
 
 

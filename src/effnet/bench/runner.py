@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from .measure import LatencyStats, TimingBudget, count_macs, count_params, measure_calls, tensor_bytes
 from .peers import BenchModel
 
@@ -41,20 +42,20 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+            raise ConfigError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
         if self.resolution is not None and self.resolution < 1:
-            raise ValueError(f"resolution must be positive, got {self.resolution}")
+            raise ConfigError(f"resolution must be positive, got {self.resolution}")
         try:
             device = torch.device(self.device)
         except RuntimeError:
-            raise ValueError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N") from None
+            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available here "
-                             f"(torch {torch.__version__}); use --device cpu")
+            raise ConfigError(f"device {self.device!r} asked for, but CUDA is not available here "
+                              f"(torch {torch.__version__}); use --device cpu")
         if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device {self.device!r} is not supported; use cpu, cuda or cuda:N")
+            raise ConfigError(f"device {self.device!r} is not supported; use cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..bench.measure import summarize
+from ..errors import ConfigError
 from ..registry import list_models
 from ..table import format_table
 
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     names = list_models(args.filter)
     if not names:
-        raise ValueError(f"no model name contains {args.filter!r}; known models: {', '.join(list_models())}")
+        raise ConfigError(f"no model name contains {args.filter!r}; known models: {', '.join(list_models())}")
     rows = []
     for name in names:
         s = summarize(name)

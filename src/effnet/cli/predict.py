@@ -9,6 +9,7 @@ import warnings
 
 from ..data.device_decode import DECODE_MODES
 from ..device import AMP_DTYPES
+from ..errors import ConfigError
 from ..files import atomic_open, check_output_file
 from ..infer import FORMATS, Prediction, collect_images, format_for, load_classifier, open_writer, predict_files
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for argument, reason in images.problems:
         print(f"{PREFIX}{argument}: {reason}", file=sys.stderr)
     if not images.files:
-        raise ValueError("no images to classify (see the messages above)")
+        raise ConfigError("no images to classify (see the messages above)")
     output_format = format_for(args.out, args.format)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, EffnetError, InputFileError
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, verify_image
 
 logger = logging.getLogger("effnet.data")
@@ -59,7 +60,7 @@ class ImageDataset(Dataset):
                  validate: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS,
                  skipped: Sequence[tuple[Path, str]] = ()) -> None:
         if validate not in VALIDATION_LEVELS:
-            raise ValueError(f"unknown validate={validate!r}; choose one of {VALIDATION_LEVELS}")
+            raise ConfigError(f"unknown validate={validate!r}; choose one of {VALIDATION_LEVELS}")
         self.classes = list(classes)
         self.transform = transform
         self.strict = strict
@@ -67,7 +68,7 @@ class ImageDataset(Dataset):
         samples = [(Path(path), int(label)) for path, label in samples]
         for path, label in samples:
             if not 0 <= label < len(self.classes):
-                raise ValueError(f"{path}: label index {label} is outside the {len(self.classes)} classes")
+                raise ConfigError(f"{path}: label index {label} is outside the {len(self.classes)} classes")
         self._scan_skipped: list[tuple[Path, str]] = list(skipped)
         if validate != "none":
             samples = self._validated(samples, decode=validate == "full")
@@ -89,10 +90,10 @@ class ImageDataset(Dataset):
                 continue
             good.append((path, label))
         if bad and self.strict:
-            raise ValueError(f"{len(bad)} unusable image file(s) (strict mode): "
-                             + "; ".join(f"{path}: {reason}" for path, reason in bad[:10])
-                             + (f" ... and {len(bad) - 10} more" if len(bad) > 10 else "")
-                             + ". Remove or replace them, or run without strict to skip them.")
+            raise ConfigError(f"{len(bad)} unusable image file(s) (strict mode): "
+                              + "; ".join(f"{path}: {reason}" for path, reason in bad[:10])
+                              + (f" ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+                              + ". Remove or replace them, or run without strict to skip them.")
         for path, reason in bad:
             logger.warning("skipping %s: %s", path, reason)
         self._scan_skipped.extend(bad)
@@ -144,11 +145,11 @@ class ImageDataset(Dataset):
                 return load_image(path, self.max_pixels), label
             except ImageReadError as error:
                 if self.strict:
-                    raise ValueError(f"unusable image file (strict mode): {error}") from error
+                    raise ConfigError(f"unusable image file (strict mode): {error}") from error
                 self._record_load_failure(current, error)
                 first_error = first_error or error
-        raise RuntimeError(f"could not read any of the {MAX_CONSECUTIVE_LOAD_FAILURES} samples from index {index} "
-                           f"on (first: {first_error}); is the data folder still reachable?")
+        raise EffnetError(f"could not read any of the {MAX_CONSECUTIVE_LOAD_FAILURES} samples from index {index} "
+                          f"on (first: {first_error}); is the data folder still reachable?")
 
     def _record_load_failure(self, index: int, error: ImageReadError) -> None:
         self._load_failed[index] = 1
@@ -202,14 +203,14 @@ def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data folder {root} does not exist")
+        raise InputFileError(f"data folder {root} does not exist")
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder; {_FOLDER_LAYOUT}")
+        raise ConfigError(f"{root} is not a folder; {_FOLDER_LAYOUT}")
     folders = _class_folders(root)
     if not folders:
         loose = [p.name for p in root.iterdir() if p.is_file() and has_image_extension(p)]
         hint = f"; found {len(loose)} images directly in it, move them into class folders" if loose else ""
-        raise ValueError(f"no class folders in {root}{hint}; {_FOLDER_LAYOUT}")
+        raise ConfigError(f"no class folders in {root}{hint}; {_FOLDER_LAYOUT}")
     names = [folder.name for folder in folders]
     if classes is not None:
         _check_same_classes(list(classes), names, "training data", str(root))
@@ -220,13 +221,13 @@ def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str
         images = [path for path in files if has_image_extension(path)]
         other_files += [path for path in files if not has_image_extension(path)]
         if not images:
-            raise ValueError(f"class folder {root / name} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                             "add images or remove the folder")
+            raise ConfigError(f"class folder {root / name} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+                              "add images or remove the folder")
         samples += [(path, label) for path in images]
     skipped = [(path, f"extension {path.suffix or '(none)'!r} is not an image type") for path in other_files]
     if skipped and strict:
-        raise ValueError(f"files that are not images in {root} (strict mode): {_format_paths(other_files)}; "
-                         "remove them or run without strict")
+        raise ConfigError(f"files that are not images in {root} (strict mode): {_format_paths(other_files)}; "
+                          "remove them or run without strict")
     if skipped:
         logger.warning("skipping %d file(s) without an image extension (%s): %s", len(skipped),
                        ", ".join(IMAGE_EXTENSIONS), _format_paths(other_files, limit=20))
@@ -242,15 +243,15 @@ def _check_same_classes(expected: list[str], found: list[str], expected_from: st
     if missing or extra:
         parts = ([f"missing {_format_paths(missing)}"] if missing else []) + (
             [f"not in the {expected_from}: {_format_paths(extra)}"] if extra else [])
-        raise ValueError(f"classes in {where} differ from the {expected_from}: {'; '.join(parts)}. "
-                         "Every split needs the same class names")
+        raise ConfigError(f"classes in {where} differ from the {expected_from}: {'; '.join(parts)}. "
+                          "Every split needs the same class names")
 
 
 def _check_every_class_usable(dataset: ImageDataset, where: str) -> None:
     empty = [name for name, count in zip(dataset.classes, dataset.class_counts(), strict=True) if count == 0]
     if empty:
-        raise ValueError(f"no readable images left for class(es) {_format_paths(empty)} in {where} "
-                         f"after skipping {len(dataset.skipped)} bad file(s); see the warnings above")
+        raise ConfigError(f"no readable images left for class(es) {_format_paths(empty)} in {where} "
+                          f"after skipping {len(dataset.skipped)} bad file(s); see the warnings above")
 
 
 def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence[str] | None = None,
@@ -265,26 +266,26 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CSV listing {path} does not exist")
+        raise InputFileError(f"CSV listing {path} does not exist")
     base = Path(root) if root is not None else path.parent
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [name.strip() for name in reader.fieldnames or []]
             if "path" not in header or "label" not in header:
-                raise ValueError(f"{path}: the first line must be a header with 'path' and 'label' columns, "
-                                 f"found {header or 'an empty file'}")
+                raise ConfigError(f"{path}: the first line must be a header with 'path' and 'label' columns, "
+                                  f"found {header or 'an empty file'}")
             reader.fieldnames = header
             rows = [(line, (row.get("path") or "").strip(), (row.get("label") or "").strip())
                     for line, row in enumerate(reader, start=2)]
     except (UnicodeDecodeError, csv.Error) as error:
-        raise ValueError(f"{path} is not a readable CSV listing ({error}); save it as UTF-8 text with a "
-                         "'path,label' header") from None
+        raise ConfigError(f"{path} is not a readable CSV listing ({error}); save it as UTF-8 text with a "
+                          "'path,label' header") from None
     incomplete = [line for line, file, label in rows if not file or not label]
     if incomplete:
-        raise ValueError(f"{path}: rows without a path or a label on line(s) {_format_paths(incomplete)}")
+        raise ConfigError(f"{path}: rows without a path or a label on line(s) {_format_paths(incomplete)}")
     if not rows:
-        raise ValueError(f"{path} lists no images; add 'path,label' rows")
+        raise ConfigError(f"{path} lists no images; add 'path,label' rows")
     labels = sorted({label for _, _, label in rows})
     if classes is None:
         classes = labels
@@ -292,8 +293,8 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
         classes = list(classes)
         unknown = [f"{label!r} (line {line})" for line, _, label in rows if label not in classes]
         if unknown:
-            raise ValueError(f"{path}: labels that are not among the {len(classes)} training classes: "
-                             f"{_format_paths(unknown)}")
+            raise ConfigError(f"{path}: labels that are not among the {len(classes)} training classes: "
+                              f"{_format_paths(unknown)}")
     index = {name: i for i, name in enumerate(classes)}
     samples, missing = [], []
     for _, file, label in rows:
@@ -310,7 +311,7 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     dataset = ImageDataset(samples, classes, transform, strict, validate=validate, max_pixels=max_pixels,
                            skipped=skipped)
     if not dataset.samples:
-        raise ValueError(f"{path}: none of the {len(rows)} listed files is a readable image; see the warnings above")
+        raise ConfigError(f"{path}: none of the {len(rows)} listed files is a readable image; see the warnings above")
     return dataset
 
 
@@ -334,7 +335,7 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int = 0) ->
     the targets' order, ``val_split`` and ``seed``.
     """
     if not 0 < val_split < 1:
-        raise ValueError(f"val_split must be between 0 and 1 (exclusive), got {val_split}")
+        raise ConfigError(f"val_split must be between 0 and 1 (exclusive), got {val_split}")
     generator = torch.Generator().manual_seed(seed)
     targets_array = np.asarray(targets)
     train, val = [], []
@@ -359,11 +360,11 @@ def build_datasets(data: str | Path, val_split: float | None = None, seed: int =
     """
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"data path {data} does not exist; {_FOLDER_LAYOUT}")
+        raise InputFileError(f"data path {data} does not exist; {_FOLDER_LAYOUT}")
     options: dict[str, Any] = {"strict": strict, "validate": validate, "max_pixels": max_pixels}
     if data.is_file():
         if data.suffix.lower() != ".csv":
-            raise ValueError(f"{data} is a file but not a .csv listing; {_FOLDER_LAYOUT}")
+            raise ConfigError(f"{data} is a file but not a .csv listing; {_FOLDER_LAYOUT}")
         return _split(read_csv(data, **options), val_split, seed, str(data))
     if (data / "train.csv").is_file():
         train = read_csv(data / "train.csv", **options)
@@ -386,17 +387,17 @@ def build_datasets(data: str | Path, val_split: float | None = None, seed: int =
 
 def _refuse_split(val_split: float | None, val_source: Path) -> None:
     if val_split is not None:
-        raise ValueError(f"{val_source} already holds the validation set; leave val_split unset "
-                         "(no --val-split) or remove that split")
+        raise ConfigError(f"{val_source} already holds the validation set; leave val_split unset "
+                          "(no --val-split) or remove that split")
 
 
 def _split(dataset: ImageDataset, val_split: float | None, seed: int, where: str) -> DatasetSplits:
     if val_split is None:
-        raise ValueError(f"{where} has no separate validation set: pass val_split (--val-split, e.g. 0.1) to hold "
-                         "out a fraction of each class, or add a val/ folder (val.csv) beside train/ (train.csv)")
+        raise ConfigError(f"{where} has no separate validation set: pass val_split (--val-split, e.g. 0.1) to hold "
+                          "out a fraction of each class, or add a val/ folder (val.csv) beside train/ (train.csv)")
     train_indices, val_indices = stratified_split(dataset.targets, val_split, seed)
     if not val_indices:
-        raise ValueError(f"val_split={val_split} leaves no validation images in {where}: "
-                         "every class has a single image; add images")
+        raise ConfigError(f"val_split={val_split} leaves no validation images in {where}: "
+                          "every class has a single image; add images")
     train = dataset.subset(train_indices, skipped=dataset.skipped)
     return DatasetSplits(train, dataset.subset(val_indices), dataset.classes)

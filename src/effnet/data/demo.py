@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
+
 DEMO_FILE = Path(__file__).with_name("demo_mnist.npz")
 CLASSES = [str(digit) for digit in range(10)]
 VAL_PER_CLASS = 100
@@ -75,15 +77,15 @@ def write_demo_dataset(out_dir: str | Path, force: bool = False) -> Path:
     expected = _expected_files(labels)
     fingerprint = _fingerprint(images, labels)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} exists and is not a folder; choose another path for the demo dataset")
+        raise ConfigError(f"{out_dir} exists and is not a folder; choose another path for the demo dataset")
     existing = _existing_files(out_dir) if out_dir.exists() else set()
     if existing and not force:
         if _is_complete(out_dir, existing, expected, fingerprint):
             logger.info("demo dataset already complete in %s; reusing it", out_dir)
             return out_dir
-        raise ValueError(f"{out_dir} already holds a partial or different train/val dataset ({len(existing)} "
-                         f"files, expected {len(expected)}); pass force=True (--force) to rewrite it, "
-                         "or choose a fresh folder")
+        raise ConfigError(f"{out_dir} already holds a partial or different train/val dataset ({len(existing)} "
+                          f"files, expected {len(expected)}); pass force=True (--force) to rewrite it, "
+                          "or choose a fresh folder")
     partial = out_dir / _PARTIAL_NAME
     shutil.rmtree(partial, ignore_errors=True)
     for relative, index in expected.items():

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from ..errors import ConfigError
 from .datasets import ImageDataset
 from .images import ImageReadError, decode_image
 
@@ -36,7 +37,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 def decodes_on_device(mode: str, device: torch.device) -> bool:
     """Whether ``data.decode=mode`` decodes on ``device`` (``auto``: on CUDA devices)."""
     if mode not in DECODE_MODES:
-        raise ValueError(f"data.decode={mode!r} is not one of {', '.join(DECODE_MODES)}")
+        raise ConfigError(f"data.decode={mode!r} is not one of {', '.join(DECODE_MODES)}")
     return mode == "gpu" or (mode == "auto" and device.type == "cuda")
 
 
@@ -119,8 +120,8 @@ class DeviceBatchTransform:
                 logger.warning("skipping %s: %s; using another image of the batch in its place", name, image)
         usable = [i for i, image in enumerate(images) if not isinstance(image, str)]
         if not usable:
-            raise ValueError(f"none of the {len(names)} images of a batch could be decoded (first: {names[0]}); "
-                             "check the data folder")
+            raise ConfigError(f"none of the {len(names)} images of a batch could be decoded (first: {names[0]}); "
+                              "check the data folder")
         order = [i if not isinstance(images[i], str) else usable[i % len(usable)] for i in range(len(images))]
         batch = torch.stack([self.transform(images[i]) for i in order])
         return batch.contiguous(memory_format=self.memory_format), labels[order].to(self.device)

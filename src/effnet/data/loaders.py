@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from ..errors import ConfigError
+
 
 class EpochShuffleSampler(Sampler[int]):
     """A random permutation of ``range(len(dataset))`` drawn from ``seed + epoch``.
@@ -62,7 +64,7 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
     batch.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if drop_last is None:
         drop_last = train and len(dataset) > batch_size
     rank = 0

@@ -15,6 +15,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from ..description import Preprocessing
+from ..errors import ConfigError
 
 AUTO_AUGMENTS = ("autoaugment", "randaugment", "trivialaugment")
 RANDAUGMENT_BINS = 11
@@ -39,11 +40,11 @@ def _auto_augment(name: str, interpolation: InterpolationMode, fill: list[int], 
     if name == "randaugment":
         magnitude = int(round(ra_magnitude))
         if not 0 <= magnitude < ra_num_bins:
-            raise ValueError(f"ra_magnitude {ra_magnitude} is outside the scale 0..{ra_num_bins - 1}; "
-                             f"pass ra_num_bins={magnitude + 1} or more for a finer scale reaching it")
+            raise ConfigError(f"ra_magnitude {ra_magnitude} is outside the scale 0..{ra_num_bins - 1}; "
+                              f"pass ra_num_bins={magnitude + 1} or more for a finer scale reaching it")
         return v2.RandAugment(num_ops=ra_num_ops, magnitude=magnitude, num_magnitude_bins=ra_num_bins,
                               interpolation=interpolation, fill=fill)
-    raise ValueError(f"unknown auto_augment {name!r}; choose one of {AUTO_AUGMENTS} or None")
+    raise ConfigError(f"unknown auto_augment {name!r}; choose one of {AUTO_AUGMENTS} or None")
 
 
 def train_transforms(preprocessing: Preprocessing, resolution: int | None = None,
@@ -69,9 +70,9 @@ def train_transforms(preprocessing: Preprocessing, resolution: int | None = None
     best tensors support (bicubic stays for the resized crop).
     """
     if fill is not None and not 0 <= fill <= 255:
-        raise ValueError(f"fill {fill} is not a grey level; give 0..255, or None (null) for the mean colour")
+        raise ConfigError(f"fill {fill} is not a grey level; give 0..255, or None (null) for the mean colour")
     if degrees < 0 or shear < 0:
-        raise ValueError(f"degrees {degrees} and shear {shear} are ranges (+-); give 0 or more")
+        raise ConfigError(f"degrees {degrees} and shear {shear} are ranges (+-); give 0 or more")
     resolution = resolution or preprocessing.resolution
     interpolation = interpolation_mode(preprocessing.interpolation)
     geometric = interpolation
@@ -132,8 +133,8 @@ class MixupCutmix:
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5, label_smoothing: float = 0.0) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= prob <= 1 or not 0 <= label_smoothing < 1:
-            raise ValueError(f"invalid mixup/cutmix settings: mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}, "
-                             f"prob={prob}, label_smoothing={label_smoothing}")
+            raise ConfigError(f"invalid mixup/cutmix settings: mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}, "
+                              f"prob={prob}, label_smoothing={label_smoothing}")
         self.num_classes = num_classes
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import IMAGE_EXTENSIONS, ImageReadError, build_loader, eval_transforms, load_image, scan_folder
 from ..data.datasets import image_files_under
 from ..description import Preprocessing
+from ..errors import ConfigError, InputFileError
 
 DEFAULT_CALIBRATION_IMAGES = 256
 
@@ -27,8 +28,8 @@ def find_images(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (any depth, hidden entries skipped), in sorted path order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist" if not folder.exists()
-                                else f"{folder} is not a folder of images")
+        raise InputFileError(f"image folder {folder} does not exist" if not folder.exists()
+                             else f"{folder} is not a folder of images")
     return image_files_under(folder)
 
 
@@ -38,7 +39,7 @@ def spread(items: Sequence, count: int) -> list:
     Sorted class folders stay balanced: every class contributes, not only the first ones.
     """
     if count <= 0:
-        raise ValueError(f"the number of calibration images must be positive, got {count}")
+        raise ConfigError(f"the number of calibration images must be positive, got {count}")
     if len(items) <= count:
         return list(items)
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, count).round()]
@@ -47,9 +48,9 @@ def spread(items: Sequence, count: int) -> list:
 def _images_or_error(folder: str | Path) -> list[Path]:
     paths = find_images(folder)
     if not paths:
-        raise ValueError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                         "point it at a few hundred images like those the model will see "
-                         "(class sub-folders are fine, labels are not needed)")
+        raise ConfigError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                          "point it at a few hundred images like those the model will see "
+                          "(class sub-folders are fine, labels are not needed)")
     return paths
 
 
@@ -85,7 +86,7 @@ def calibration_images(folder: str | Path, preprocessing: Preprocessing,
     dataset = UnlabelledImages(spread(_images_or_error(folder), count), preprocessing)
     images = _stack_readable([dataset[i] for i in range(len(dataset))])
     if len(images) == 0:
-        raise ValueError(f"none of the images in calibration folder {folder} could be read; see the warnings")
+        raise ConfigError(f"none of the images in calibration folder {folder} could be read; see the warnings")
     return images
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..bench.measure import LatencyStats, TimingBudget, measure_calls
+from ..errors import ConfigError
 from ..table import format_table
 from .runtime import Runner
 
@@ -31,7 +32,7 @@ def evaluate_runners(runners: Mapping[str, Runner], batches: Iterable[tuple[torc
                      reference: str) -> dict[str, Accuracy]:
     """Top-1 and agreement with ``runners[reference]`` for every runner, in one pass over ``batches``."""
     if reference not in runners:
-        raise ValueError(f"reference {reference!r} is not among the runners {list(runners)}")
+        raise ConfigError(f"reference {reference!r} is not among the runners {list(runners)}")
     correct = dict.fromkeys(runners, 0)
     agree = dict.fromkeys(runners, 0)
     noise = dict.fromkeys(runners, 0.0)
@@ -50,7 +51,7 @@ def evaluate_runners(runners: Mapping[str, Runner], batches: Iterable[tuple[torc
             noise[name] += float(((output - expected) ** 2).sum())
         count += len(targets)
     if count == 0:
-        raise ValueError("no images to evaluate on")
+        raise ConfigError("no images to evaluate on")
     return {name: Accuracy(correct[name] / count, agree[name] / count, _decibels(signal, noise[name]), count)
             for name in runners}
 
@@ -67,7 +68,7 @@ def collect_logits(runners: Mapping[str, Runner], batches: Iterable[tuple[torch.
             outputs[name].append(runner(batch).astype(np.float32))
         targets.append(labels.numpy())
     if not targets:
-        raise ValueError("no images to evaluate on")
+        raise ConfigError("no images to evaluate on")
     return {name: np.concatenate(parts) for name, parts in outputs.items()}, np.concatenate(targets)
 
 

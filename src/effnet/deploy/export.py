@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputFileError
 from ..files import atomic_write
 from ..model import EfficientNet
 from .fuse import fold_batchnorm
@@ -77,8 +77,8 @@ def artifact_metadata(model: EfficientNet, format: str) -> dict:
 def check_opset(opset: int) -> int:
     highest = _highest_opset()
     if not MIN_OPSET <= opset <= highest:
-        raise ValueError(f"unsupported ONNX opset {opset}; choose one from {MIN_OPSET} to {highest} "
-                         f"(default {DEFAULT_OPSET})")
+        raise ConfigError(f"unsupported ONNX opset {opset}; choose one from {MIN_OPSET} to {highest} "
+                          f"(default {DEFAULT_OPSET})")
     return opset
 
 
@@ -105,7 +105,7 @@ def export_model(model: nn.Module, path: str | Path, format: str, *, opset: int 
     check_export_options(format, opset, tolerance)
     path = Path(path)
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+        raise InputFileError(f"output folder {path.parent} does not exist")
     was_training = model.training
     model.eval()
     try:
@@ -153,7 +153,7 @@ def read_artifact_metadata(path: str | Path, format: str) -> dict:
             torch.export.load(str(path), extra_files=extra)
         raw = extra[f"{METADATA_KEY}.json"] or None
     if raw is None:
-        raise ValueError(f"{path} carries no effnet metadata (was it written by effnet export?)")
+        raise ConfigError(f"{path} carries no effnet metadata (was it written by effnet export?)")
     return json.loads(raw)
 
 

@@ -13,13 +13,15 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Rewrite ``conv``'s weight and bias in place so that ``conv(x) == bn(conv(x))`` in eval mode."""
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+        raise ConfigError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     if conv.out_channels != bn.num_features:
-        raise ValueError(f"conv has {conv.out_channels} output channels but BatchNorm has {bn.num_features}")
+        raise ConfigError(f"conv has {conv.out_channels} output channels but BatchNorm has {bn.num_features}")
     with torch.no_grad():
         weight = conv.weight.double()
         bias = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64,

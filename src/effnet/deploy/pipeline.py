@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError, InputFileError
 from ..factory import create_model
 from ..model import EfficientNet
 from ..registry import list_models
@@ -40,12 +41,12 @@ def load_deployable(checkpoint: str | Path) -> EfficientNet:
         try:
             model = load_trained_model(path)
         except ValueError as error:
-            raise ValueError(f"cannot deploy {path}: {error}") from None
+            raise ConfigError(f"cannot deploy {path}: {error}") from None
     elif str(checkpoint) in list_models():
         model = create_model(str(checkpoint), pretrained=True)
     else:
-        raise FileNotFoundError(f"checkpoint {checkpoint} is neither a file, nor a run folder, nor a model name "
-                                "(see effnet models)")
+        raise InputFileError(f"checkpoint {checkpoint} is neither a file, nor a run folder, nor a model name "
+                             "(see effnet models)")
     return model.eval()
 
 
@@ -74,7 +75,7 @@ class QuantizeOptions:
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:
-            raise ValueError(f"unknown quantization method {self.method!r}; choose one of {', '.join(QUANT_METHODS)}")
+            raise ConfigError(f"unknown quantization method {self.method!r}; choose one of {', '.join(QUANT_METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,9 @@ def quantize_checkpoint(model: EfficientNet, calib_dir: str | Path, eval_dir: st
     out_path = Path(out_path)
     if out_path.suffix not in (".onnx", ".pt2") or (options.method == "ort-ptq" and out_path.suffix != ".onnx"):
         allowed = ".onnx" if options.method == "ort-ptq" else ".onnx or .pt2"
-        raise ValueError(f"{options.method} writes {allowed} files; got {out_path}")
+        raise ConfigError(f"{options.method} writes {allowed} files; got {out_path}")
     if not out_path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
+        raise InputFileError(f"output folder {out_path.parent} does not exist")
     calibration = calibration_images(calib_dir, model.preprocessing, options.calibration_images)
     loader = labelled_loader(eval_dir, model.preprocessing, model.class_names,
                              options.batch_size)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..files import atomic_write
 from ..layers import Conv2dSame, same_padding_amounts
 from .export import DEFAULT_OPSET, METADATA_KEY, NAME_SCOPES_KEY, export_model, export_program, write_onnx
@@ -47,8 +48,8 @@ ACTIVATION_TYPES = ("uint8", "int8")
 def check_groups(groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     unknown = sorted(set(groups) - set(LAYER_GROUPS))
     if unknown:
-        raise ValueError(f"unknown layer group(s) {', '.join(unknown)} to keep in float; "
-                         f"choose from {', '.join(LAYER_GROUPS)}")
+        raise ConfigError(f"unknown layer group(s) {', '.join(unknown)} to keep in float; "
+                          f"choose from {', '.join(LAYER_GROUPS)}")
     return tuple(groups)
 
 
@@ -72,11 +73,11 @@ class OrtRecipe:
 
     def __post_init__(self) -> None:
         if self.calibrate_method not in CALIBRATION_METHODS:
-            raise ValueError(f"unknown calibration method {self.calibrate_method!r}; "
-                             f"choose one of {', '.join(CALIBRATION_METHODS)}")
+            raise ConfigError(f"unknown calibration method {self.calibrate_method!r}; "
+                              f"choose one of {', '.join(CALIBRATION_METHODS)}")
         if self.activation_type not in ACTIVATION_TYPES:
-            raise ValueError(f"unknown activation type {self.activation_type!r}; "
-                             f"choose one of {', '.join(ACTIVATION_TYPES)}")
+            raise ConfigError(f"unknown activation type {self.activation_type!r}; "
+                              f"choose one of {', '.join(ACTIVATION_TYPES)}")
         object.__setattr__(self, "keep_float", check_groups(self.keep_float))
 
     def describe(self) -> str:
@@ -117,8 +118,8 @@ def onnx_nodes_in_groups(model_path: str | Path, groups: tuple[str, ...]) -> lis
     for node in onnx.load(str(model_path), load_external_data=False).graph.node:
         scopes = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == NAME_SCOPES_KEY), None)
         if scopes is None:
-            raise ValueError(f"{model_path}: node {node.name} carries no module scope; keeping layer groups "
-                             "in float needs an ONNX file from the torch.export-based exporter (opset >= 18)")
+            raise ConfigError(f"{model_path}: node {node.name} carries no module scope; keeping layer groups "
+                              "in float needs an ONNX file from the torch.export-based exporter (opset >= 18)")
         if any(_in_group(scopes, node.op_type, group) for group in groups):
             selected.append(node.name)
     return selected
@@ -143,7 +144,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torc
 
     images = calibration.numpy() if isinstance(calibration, torch.Tensor) else np.asarray(calibration)
     if len(images) == 0:
-        raise ValueError("no calibration images to quantize with")
+        raise ConfigError("no calibration images to quantize with")
     out_path = Path(out_path)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -195,8 +196,8 @@ class Pt2eRecipe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", check_groups(self.keep_float))
         if "activations" in self.keep_float:
-            raise ValueError("the PT2E path fuses activations into their convs and cannot keep them alone in "
-                             "float; keep 'se', 'stem', 'head' or 'classifier' in float instead, or use ONNX Runtime")
+            raise ConfigError("the PT2E path fuses activations into their convs and cannot keep them alone in "
+                              "float; keep 'se', 'stem', 'head' or 'classifier' in float instead, or use ONNX Runtime")
 
 
 def module_names_in_groups(model: nn.Module, groups: tuple[str, ...]) -> list[str]:
@@ -291,7 +292,7 @@ def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, recipe: Pt2eRecip
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if len(calibration) == 0:
-        raise ValueError("no calibration images to quantize with")
+        raise ConfigError("no calibration images to quantize with")
     model = model.eval()
     quantizer = _x86_quantizer(model, recipe, is_qat=False)
     captured = capture_for_quantization(model, calibration[:1].repeat(2, 1, 1, 1))
@@ -319,8 +320,8 @@ class QatSettings:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0 or not 0 <= self.freeze_fraction < 1:
-            raise ValueError(f"invalid QAT settings: epochs={self.epochs}, lr={self.lr}, "
-                             f"freeze_fraction={self.freeze_fraction}")
+            raise ConfigError(f"invalid QAT settings: epochs={self.epochs}, lr={self.lr}, "
+                              f"freeze_fraction={self.freeze_fraction}")
 
 
 def quantize_aware_train(model: nn.Module, batches: Iterable[torch.Tensor], settings: QatSettings = QatSettings(),
@@ -343,7 +344,7 @@ def quantize_aware_train(model: nn.Module, batches: Iterable[torch.Tensor], sett
     batches_per_epoch = len(batches) if isinstance(batches, Sized) else None
     first = next(iter(batches), None)
     if first is None or len(first) == 0:
-        raise ValueError("no images to train on for quantization-aware training")
+        raise ConfigError("no images to train on for quantization-aware training")
     quantizer = _x86_quantizer(model, recipe, is_qat=True)
     captured = capture_for_quantization(fold_batchnorm(model), first[:1].repeat(2, 1, 1, 1))
     prepared = prepare_qat_pt2e(captured, quantizer)

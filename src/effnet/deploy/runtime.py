@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError, InputFileError
+
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 
@@ -22,7 +24,7 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 def check_format(format: str) -> str:
     """``format`` if it is one we export, else a ValueError naming the choices."""
     if format not in FORMATS:
-        raise ValueError(f"unsupported format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unsupported format {format!r}; choose one of {', '.join(FORMATS)}")
     return format
 
 
@@ -57,7 +59,7 @@ def onnxruntime_session(path: str | Path, threads: int | None = None, optimizati
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     if optimization not in levels:
-        raise ValueError(f"unknown ONNX Runtime optimization level {optimization!r}; choose one of {list(levels)}")
+        raise ConfigError(f"unknown ONNX Runtime optimization level {optimization!r}; choose one of {list(levels)}")
     options = ort.SessionOptions()
     options.graph_optimization_level = levels[optimization]
     options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
@@ -87,7 +89,7 @@ def load_runner(path: str | Path, format: str, threads: int | None = None) -> Ru
     check_format(format)
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no {format} file at {path}")
+        raise InputFileError(f"no {format} file at {path}")
     if format == "onnx":
         return onnx_runner(path, threads)
     if format == "torchscript":

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputFileError
 from ..files import atomic_write
 from ..weights.trained import LAST, read_training_checkpoint
 
@@ -33,10 +34,10 @@ def resolve_resume(path: str | Path) -> Path:
     if path.is_dir():
         candidate = path / LAST
         if not candidate.is_file():
-            raise FileNotFoundError(f"run directory {path} has no {LAST} to resume from")
+            raise InputFileError(f"run directory {path} has no {LAST} to resume from")
         return candidate
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume from {path}: no such run directory or checkpoint")
+        raise InputFileError(f"cannot resume from {path}: no such run directory or checkpoint")
     return path
 
 

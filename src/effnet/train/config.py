@@ -23,7 +23,7 @@ from ..data.device_decode import DECODE_MODES
 from ..data.transforms import AUTO_AUGMENTS as auto_augment_policies
 from ..description import Preprocessing
 from ..device import AMP_MODES
-from ..errors import ConfigError
+from ..errors import ConfigError, InputFileError
 
 LOG = logging.getLogger("effnet.train")
 SHORT_RUN_WARMUP = 0.1
@@ -371,7 +371,7 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise FileNotFoundError(f"recipe file {path} does not exist")
+            raise InputFileError(f"recipe file {path} does not exist")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
     """Parameters then buffers, in a fixed order (a state dict's tensors, without building one
@@ -25,7 +27,7 @@ class ModelEMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
         self.module = copy.deepcopy(model).eval()
         for param in self.module.parameters():
             param.requires_grad_(False)

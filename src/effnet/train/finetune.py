@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputFileError
 from ..factory import resolve_config
 from ..model import EfficientNet
 from ..registry import get_entry, list_models
@@ -66,9 +66,9 @@ def prepare_for_finetuning(model: EfficientNet, num_classes: int, class_names: S
     names); everything else keeps its (pretrained) weights. ``zero_init`` starts the classifier at
     zero (uniform first predictions; see ``ModelSettings.zero_init_head``). Returns the model."""
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1 to fine-tune a classifier, got {num_classes}")
+        raise ConfigError(f"num_classes must be at least 1 to fine-tune a classifier, got {num_classes}")
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        raise ConfigError(f"{len(class_names)} class names for {num_classes} classes")
     device = next(model.parameters()).device
     model.reset_classifier(num_classes, class_names)
     if zero_init:
@@ -131,18 +131,18 @@ def start_settings(source: str | Path) -> dict[str, Any]:
         get_entry(name)
     except ValueError:
         if _looks_like_path(text):
-            raise FileNotFoundError(f"--from {text}: no such run directory or checkpoint file") from None
-        raise ValueError(f"--from {text!r} is neither a known model nor an existing file or run directory. Known "
-                         f"models: {', '.join(list_models())} (optionally NAME:TAG for other published weights); "
-                         "or give the path of a run directory, .pt or .safetensors file of ours") from None
+            raise InputFileError(f"--from {text}: no such run directory or checkpoint file") from None
+        raise ConfigError(f"--from {text!r} is neither a known model nor an existing file or run directory. Known "
+                          f"models: {', '.join(list_models())} (optionally NAME:TAG for other published weights); "
+                          "or give the path of a run directory, .pt or .safetensors file of ours") from None
     if not sep:
         default_source(name)  # models without published weights are refused with the list of those with
         return {"model.name": name, "model.pretrained": True}
     if not tag:
-        raise ValueError(f"--from {text!r}: give the weights after the colon, e.g. {name}:TAG or {name}:FILE")
+        raise ConfigError(f"--from {text!r}: give the weights after the colon, e.g. {name}:TAG or {name}:FILE")
     if not Path(tag).is_file():
         if _looks_like_path(tag):
-            raise FileNotFoundError(f"--from {text}: weight file {tag} does not exist")
+            raise InputFileError(f"--from {text}: weight file {tag} does not exist")
         get_source(name, tag)
     return {"model.name": name, "model.pretrained": tag}
 
@@ -165,14 +165,14 @@ def start_from_trained(path: str | Path, class_names: Sequence[str], zero_init_h
     try:
         config, _ = resolve_config(trained.config, **overrides)
     except TypeError as error:
-        raise ValueError(f"model.overrides: {error}") from None
+        raise ConfigError(f"model.overrides: {error}") from None
     model = EfficientNet(config, num_classes=trained.num_classes, description=trained.description)
     try:
         model.load_state_dict(trained.state_dict())
     except RuntimeError as error:
-        raise ValueError(f"the overrides {sorted(overrides)} change the architecture of the {trained.model_name} "
-                         f"network in {path}, so its weights do not fit; drop them (the checkpoint's own "
-                         f"architecture is used): {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"the overrides {sorted(overrides)} change the architecture of the {trained.model_name} "
+                          f"network in {path}, so its weights do not fit; drop them (the checkpoint's own "
+                          f"architecture is used): {str(error).splitlines()[0]}") from None
     if model.class_names != list(class_names):
         prepare_for_finetuning(model, len(class_names), class_names, zero_init=zero_init_head)
     return model
@@ -192,10 +192,10 @@ class UnfreezeSchedule:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown fine-tuning strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise ConfigError(f"unknown fine-tuning strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.epochs_per_group < 1 or self.initial_groups < 1:
-            raise ValueError(f"epochs_per_group and initial_groups must be at least 1, got "
-                             f"{self.epochs_per_group} and {self.initial_groups}")
+            raise ConfigError(f"epochs_per_group and initial_groups must be at least 1, got "
+                              f"{self.epochs_per_group} and {self.initial_groups}")
 
     def trainable_count(self, epoch: int, num_groups: int) -> int:
         """How many groups, counted from the top, train at ``epoch`` (0-based)."""
@@ -218,7 +218,7 @@ def apply_freezing(model: EfficientNet, trainable: Collection[str]) -> None:
     groups = layer_groups(model)
     unknown = sorted(set(trainable) - {group.name for group in groups})
     if unknown:
-        raise ValueError(f"unknown layer groups {unknown}; the groups are {[group.name for group in groups]}")
+        raise ConfigError(f"unknown layer groups {unknown}; the groups are {[group.name for group in groups]}")
     for group in groups:
         train = group.name in trainable
         for param in group.module.parameters():
@@ -274,8 +274,8 @@ def layer_decay_groups(model: EfficientNet, base_lr: float, layer_decay: float =
     ``<layer group>.no_decay``. Frozen parameters are included (see the module docstring).
     """
     if base_lr <= 0 or not 0 < layer_decay <= 1 or weight_decay < 0:
-        raise ValueError(f"invalid learning rates: base_lr={base_lr} (> 0), layer_decay={layer_decay} "
-                         f"(in (0, 1]), weight_decay={weight_decay} (>= 0)")
+        raise ConfigError(f"invalid learning rates: base_lr={base_lr} (> 0), layer_decay={layer_decay} "
+                          f"(in (0, 1]), weight_decay={weight_decay} (>= 0)")
     groups = []
     for layer in layer_groups(model):
         scale = layer_decay ** layer.depth

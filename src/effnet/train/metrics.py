@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import autocast_context
+from ..errors import ConfigError
 from .distributed import DistContext, all_reduce_sum
 
 
@@ -122,7 +123,7 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
     if count == 0:
-        raise ValueError("evaluation got no images; the validation set is empty")
+        raise ConfigError("evaluation got no images; the validation set is empty")
     loss, top1, topk = (sums.cpu() / count).tolist()
     predictions = None
     if keep_predictions:  # a process may hold no images of a small validation set
@@ -139,7 +140,7 @@ def find_mistakes(predictions: Predictions, samples: Sequence[tuple[Path, int]],
     dataset's ``skipped``: those that failed to load read another image in their place) are
     left out."""
     if len(samples) != len(predictions.targets):
-        raise ValueError(f"{len(predictions.targets)} predictions for {len(samples)} image files")
+        raise ConfigError(f"{len(predictions.targets)} predictions for {len(samples)} image files")
     left_out = {path for path, _ in skipped}
     wrong = torch.nonzero(predictions.predicted != predictions.targets).flatten().tolist()
     mistakes = [Mistake(samples[i][0], class_names[int(predictions.targets[i])],

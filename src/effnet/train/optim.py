@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .config import OptimizerSettings
 
 
@@ -33,9 +34,9 @@ class RMSpropTF(torch.optim.Optimizer):
                  momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         for name, value in {"lr": lr, "eps": eps, "momentum": momentum, "weight_decay": weight_decay}.items():
             if value < 0:
-                raise ValueError(f"RMSpropTF: {name} must be >= 0, got {value}")
+                raise ConfigError(f"RMSpropTF: {name} must be >= 0, got {value}")
         if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"RMSpropTF: alpha must be in [0, 1), got {alpha}")
+            raise ConfigError(f"RMSpropTF: alpha must be in [0, 1), got {alpha}")
         super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum,
                                   "weight_decay": weight_decay})
 
@@ -117,4 +118,4 @@ def build_optimizer(model: nn.Module, settings: OptimizerSettings, lr: float,
     if settings.name == "rmsprop_tf":
         return RMSpropTF(groups, lr=lr, alpha=settings.alpha, momentum=settings.momentum,
                          eps=1e-3 if settings.eps is None else settings.eps)
-    raise ValueError(f"unknown optimizer {settings.name!r}; choose adamw, sgd or rmsprop_tf")
+    raise ConfigError(f"unknown optimizer {settings.name!r}; choose adamw, sgd or rmsprop_tf")

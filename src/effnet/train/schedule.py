@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ..errors import ConfigError
 from .config import ScheduleSettings
 
 
@@ -25,7 +26,7 @@ class LRSchedule:
     def __init__(self, optimizer: torch.optim.Optimizer, settings: ScheduleSettings, base_lr: float,
                  epochs: int, steps_per_epoch: int) -> None:
         if steps_per_epoch <= 0:
-            raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+            raise ConfigError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
         self.optimizer = optimizer
         self.settings = settings
         self.base_lr = base_lr

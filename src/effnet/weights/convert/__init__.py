@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 
 import torch
 
+from ...errors import ConfigError
 from ...model import EfficientNetConfig
 from ..errors import CheckpointError
 from . import keras, lukemelas, timm, torchvision
@@ -46,7 +47,7 @@ def get_layout(name: str) -> Layout:
     try:
         return LAYOUTS[name]
     except KeyError:
-        raise ValueError(f"unknown checkpoint layout {name!r}; choose one of {', '.join(LAYOUTS)}") from None
+        raise ConfigError(f"unknown checkpoint layout {name!r}; choose one of {', '.join(LAYOUTS)}") from None
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
