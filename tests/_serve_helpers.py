@@ -44,18 +44,23 @@ class ServerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
-        """Poll ``/healthz`` until it answers 200; fail with the server's output if it never does."""
+    def wait_ready(self, timeout: float = START_TIMEOUT_S, in_a_row: int = 1) -> ServerProcess:
+        """Poll ``/healthz`` until it answers 200 ``in_a_row`` times running (with several workers,
+        each new connection may reach another one: many answers in a row mean all are warm); fail
+        with the server's output if it never does."""
         deadline = time.monotonic() + timeout
+        ready = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"the server exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
+                ready = ready + 1 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200 else 0
             except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+                ready = 0
+            if ready >= in_a_row:
+                return self
+            if not ready:
+                time.sleep(0.2)
         self.stop()
         raise AssertionError(f"the server was not ready within {timeout} s:\n{self.output()}")
 

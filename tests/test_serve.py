@@ -247,7 +247,7 @@ def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
 @pytest.mark.slow
 def test_two_workers_share_one_port(files):
     server = ServerProcess(["--checkpoint", str(files["checkpoint"]), "--workers", "2"], files["folder"] / "w.log")
-    server.wait_ready()
+    server.wait_ready(in_a_row=20)  # both workers warm (a connection reaching a cold one gets 503)
     try:
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda path: post(server, [upload(path)], headers={}), files["images"]))
