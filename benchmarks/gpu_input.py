@@ -40,7 +40,7 @@ from skimage import data as photos  # noqa: E402
 
 import effnet  # noqa: E402
 from effnet.data.datasets import scan_folder  # noqa: E402
-from effnet.data.device_decode import DeviceBatchTransform, DeviceDecodeLoader, EncodedImages, collate_encoded  # noqa: E402
+from effnet.data.device_decode import device_decode_loader  # noqa: E402
 from effnet.data.loaders import build_loader  # noqa: E402
 from effnet.data.transforms import train_transforms  # noqa: E402
 from effnet.device import autocast_context  # noqa: E402
@@ -107,10 +107,8 @@ def feeds(folder: Path, device: torch.device, size: int, batch: int, workers: in
     options = {"resolution": size, "auto_augment": "randaugment", "color_jitter": None}
     dataset = scan_folder(folder, transform=train_transforms(preprocessing, **options))
     cpu = build_loader(dataset, batch, train=True, num_workers=workers)
-    encoded = build_loader(EncodedImages(dataset), batch, train=True, num_workers=workers, collate_fn=collate_encoded)
-    on_device = DeviceBatchTransform(train_transforms(preprocessing, **options, for_tensors=True), device,
-                                     torch.channels_last)
-    gpu = DeviceDecodeLoader(encoded, on_device)
+    tensors = scan_folder(folder, transform=train_transforms(preprocessing, **options, for_tensors=True))
+    gpu = device_decode_loader(tensors, batch, True, device, torch.channels_last, num_workers=workers)
     fixed = (torch.randn(batch, 3, size, size, device=device), torch.randint(0, CLASSES, (batch,), device=device))
     result = {"model_alone": repeat([fixed]), "cpu_decode": repeat(cpu), "gpu_decode": repeat(gpu)}
     try:

@@ -16,11 +16,10 @@ from _train_helpers import make_image_folder, tiny_config
 from effnet.cli import main
 from effnet.data.datasets import scan_folder
 from effnet.data.device_decode import (
-    DeviceBatchTransform,
     DeviceDecodeLoader,
     EncodedImages,
-    collate_encoded,
     decodes_on_device,
+    device_decode_loader,
 )
 from effnet.data.loaders import build_loader
 from effnet.data.transforms import eval_transforms
@@ -55,8 +54,7 @@ def _photos(root: Path, count: int = 6) -> Path:
 
 
 def _device_loader(dataset, batch_size: int = 4) -> DeviceDecodeLoader:
-    loader = build_loader(EncodedImages(dataset), batch_size, train=False, num_workers=0, collate_fn=collate_encoded)
-    return DeviceDecodeLoader(loader, DeviceBatchTransform(eval_transforms(PREPROCESSING), CPU))
+    return device_decode_loader(dataset, batch_size, False, CPU, num_workers=0)
 
 
 def test_the_device_path_gives_the_cpu_path_pixels(tmp_path) -> None:

@@ -10,13 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data.datasets import VAL_CSV_NAMES, VAL_FOLDER_NAMES, ImageDataset, build_datasets, read_csv, scan_folder
-from .data.device_decode import (
-    DeviceBatchTransform,
-    DeviceDecodeLoader,
-    EncodedImages,
-    collate_encoded,
-    decodes_on_device,
-)
+from .data.device_decode import decodes_on_device, device_decode_loader
 from .data.loaders import build_loader
 from .data.transforms import eval_transforms
 from .device import resolve_device
@@ -68,9 +62,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
     dataset.transform = eval_transforms(model.preprocessing)
     target = resolve_device(device)
     if decodes_on_device(decode, target):
-        loader = DeviceDecodeLoader(build_loader(EncodedImages(dataset), batch_size, train=False,
-                                                 num_workers=num_workers, collate_fn=collate_encoded),
-                                    DeviceBatchTransform(dataset.transform, target))
+        loader = device_decode_loader(dataset, batch_size, False, target, num_workers=num_workers)
     else:
         loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers)
     model.to(target)

@@ -154,7 +154,7 @@ class _PreparedImages(Dataset):
             if payload is not None:
                 return payload, None
         try:
-            return prepare_image(self.images[index], self.transform), None
+            return prepare_image(image, self.transform), None
         except ImageReadError as error:
             return None, error.reason
         except ValueError as error:

@@ -27,6 +27,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from ..errors import ConfigError
 from .datasets import ImageDataset
 from .images import ImageReadError, decode_image
+from .loaders import build_loader
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +146,13 @@ class DeviceDecodeLoader:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
+
+
+def device_decode_loader(dataset: ImageDataset, batch_size: int, train: bool, device: torch.device,
+                         memory_format: torch.memory_format = torch.contiguous_format,
+                         **options: Any) -> DeviceDecodeLoader:
+    """:func:`~effnet.data.loaders.build_loader` over ``dataset``'s encoded images (``options``
+    go to it), whose batches come out decoded and transformed with ``dataset.transform`` on
+    ``device``."""
+    loader = build_loader(EncodedImages(dataset), batch_size, train, collate_fn=collate_encoded, **options)
+    return DeviceDecodeLoader(loader, DeviceBatchTransform(dataset.transform, device, memory_format))
