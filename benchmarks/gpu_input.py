@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -49,12 +50,23 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immu
 CLASSES = 10
 
 
-def write_jpegs(folder: Path, count: int, sizes: tuple[int, int], seed: int = 0) -> Path:
+def write_jpegs(folder: Path, count: int, sizes: tuple[int, int], seed: int = 0, processes: int = 0) -> Path:
     """``count`` JPEGs (quality 90) in ``CLASSES`` class folders, each a random crop of a photo
-    resized to a random side in ``sizes``."""
+    resized to a random side in ``sizes``; written by ``processes`` processes (default: every core)."""
+    processes = processes or os.cpu_count() or 1
+    shares = [(folder, range(start, count, processes), sizes, seed + start) for start in range(processes)]
+    if processes == 1:
+        _write_share(*shares[0])
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            pool.starmap(_write_share, shares)
+    return folder
+
+
+def _write_share(folder: Path, indices: range, sizes: tuple[int, int], seed: int) -> None:
     rng = np.random.default_rng(seed)
     sources = [getattr(photos, name)() for name in PHOTOS]
-    for index in range(count):
+    for index in indices:
         source = sources[index % len(sources)]
         height, width = source.shape[:2]
         side = int(rng.integers(min(height, width) // 2, min(height, width)))
@@ -66,7 +78,6 @@ def write_jpegs(folder: Path, count: int, sizes: tuple[int, int], seed: int = 0)
         out = folder / f"class_{index % CLASSES}" / f"{index:06d}.jpg"
         out.parent.mkdir(parents=True, exist_ok=True)
         crop.save(out, quality=90)
-    return folder
 
 
 def repeat(loader: Iterable) -> Iterator:
@@ -124,6 +135,19 @@ def feeds(folder: Path, device: torch.device, size: int, batch: int, workers: in
     return result
 
 
+def measure(folder: Path, device: torch.device, size: int = 224, batch: int = 256, workers: int = 0,
+            steps: int = 60, warmup: int = 10) -> tuple[dict[str, float], dict[str, float]]:
+    """Images/s of each feed on the JPEGs under ``folder``, and the ratios the issue names."""
+    workers = workers or os.cpu_count() or 1
+    rates = {name: time_training(batches, steps, warmup, device, batch)
+             for name, batches in feeds(folder, device, size, batch, workers).items()}
+    ratios = {"gpu_decode/model_alone": rates["gpu_decode"] / rates["model_alone"],
+              "gpu_decode/cpu_decode": rates["gpu_decode"] / rates["cpu_decode"]}
+    if "timm_loader" in rates:
+        ratios["gpu_decode/timm_loader"] = rates["gpu_decode"] / rates["timm_loader"]
+    return rates, ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_input.json")
@@ -139,15 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
         args.images, args.steps, args.warmup, args.batch, args.size, args.workers = 40, 2, 1, 8, 32, 1
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     with tempfile.TemporaryDirectory(prefix="effnet-jpegs-") as scratch:
-        folder = Path(args.folder) if args.folder else write_jpegs(Path(scratch), args.images,
-                                                                    (350, 500) if not args.smoke else (40, 64))
-        rates = {name: time_training(batches, args.steps, args.warmup, device, args.batch)
-                 for name, batches in feeds(folder, device, args.size, args.batch, args.workers).items()}
-    ratios = {"gpu_decode/model_alone": rates["gpu_decode"] / rates["model_alone"],
-              "gpu_decode/cpu_decode": rates["gpu_decode"] / rates["cpu_decode"]}
-    if "timm_loader" in rates:
-        ratios["gpu_decode/timm_loader"] = rates["gpu_decode"] / rates["timm_loader"]
+        folder = Path(args.folder) if args.folder else write_jpegs(
+            Path(scratch), args.images, (350, 500) if not args.smoke else (40, 64), processes=args.workers)
+        rates, ratios = measure(folder, device, args.size, args.batch, args.workers, args.steps, args.warmup)
     environment = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
                    "workers": args.workers, "torch": torch.__version__, "images": args.images, "steps": args.steps,
