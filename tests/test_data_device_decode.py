@@ -16,6 +16,7 @@ from _train_helpers import make_image_folder, tiny_config
 from effnet.cli import main
 from effnet.data.datasets import scan_folder
 from effnet.data.device_decode import (
+    DeviceBatchTransform,
     DeviceDecodeLoader,
     EncodedImages,
     decodes_on_device,
@@ -87,6 +88,39 @@ def test_an_undecodable_jpeg_is_replaced_by_another_image_of_the_batch(tmp_path,
     position = [p.name for p, _ in dataset.samples].index("1.jpg")
     substitute = [i for i in range(6) if i != position and torch.equal(images[i], images[position])]
     assert substitute and labels[position] == labels[substitute[0]]
+
+
+def test_prefetching_gives_the_same_batches_in_the_same_order(tmp_path) -> None:
+    dataset = scan_folder(_photos(tmp_path, count=9), transform=eval_transforms(PREPROCESSING))
+    plain = device_decode_loader(dataset, 2, False, CPU, num_workers=0)
+    assert not plain.prefetch  # the default off CUDA
+    ahead = DeviceDecodeLoader(plain.loader, plain.transform, prefetch=True)
+    expected, got = list(plain), list(ahead)
+    assert len(got) == len(expected) == 5
+    for (images, labels), (want_images, want_labels) in zip(got, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+
+
+def test_prefetching_passes_errors_on_and_stops_when_the_caller_does(tmp_path) -> None:
+    dataset = scan_folder(_photos(tmp_path, count=9), transform=eval_transforms(PREPROCESSING))
+    plain = device_decode_loader(dataset, 2, False, CPU, num_workers=0)
+    calls = []
+
+    class FailingThird(DeviceBatchTransform):
+        def __call__(self, payloads, labels, names):
+            calls.append(names)
+            if len(calls) == 3:
+                raise ConfigError("none of the 2 images of a batch could be decoded")
+            return super().__call__(payloads, labels, names)
+
+    batches = iter(DeviceDecodeLoader(plain.loader, plain.transform, prefetch=True))
+    next(batches)
+    batches.close()  # the caller stops early: the thread finishes the batch it was preparing, no more
+    assert len(list(DeviceDecodeLoader(plain.loader, plain.transform, prefetch=True))) == 5
+    failing = DeviceDecodeLoader(plain.loader, FailingThird(plain.transform.transform, CPU), prefetch=True)
+    with pytest.raises(ConfigError, match="could be decoded"):
+        list(failing)
+    assert len(calls) == 3  # the error surfaced where the third batch was asked for, nothing after it
 
 
 def test_decode_setting() -> None:

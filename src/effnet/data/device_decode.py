@@ -2,37 +2,42 @@
 
 On a GPU, decoding and augmenting thousands of JPEGs a second on the CPU starves the model.
 With ``data.decode=gpu`` the loader workers read each JPEG file's bytes and nothing more;
-the main process decodes a whole batch at once with ``torchvision.io.decode_jpeg`` on the
-device (nvJPEG on CUDA) and runs the same torchvision v2 preset as the CPU path there
+the main process decodes a whole batch at once on the device (:func:`effnet.data.jpeg.decode_jpegs`:
+one nvJPEG call on CUDA) and runs the same torchvision v2 preset as the CPU path there
 (random resized crop, flips, the auto-augment policies, normalization). Files that are not
 JPEG are decoded by the worker as before; a JPEG the device cannot decode is decoded on the
 CPU instead, and one that cannot be decoded at all is replaced by another image of the batch
 (with its label), with a warning naming the file, as the CPU path does.
 
-The path runs on the CPU too (``decode_jpeg`` on the CPU), which is how it is tested.
+On CUDA the next batch is decoded and augmented while the model trains on this one: a thread
+of the main process does it on a CUDA stream of its own (:class:`DeviceDecodeLoader`'s
+``prefetch``), so that the decoder's host-side work and the model's kernel launches overlap.
+
+The path runs on the CPU too (decoding on the CPU), which is how it is tested.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..errors import ConfigError
 from .datasets import ImageDataset
 from .images import ImageReadError, decode_image
+from .jpeg import JPEG_MAGIC, decode_jpegs
 from .loaders import build_loader
 
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "cpu", "gpu")
-JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def decodes_on_device(mode: str, device: torch.device) -> bool:
@@ -95,8 +100,7 @@ class DeviceBatchTransform:
         if not encoded:
             return images
         try:
-            decoded = decode_jpeg([payloads[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device,
-                                  apply_exif_orientation=True)
+            decoded = decode_jpegs([payloads[i] for i in encoded], self.device)
         except RuntimeError:  # one bad file fails the whole batch: decode them one by one
             decoded = [self._decode_one(payloads[i], names[i]) for i in encoded]
         for i, image in zip(encoded, decoded, strict=True):
@@ -105,7 +109,7 @@ class DeviceBatchTransform:
 
     def _decode_one(self, payload: torch.Tensor, name: str) -> torch.Tensor | str:
         try:
-            return decode_jpeg(payload, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+            return decode_jpegs([payload], self.device)[0]
         except RuntimeError:
             pass
         try:  # what the device cannot decode, the CPU path may (e.g. CMYK or progressive quirks)
@@ -131,21 +135,61 @@ class DeviceBatchTransform:
 class DeviceDecodeLoader:
     """A :class:`DataLoader` over :class:`EncodedImages` whose batches come out decoded and
     transformed on the device. Everything else (``sampler``, ``generator``, ``num_workers``)
-    is the wrapped loader's, so epoch seeding and resuming work as with the CPU path."""
+    is the wrapped loader's, so epoch seeding and resuming work as with the CPU path.
 
-    def __init__(self, loader: DataLoader, transform: DeviceBatchTransform) -> None:
+    ``prefetch`` (default: on CUDA devices): prepare the next batch in a background thread,
+    on its own CUDA stream, while the caller uses the current one. The batches and their order
+    are the same either way; the thread is the only user of the loader's iterator and of the
+    transform while it runs.
+    """
+
+    def __init__(self, loader: DataLoader, transform: DeviceBatchTransform, prefetch: bool | None = None) -> None:
         self.loader = loader
         self.transform = transform
+        self.prefetch = transform.device.type == "cuda" if prefetch is None else prefetch
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for payloads, labels, names in self.loader:
-            yield self.transform(payloads, labels, names)
+        if not self.prefetch:
+            for payloads, labels, names in self.loader:
+                yield self.transform(payloads, labels, names)
+            return
+        yield from _prefetched(iter(self.loader), self.transform)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
+
+
+def _prefetched(batches: Iterator, transform: DeviceBatchTransform) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``transform`` of each of ``batches``, one batch ahead, in a thread (on a side CUDA stream on CUDA)."""
+    device = transform.device
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def prepare_next() -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None] | None:
+        item = next(batches, None)
+        if item is None:
+            return None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            images, labels = transform(*item)
+        ready = None
+        if stream is not None:
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return images, labels, ready
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="effnet-device-decode") as pool:
+        pending = pool.submit(prepare_next)
+        while (prepared := pending.result()) is not None:
+            pending = pool.submit(prepare_next)
+            images, labels, ready = prepared
+            if ready is not None:  # the consumer's stream waits for the batch; the allocator learns who uses it
+                consumer = torch.cuda.current_stream(device)
+                consumer.wait_event(ready)
+                images.record_stream(consumer)
+                labels.record_stream(consumer)
+            yield images, labels
 
 
 def device_decode_loader(dataset: ImageDataset, batch_size: int, train: bool, device: torch.device,
