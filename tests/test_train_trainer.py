@@ -276,3 +276,19 @@ def test_keep_last_keeps_the_final_ema_weights_whatever_the_validation_says(data
     best = load(tmp_path / "last" / "best.pt")
     assert best["epoch"] == 3 and best["eval_weights"] == "ema"
     assert result.best_top1 == result.history[-1]["ema_val_top1"]
+
+
+def test_recompute_memory_mode_trains_as_the_default_and_is_recorded(data, tmp_path) -> None:
+    settings = {"run.epochs": 1, "schedule.warmup_epochs": 0}
+    train(tiny_config(data, **settings), run_dir=tmp_path / "save")
+    trainer = Trainer(tiny_config(data, **settings, **{"run.activation_memory": "recompute"}),
+                      run_dir=tmp_path / "recompute")
+    assert trainer.raw_model.memory_mode == "recompute"
+    trainer.fit()
+    saved = yaml.safe_load((tmp_path / "recompute" / "config.yaml").read_text())
+    assert saved["run"]["activation_memory"] == "recompute" and saved["run"]["check_every"] is None
+    a, b = load(tmp_path / "save" / "last.pt"), load(tmp_path / "recompute" / "last.pt")
+    # bit for bit (in eager mode the same kernels run on the same values), BatchNorm statistics
+    # included: they moved once per step, not again in the recomputation
+    assert_same_tensors(a["model"], b["model"])
+    assert_same_tensors(a["ema"]["module"], b["ema"]["module"])
