@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
+
 from .description import ModelDescription, Preprocessing
 from .errors import ConfigError
 from .layers import ConvBnAct, FusedMBConv, LayerOptions, MBConv, PaddingMode

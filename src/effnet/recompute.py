@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from functools import partial
-from typing import ContextManager
 
 import torch
 from torch import nn
@@ -34,6 +33,7 @@ from torch.utils.checkpoint import (
     noop_context_fn,
 )
 
+_Context = contextlib.AbstractContextManager
 MEMORY_MODES = ("save", "recompute")
 """``save``: autograd keeps what it needs; ``recompute``: keep convolution outputs only."""
 
@@ -63,14 +63,14 @@ def _scratch_running_stats(region: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stacked(*contexts: ContextManager) -> Iterator[None]:
+def _stacked(*contexts: _Context) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for context in contexts:
             stack.enter_context(context)
         yield
 
 
-def _eager_contexts(region: nn.Module, selective: bool) -> tuple[ContextManager, ContextManager]:
+def _eager_contexts(region: nn.Module, selective: bool) -> tuple[_Context, _Context]:
     forward, recompute = (create_selective_checkpoint_contexts(_keep_convolutions) if selective
                           else (contextlib.nullcontext(), contextlib.nullcontext()))
     # The scratch statistics go in first, so that their copies stay outside the SAC bookkeeping.

@@ -680,8 +680,8 @@ class Trainer:
                 f"run.check_every={self.check_every} updates: up to {self.check_every - 1} good updates are lost)"
                 if self.snapshot is not None else "")
         message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {self.schedule.lr:.4g}); "
-                   f"the run stopped{lost} and {kept}. Lower the learning rate (--set optimizer.lr=...), clip gradients "
-                   f"(--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
+                   f"the run stopped{lost} and {kept}. Lower the learning rate (--set optimizer.lr=...), clip "
+                   f"gradients (--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
         LOG.error(message)
         raise TrainingDiverged(message)
 
