@@ -232,6 +232,8 @@ class Trainer:
         self._build_training_state()
         if self.resume is not None:
             self._load_resume_state(self.resume.state)
+        self.snapshot = TrainingSnapshot(self.raw_model, self.optimizer, self.schedule, self.ema, self.scaler) \
+            if self.check_every > 1 else None  # after a resume, which may give the run a new EMA
 
     # ----------------------------------------------------------------- set-up
     def _check_settings(self) -> None:
@@ -358,8 +360,6 @@ class Trainer:
                                    self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.run.amp == "fp16")
         self.check_every = config.run.check_every or (DEFAULT_CUDA_CHECK_EVERY if device.type == "cuda" else 1)
-        self.snapshot = TrainingSnapshot(model, self.optimizer, self.schedule, self.ema, self.scaler) \
-            if self.check_every > 1 else None
         self.state = RunState()
 
     def _build_val_loader(self) -> DataLoader | DeviceDecodeLoader:
