@@ -6,8 +6,9 @@ Each region (the stem, every block, the head) runs under non-reentrant
 - ``selective`` (the model's ``recompute`` memory mode): every convolution's output is kept,
   and BatchNorm-apply, activations, the SE squeeze and gate, stochastic depth and the residual
   add are recomputed from them in backward (selective activation checkpointing). The
-  convolutions, the expensive part, never run twice. For B0 this keeps about a quarter of the
-  bytes a plain training step saves (``tests/test_model.py`` holds the figure).
+  convolutions, the expensive part, never run twice. For B0 this keeps about a third of the
+  bytes a plain training step saves at 224 px (0.35x, fp32 or bf16), a quarter at 64 px
+  (``tests/test_model.py`` holds that figure); on the CPU a step takes about 1.3x as long.
 - full (gradient checkpointing): only each region's input is kept; the whole region runs
   again in backward.
 
