@@ -5,7 +5,8 @@ so that the host never waits for the device in between. When a read finds a non-
 updates made since the previous read may already hold it; :class:`TrainingSnapshot` holds the
 state as it was at that read (model, optimizer, EMA, schedule and grad scaler) and puts it
 back. Taking one copies tensors on the device (``copy_`` without a host sync) into buffers
-kept from one snapshot to the next.
+kept from one snapshot to the next; only an fp16 grad scaler's state is read on the host (fp16
+training reads the device at every update anyway, in ``GradScaler.step``).
 """
 
 from __future__ import annotations
