@@ -1,6 +1,6 @@
 """Training images/s of our efficientnet_b0 against timm's, in the same loop on the CPU.
 
-    python benchmarks/train_speed.py [--batch 32] [--size 128] [--steps 5] [--rounds 3] [--profile]
+    python benchmarks/train_speed.py [--batch 32] [--size 128] [--steps 5] [--rounds 3] [--profile] [--recompute]
 
 Both models get the same random batch, SGD with momentum, cross-entropy, channels_last (or
 NCHW with --nchw), the same thread count and B0's regularization: dropout 0.2 and stochastic
@@ -9,7 +9,9 @@ pass them). Each round times ``--steps`` steps of each model after two warm-up s
 order alternating between rounds. Prints the median images/s of each and the ratio ours/timm
 (aim: >= 1.0). ``--profile`` adds a torch.profiler table of each model's most expensive
 operators, to see where the time goes. Other jobs on the CPU make absolute numbers noisy; the
-ratio, measured in alternating rounds, is the figure to read.
+ratio, measured in alternating rounds, is the figure to read. ``--recompute`` adds our model in
+the ``recompute`` memory mode (activations recomputed in backward, see effnet.recompute) and
+prints its time per step against the default mode's.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from effnet.table import format_table  # noqa: E402
 
 
 def build(name: str, num_classes: int) -> nn.Module:
-    if name == "ours":
-        return create_model("efficientnet_b0", num_classes=num_classes)
+    if name.startswith("ours"):
+        model = create_model("efficientnet_b0", num_classes=num_classes)
+        if name == "ours-recompute":
+            model.set_memory_mode("recompute")
+        return model
     import timm
 
     return timm.create_model("efficientnet_b0", num_classes=num_classes, drop_rate=0.2, drop_path_rate=0.2)
@@ -80,6 +85,7 @@ def main() -> int:
     parser.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="print where each model's time goes")
+    parser.add_argument("--recompute", action="store_true", help="also time ours in the recompute memory mode")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,7 +93,8 @@ def main() -> int:
     memory_format = torch.contiguous_format if args.nchw else torch.channels_last
     images = torch.randn(args.batch, 3, args.size, args.size)
     targets = torch.randint(0, args.classes, (args.batch,))
-    jobs = [Job(name, images, targets, memory_format, args.classes) for name in ("ours", "timm")]
+    names = ("ours", "timm", "ours-recompute") if args.recompute else ("ours", "timm")
+    jobs = [Job(name, images, targets, memory_format, args.classes) for name in names]
     for job in jobs:
         for _ in range(2):
             job.step()
@@ -103,6 +110,8 @@ def main() -> int:
             for name, values in speeds.items()]
     print(format_table(["model", "img/s (median)", "rounds"], rows))
     print(f"ratio ours/timm: {ours / theirs:.3f} (aim >= 1.0)")
+    if args.recompute:
+        print(f"step time ratio recompute/save: {ours / statistics.median(speeds['ours-recompute']):.3f}")
     if args.profile:
         for job in jobs:
             print(f"\n{job.name}: one training step, operators by self CPU time")

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from torch import nn
 
 import effnet
-from _model_helpers import assert_checkpointing_keeps_gradients
+from _model_helpers import assert_checkpointing_keeps_gradients, assert_recomputing_keeps_training
 from effnet.bench.measure import count_macs, count_params
 from effnet.layers import Conv2dSame, DropPath
 
@@ -155,6 +156,57 @@ def test_reset_classifier():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     assert_checkpointing_keeps_gradients(tiny(drop_path_rate=0.0, drop_rate=0.0), torch.randn(4, 3, 64, 64))
+
+
+def recompute(model):
+    model.set_memory_mode("recompute")
+
+
+def test_recompute_mode_keeps_a_quarter_of_the_saved_bytes_and_the_same_training():
+    model = effnet.create_model("efficientnet_b0", drop_path_rate=0.0, drop_rate=0.0, num_classes=10)
+    ratio = assert_recomputing_keeps_training(model, torch.randn(4, 3, 64, 64), recompute)
+    assert ratio <= 0.3  # measured 0.23: convolution outputs and region inputs only
+
+
+def test_recompute_mode_in_channels_last_under_bf16_autocast():
+    model = tiny(drop_path_rate=0.0, drop_rate=0.0).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ratio = assert_recomputing_keeps_training(model, x, recompute)
+    assert ratio <= 0.4
+
+
+def test_recompute_mode_keeps_stochastic_depth_masks():
+    model = tiny(drop_path_rate=0.5, drop_rate=0.0).train()
+    x = torch.randn(4, 3, 64, 64)
+    grads = []
+    for mode in ("save", "recompute"):
+        model.set_memory_mode(mode)
+        model.zero_grad()
+        torch.manual_seed(3)
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for expected, got in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_memory_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown memory mode 'lean'.*save, recompute"):
+        tiny().set_memory_mode("lean")
+
+
+def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistics():
+    model = tiny(drop_path_rate=0.0, drop_rate=0.0).train().double()
+    eager = copy.deepcopy(model)
+    model.set_memory_mode("recompute")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 64, 64, dtype=torch.double)
+    compiled(x).sum().backward()
+    eager(x).sum().backward()
+    for expected, p in zip(eager.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, expected.grad)
+    for expected, buffer in zip(eager.buffers(), model.buffers(), strict=True):
+        torch.testing.assert_close(buffer, expected)
 
 
 def test_channels_last_matches_contiguous():

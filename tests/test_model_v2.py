@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import effnet
-from _model_helpers import assert_checkpointing_keeps_gradients
+from _model_helpers import assert_checkpointing_keeps_gradients, assert_recomputing_keeps_training
 from effnet.bench.measure import count_macs, count_params
 from effnet.layers import Conv2dSame, FusedMBConv, MBConv
 from effnet.registry import V2_VARIANTS, default_train_size
@@ -111,6 +111,13 @@ def test_same_padding_is_dynamic_in_the_fused_stride_two_convs():
     dynamic = [m for m in model.modules() if isinstance(m, Conv2dSame)]
     assert len(dynamic) == 5 and all(m.stride == (2, 2) for m in dynamic)  # stem, two fused, two depthwise
     assert isinstance(model.stages[1][0].expand.conv, Conv2dSame)
+
+
+def test_recompute_mode_keeps_the_same_training_with_fewer_saved_bytes():
+    model = tiny(drop_path_rate=0.0, drop_rate=0.0)
+    ratio = assert_recomputing_keeps_training(model, torch.randn(2, 3, 64, 64),
+                                              lambda net: net.set_memory_mode("recompute"))
+    assert ratio <= 0.5
 
 
 def test_gradient_checkpointing_and_zero_init_residual():

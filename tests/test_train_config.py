@@ -88,6 +88,8 @@ def test_zero_init_residual_is_refused_on_pretrained_weights() -> None:
     ("schedule.warmup_epochs=-1", "schedule.warmup_epochs must be a number of epochs >= 0"),
     ("optimizer.lr=.inf", "optimizer.lr must be positive and finite, got inf"),
     ("progressive.mode=staged", "set augment.auto_augment=randaugment"),
+    ("run.check_every=0", "run.check_every must be positive"),
+    ("run.activation_memory=lean", "run.activation_memory='lean' is not one of save, recompute"),
 ])
 def test_bad_settings_are_refused_by_name(assignment: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -16,7 +16,10 @@ from effnet.evaluation import evaluate_checkpoint
 def test_two_processes_over_gloo(tmp_path) -> None:
     data = make_image_folder(tmp_path / "data", train_per_class=8, val_per_class=5)  # 15 val: uneven shards
     run_dir = tmp_path / "run"
-    sets = [arg for item in tiny_assignments(**{"data.batch_size": 4, "schedule.warmup_epochs": 0})
+    # recomputing activations in backward (checkpointed regions under DDP) and reading the device
+    # every 2 updates (the flags agreed across the processes, the snapshot kept by each)
+    sets = [arg for item in tiny_assignments(**{"data.batch_size": 4, "schedule.warmup_epochs": 0,
+                                                "run.activation_memory": "recompute", "run.check_every": 2})
             for arg in ("--set", item)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "effnet", "train", "--data", str(data), "--out", str(run_dir), "--epochs", "2",

@@ -62,6 +62,50 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path) -> No
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 2  # header and epoch 1
 
 
+def _training_state(trainer: Trainer) -> dict:
+    """Parameters, EMA and optimizer state (the BatchNorm statistics of a run that checks every
+    update hold the forward of the batch found bad; a restored state's do not)."""
+    return {**{f"model.{k}": v for k, v in trainer.raw_model.named_parameters()},
+            **{f"ema.{k}": v for k, v in trainer.ema.module.state_dict().items()},
+            **{f"optimizer.{i}.{k}": v for i, state in trainer.optimizer.state_dict()["state"].items()
+               for k, v in state.items()}}
+
+
+def _diverge_from_batch(data, tmp_path, check_every: int, batch: int) -> tuple[Trainer, str]:
+    """A one-epoch run (6 updates) whose loss is NaN from training batch ``batch`` (1-based) on."""
+    trainer = Trainer(tiny_config(data, **SMALL_BATCH, **{"run.epochs": 1, "run.check_every": check_every}),
+                      run_dir=tmp_path / f"every{check_every}")
+    forwards = [0]
+
+    def hook(module, inputs, output):
+        if module.training:
+            forwards[0] += 1
+            return output * float("nan") if forwards[0] >= batch else output
+        return output
+
+    trainer.raw_model.register_forward_hook(hook)
+    with pytest.raises(TrainingDiverged) as error:
+        trainer.fit()
+    return trainer, str(error.value)
+
+
+def test_nan_found_at_a_later_check_restores_the_state_of_the_last_check(data, tmp_path) -> None:
+    # check_every=4: the device is read before updates 4 and 6; the NaN of batch 5 is applied in
+    # update 5 and found at the read before update 6, which puts back the state after update 4:
+    # the state a run reading every update keeps when it stops before the bad update 5.
+    late, message = _diverge_from_batch(data, tmp_path, 4, 5)
+    assert "loss became nan at epoch 1, batch 5 " in message
+    assert "state it had before batch 5, at the last check" in message and "run.check_every=4" in message
+    assert "up to 3 good updates are lost" in message
+    at_once, message = _diverge_from_batch(data, tmp_path, 1, 5)
+    assert "loss became nan at epoch 1, batch 5 " in message and "check_every" not in message
+    assert late.schedule.step_count == at_once.schedule.step_count == 4
+    assert late.ema.updates == at_once.ema.updates == 4
+    expected = _training_state(at_once)
+    assert all(torch.isfinite(t).all() for t in expected.values() if t.is_floating_point())
+    assert_same_tensors(_training_state(late), expected)
+
+
 def test_nan_loss_before_any_checkpoint_writes_none(data, tmp_path) -> None:
     trainer = Trainer(tiny_config(data), run_dir=tmp_path / "run")
     _poison_outputs_from_epoch(trainer, 1)
@@ -144,11 +188,16 @@ def _wait_for(marker: Path, process: subprocess.Popen, timeout: float = 180) -> 
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_saves_a_resumable_checkpoint_mid_epoch(data, straight_run, tmp_path, signum) -> None:
+@pytest.mark.parametrize(("signum", "check_every"), [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-check-every-2"])
+def test_a_signal_saves_a_resumable_checkpoint_mid_epoch(data, straight_run, tmp_path, signum, check_every) -> None:
+    """With check_every=2 the device is read before updates 2, 4 and 6: a signal after update 2
+    is seen at the read before update 4, and the run stops after it. The resumed run ends with
+    the weights of the uninterrupted one (which read the device every update)."""
     run_dir = tmp_path / "run"
+    settings = {**SMALL_BATCH, "run.check_every": check_every}
     args = ["train", "--data", str(data), "--out", str(run_dir), "--no-progress"]
-    args += [a for item in tiny_assignments(**SMALL_BATCH) for a in ("--set", item)]
+    args += [a for item in tiny_assignments(**settings) for a in ("--set", item)]
     process, marker = _start_child(tmp_path, "signal", args)
     _wait_for(marker, process)
     process.send_signal(signum)
@@ -157,8 +206,10 @@ def test_a_signal_saves_a_resumable_checkpoint_mid_epoch(data, straight_run, tmp
     assert f"{signum.name} received" in output and "--resume" in output
     state = load(run_dir / "last.pt")
     assert state["epoch"] == 0 and 2 <= state["step_in_epoch"] < 6
+    if check_every == 2:
+        assert state["step_in_epoch"] == 4 and state["schedule"]["step_count"] == 4
 
-    resumed = Trainer(tiny_config(data, **SMALL_BATCH), resume=run_dir).fit()
+    resumed = Trainer(tiny_config(data, **settings), resume=run_dir).fit()
     assert resumed.status == "completed"
     a, b = load(straight_run.run_dir / "last.pt"), load(run_dir / "last.pt")
     assert_same_tensors(a["model"], b["model"])

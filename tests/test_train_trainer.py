@@ -135,8 +135,7 @@ def test_evaluation_maps_the_data_classes_onto_the_model_classes(data, straight_
         evaluate_checkpoint(model_file, tmp_path / "cats", num_workers=0)
 
 
-def test_gradient_accumulation_counts_updates_and_reads_the_device_once_per_update(
-        data, tmp_path, monkeypatch) -> None:
+def _count_reads(monkeypatch) -> list[int]:
     reads = []
 
     def counting_all_reduce(tensor, context):
@@ -144,6 +143,12 @@ def test_gradient_accumulation_counts_updates_and_reads_the_device_once_per_upda
         return tensor
 
     monkeypatch.setattr(trainer_module, "all_reduce_sum", counting_all_reduce)
+    return reads
+
+
+def test_gradient_accumulation_counts_updates_and_reads_the_device_once_per_update(
+        data, tmp_path, monkeypatch) -> None:
+    reads = _count_reads(monkeypatch)
     config = tiny_config(data, **{"data.batch_size": 4, "run.accum_steps": 4, "run.epochs": 1,
                                   "schedule.warmup_epochs": 0})
     train(config, run_dir=tmp_path / "accum")
@@ -153,6 +158,21 @@ def test_gradient_accumulation_counts_updates_and_reads_the_device_once_per_upda
     # one agreed read per update (the group's non-finite flags, the stop flag, the loss sum), then
     # the epoch's totals and the end-of-epoch stop check: not one per micro-batch
     assert reads == [4 + 2, 2 + 2, 2, 1]
+
+
+@pytest.mark.parametrize(("check_every", "expected"), [
+    (4, [4 + 2, 2 + 2]),  # ceil(6 / 4) reads: after 4 updates, and at the epoch's end
+    (2, [2 + 2] * 3),
+    (8, [6 + 2]),  # the epoch's end reads at the latest
+])
+def test_the_device_is_read_once_every_check_every_updates(data, tmp_path, monkeypatch, check_every,
+                                                           expected) -> None:
+    reads = _count_reads(monkeypatch)
+    config = tiny_config(data, **{"data.batch_size": 4, "run.epochs": 1, "schedule.warmup_epochs": 0,
+                                  "run.check_every": check_every})
+    train(config, run_dir=tmp_path / "every")
+    assert load(tmp_path / "every" / "last.pt")["schedule"]["step_count"] == 6
+    assert reads == expected + [2, 1]  # then the epoch's totals and the end-of-epoch stop check
 
 
 def test_staged_progressive_learning_applies_each_stage_mixup(data, tmp_path, monkeypatch) -> None:
@@ -256,3 +276,19 @@ def test_keep_last_keeps_the_final_ema_weights_whatever_the_validation_says(data
     best = load(tmp_path / "last" / "best.pt")
     assert best["epoch"] == 3 and best["eval_weights"] == "ema"
     assert result.best_top1 == result.history[-1]["ema_val_top1"]
+
+
+def test_recompute_memory_mode_trains_as_the_default_and_is_recorded(data, tmp_path) -> None:
+    settings = {"run.epochs": 1, "schedule.warmup_epochs": 0}
+    train(tiny_config(data, **settings), run_dir=tmp_path / "save")
+    trainer = Trainer(tiny_config(data, **settings, **{"run.activation_memory": "recompute"}),
+                      run_dir=tmp_path / "recompute")
+    assert trainer.raw_model.memory_mode == "recompute"
+    trainer.fit()
+    saved = yaml.safe_load((tmp_path / "recompute" / "config.yaml").read_text())
+    assert saved["run"]["activation_memory"] == "recompute" and saved["run"]["check_every"] is None
+    a, b = load(tmp_path / "save" / "last.pt"), load(tmp_path / "recompute" / "last.pt")
+    # bit for bit (in eager mode the same kernels run on the same values), BatchNorm statistics
+    # included: they moved once per step, not again in the recomputation
+    assert_same_tensors(a["model"], b["model"])
+    assert_same_tensors(a["ema"]["module"], b["ema"]["module"])

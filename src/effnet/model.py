@@ -2,7 +2,8 @@
 
 Width and depth are applied in one place (:meth:`EfficientNetConfig.scaled_stages`); the
 network then reads top to bottom. The model offers single- and multi-scale features, a
-resettable classifier and gradient checkpointing, and works under ``torch.jit.script``,
+resettable classifier, gradient checkpointing and a memory mode that recomputes cheap
+activations in backward (:mod:`effnet.recompute`), and works under ``torch.jit.script``,
 ``torch.compile(fullgraph=True)`` and ``torch.export``.
 """
 
@@ -13,11 +14,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .description import ModelDescription, Preprocessing
 from .errors import ConfigError
 from .layers import ConvBnAct, FusedMBConv, LayerOptions, MBConv, PaddingMode
+from .recompute import MEMORY_MODES, run_recomputed
 from .scaling import round_filters, round_repeats
 
 
@@ -195,6 +196,7 @@ class EfficientNet(nn.Module):
         self.config = config
         self.in_chans = config.in_chans
         self.grad_checkpointing = False
+        self.memory_mode = "save"
         options = config.layer_options()
         stages = config.scaled_stages()
 
@@ -318,8 +320,19 @@ class EfficientNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in backward instead of storing them."""
+        """Recompute all activations in backward, keeping only the input of the stem, of each block
+        and of the head (it overrides :meth:`set_memory_mode`)."""
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_memory_mode(self, mode: str) -> None:
+        """What training keeps for backward: ``save`` (everything autograd needs) or ``recompute``
+        (only convolution outputs and the inputs of the stem, blocks and head; BatchNorm-apply,
+        activations and the SE gate are recomputed in backward, see :mod:`effnet.recompute`).
+        Gradients and BatchNorm statistics are those of ``save``."""
+        if mode not in MEMORY_MODES:
+            raise ConfigError(f"unknown memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")
+        self.memory_mode = mode
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
@@ -327,21 +340,21 @@ class EfficientNet(nn.Module):
                 f"EfficientNet expects an input of shape (N, {self.in_chans}, H, W), got {list(x.shape)}")
 
     @torch.jit.unused
-    def _checkpointed_stages(self, x: torch.Tensor) -> torch.Tensor:
+    def _recomputed_features(self, x: torch.Tensor) -> torch.Tensor:
+        selective = not self.grad_checkpointing
+        x = run_recomputed(self.stem, x, selective)
         for stage in self.stages:
             for block in stage:
-                x = checkpoint(block, x, use_reentrant=False)
-        return x
+                x = run_recomputed(block, x, selective)
+        return run_recomputed(self.head, x, selective)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The head's feature map (N, num_features, H/32, W/32)."""
         self._check_input(x)
-        x = self.stem(x)
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            x = self._checkpointed_stages(x)
-        else:
-            x = self.stages(x)
-        return self.head(x)
+        if (self.training and (self.grad_checkpointing or self.memory_mode == "recompute")
+                and not torch.jit.is_scripting()):
+            return self._recomputed_features(x)
+        return self.head(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, dropout and classify a feature map; ``pre_logits`` stops before the classifier."""

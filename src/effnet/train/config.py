@@ -24,6 +24,7 @@ from ..data.transforms import AUTO_AUGMENTS as auto_augment_policies
 from ..description import Preprocessing
 from ..device import AMP_MODES
 from ..errors import ConfigError, InputFileError
+from ..recompute import MEMORY_MODES
 
 LOG = logging.getLogger("effnet.train")
 SHORT_RUN_WARMUP = 0.1
@@ -190,6 +191,13 @@ class RunSettings:
     evaluation): ``best``, the epoch and weights (raw or EMA) with the best validation top-1;
     or ``last``, the final epoch's EMA weights (raw without EMA), chosen without looking at
     the validation images, whose top-1 is then an unbiased estimate.
+    ``activation_memory``: ``save`` (autograd keeps what backward needs) or ``recompute`` (keep
+    convolution outputs only; BatchNorm, activations and SE are recomputed in backward: less
+    memory for some compute, same gradients; see :mod:`effnet.recompute`).
+    ``check_every``: read the device (non-finite losses, stop signals) once every this many
+    updates; ``None``: 8 on CUDA, 1 elsewhere. A non-finite loss is found within that many
+    updates, and the weights go back to the last check: up to ``check_every - 1`` good updates
+    are lost (none with 1, where the bad update is never applied).
     """
 
     epochs: int = 10
@@ -205,6 +213,8 @@ class RunSettings:
     progress: bool = True
     tensorboard: bool = True
     keep: str = "best"
+    activation_memory: str = "save"
+    check_every: int | None = None
 
 
 FINETUNE_STRATEGIES = ("linear", "full", "gradual")
@@ -297,6 +307,7 @@ class TrainConfig:
             "run.amp": (self.run.amp, AMP_MODES),
             "data.decode": (self.data.decode, DECODE_MODES),
             "run.keep": (self.run.keep, KEEP_CHOICES),
+            "run.activation_memory": (self.run.activation_memory, MEMORY_MODES),
             "finetune.strategy": (self.finetune.strategy, FINETUNE_STRATEGIES),
         }
         for name, (value, allowed) in choices.items():
@@ -308,6 +319,7 @@ class TrainConfig:
             "progressive.stages": self.progressive.stages, "progressive.size_step": self.progressive.size_step,
             "schedule.decay_epochs": self.schedule.decay_epochs,
             "finetune.epochs_per_group": self.finetune.epochs_per_group,
+            **({"run.check_every": self.run.check_every} if self.run.check_every is not None else {}),
         }
         for name, value in positive.items():
             if not 0 < value < math.inf:

@@ -6,10 +6,16 @@ accumulation, clipping, EMA), evaluates raw and EMA weights, writes ``last.pt`` 
 ``best.pt`` and ``model.safetensors`` when the best top-1 improves), the metrics CSV,
 TensorBoard scalars and the curves PNG. Faults are handled so that work is never lost:
 
-- a non-finite loss stops the run before the bad update is applied and before anything
-  is saved, leaving the last good checkpoint as it was (:class:`TrainingDiverged`);
-- SIGINT/SIGTERM finish the current update, save a resumable ``last.pt`` (mid-epoch) and
-  return with ``status == "interrupted"``; a second signal stops at once;
+- the device is read (loss finite? stop signal?) once every ``run.check_every`` updates, so
+  the host runs ahead of the device in between; a non-finite loss is found within that many
+  updates, the model, optimizer, EMA, schedule and scaler go back to their state at the last
+  read (:class:`~effnet.train.snapshot.TrainingSnapshot`; up to ``check_every - 1`` good
+  updates are lost, none with 1, where the bad update is never applied) and the run stops
+  before anything is saved, leaving the last good checkpoint as it was
+  (:class:`TrainingDiverged`);
+- SIGINT/SIGTERM are seen at the next read: the run makes the update, saves a resumable
+  ``last.pt`` (mid-epoch) and returns with ``status == "interrupted"``; a second signal stops
+  at once;
 - checkpoints are written atomically, so a kill during a save leaves the previous one.
 
 Fine-tuning (the ``finetune`` settings, :mod:`effnet.finetune`): the optimizer gets one
@@ -92,7 +98,13 @@ from .reporting import (
 )
 from .rundir import check_fresh_run_dir, check_resume_run_dir, claim_run_dir
 from .schedule import LRSchedule
+from .snapshot import TrainingSnapshot
 from .state import Batch, EpochSums, RunState, epoch_batches
+
+DEFAULT_CUDA_CHECK_EVERY = 8
+"""Updates between reads of a CUDA device when ``run.check_every`` is unset: each read drains
+the queue of kernels the host has launched ahead, and costs the overlap; on the CPU, where
+work is not queued, the device is read at every update."""
 
 
 class TrainingDiverged(EffnetError, ValueError):
@@ -127,7 +139,7 @@ def _changes(before: Any, after: Any, prefix: str = "") -> list[str]:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM handlers that ask the loop to stop after the current update."""
+    """SIGINT/SIGTERM handlers that ask the loop to stop at its next read of the device."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
@@ -143,7 +155,7 @@ class _StopRequest:
         if self.signal_name is not None:
             raise KeyboardInterrupt  # second signal: stop now
         self.signal_name = signal.Signals(signum).name
-        LOG.warning("%s received: saving a resumable checkpoint after this update "
+        LOG.warning("%s received: saving a resumable checkpoint at the next check, within run.check_every updates "
                     "(send it again to stop without saving)", self.signal_name)
 
     def __exit__(self, *exc: object) -> None:
@@ -220,6 +232,8 @@ class Trainer:
         self._build_training_state()
         if self.resume is not None:
             self._load_resume_state(self.resume.state)
+        self.snapshot = TrainingSnapshot(self.raw_model, self.optimizer, self.schedule, self.ema, self.scaler) \
+            if self.check_every > 1 else None  # after a resume, which may give the run a new EMA
 
     # ----------------------------------------------------------------- set-up
     def _check_settings(self) -> None:
@@ -308,6 +322,7 @@ class Trainer:
         if config.run.sync_bn and context.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(device=device, memory_format=self.memory_format)
+        model.set_memory_mode(config.run.activation_memory)
         self.raw_model = model
         self.train_module: nn.Module = model
         tuning = config.finetune
@@ -344,6 +359,7 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, config.schedule, self.base_lr, config.run.epochs,
                                    self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.run.amp == "fp16")
+        self.check_every = config.run.check_every or (DEFAULT_CUDA_CHECK_EVERY if device.type == "cuda" else 1)
         self.state = RunState()
 
     def _build_val_loader(self) -> DataLoader | DeviceDecodeLoader:
@@ -509,7 +525,8 @@ class Trainer:
     # ---------------------------------------------------------- one epoch
     def _train_epoch(self, epoch: int, settings: EpochSettings, stop: _StopRequest) -> bool:
         """Train one epoch (the rest of it, when resuming); False when a signal stopped it (a
-        resumable state is saved). The device is read once per optimizer update."""
+        resumable state is saved). The device is read once every ``check_every`` updates (and at
+        the epoch's last): see :meth:`_check`."""
         config, context, run = self.config, self.context, self.state
         loader = self._start_epoch(epoch, settings)
         mix = self._mixer(settings)
@@ -519,22 +536,29 @@ class Trainer:
         started = time.perf_counter()
         images_done = 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=context.device)
-        group_losses: list[torch.Tensor] = []
+        losses: list[torch.Tensor] = []  # every micro-batch's loss since the last check, on the device
+        updates = 0  # updates since the last check
+        if self.snapshot is not None:
+            self.snapshot.take()
         try:
             for batch in epoch_batches(loader, config.run.accum_steps, run.step_in_epoch, self._restore_resume_rng):
                 loss = self._forward_backward(batch, mix)
-                group_losses.append(loss)
+                losses.append(loss)
                 loss_sum += loss.double() * batch.targets.shape[0]
                 images_done += batch.targets.shape[0]
                 bar.update(1)
                 if not batch.ends_update:
                     continue
-                bad, stop_now, total_loss = self._agree_after_group(group_losses, stop, loss_sum)
-                if bad is not None:  # checked before the update: the bad gradients are never applied
-                    first = batch.step + 1 - len(group_losses) + bad
-                    self._diverged(epoch, first, group_losses[bad])
-                group_losses.clear()
+                updates += 1
+                if updates < self.check_every and not batch.ends_epoch:
+                    self._update()
+                    continue
+                stop_now, total_loss = self._check(losses, stop, loss_sum, epoch, batch.step + 1 - len(losses))
+                losses.clear()
+                updates = 0
                 self._update()
+                if self.snapshot is not None:
+                    self.snapshot.take()
                 seconds = time.perf_counter() - started
                 images_seen = images_done * context.world_size
                 bar.set_postfix(loss=f"{total_loss / max(images_seen, 1):.4f}", lr=f"{self.schedule.lr:.3g}",
@@ -587,17 +611,24 @@ class Trainer:
             self.scaler.scale(loss / batch.group_size).backward()
         return loss.detach()
 
-    def _agree_after_group(self, losses: list[torch.Tensor], stop: _StopRequest,
-                           loss_sum: torch.Tensor) -> tuple[int | None, bool, float]:
-        """One read of the device per update, agreed by all processes: the index of the first
-        micro-batch whose loss is non-finite in any process (or None), whether any process got a
-        stop signal, and the epoch's loss sum over all processes."""
+    def _check(self, losses: list[torch.Tensor], stop: _StopRequest, loss_sum: torch.Tensor, epoch: int,
+               first_step: int) -> tuple[bool, float]:
+        """The one read of the device every ``check_every`` updates, agreed by all processes, made
+        before the update that ends the group: whether any process got a stop signal, and the
+        epoch's loss sum over all processes. ``losses`` are the micro-batch losses since the last
+        check, the first being batch ``first_step`` of the epoch. When one is non-finite in any
+        process, the state goes back to the last check (the updates since then may hold it; with
+        ``check_every`` 1 none was made) and :class:`TrainingDiverged` is raised."""
         flags = torch.cat([(~torch.isfinite(torch.stack(losses))).double(),
                            torch.tensor([float(stop.requested)], dtype=torch.float64, device=loss_sum.device),
                            loss_sum.reshape(1)])
         values = all_reduce_sum(flags, self.context).tolist()
         bad = next((i for i, flag in enumerate(values[:len(losses)]) if flag > 0), None)
-        return bad, values[-2] > 0, values[-1]
+        if bad is not None:
+            if self.snapshot is not None:
+                self.snapshot.restore()
+            self._diverged(epoch, first_step + bad, losses[bad], first_step)
+        return values[-2] > 0, values[-1]
 
     def _set_trainable_groups(self, epoch: int) -> None:
         """Freeze and unfreeze layer groups for ``epoch`` (after ``train()``: frozen BN back to eval)."""
@@ -638,15 +669,19 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.raw_model)
 
-    def _diverged(self, epoch: int, step: int, loss: torch.Tensor) -> None:
+    def _diverged(self, epoch: int, step: int, loss: torch.Tensor, checked: int) -> None:
+        """Report a non-finite loss at batch ``step``; the weights are those before batch ``checked``."""
         last = self.run_dir / LAST
         kept, then = ((f"the last good checkpoint {last} is kept", f"resume with --resume {self.run_dir} or start "
                        "again") if last.exists() else ("no checkpoint had been written yet", "start again"))
         value = loss.item()
         what = f"{value}" if not math.isfinite(value) else "non-finite in another process"
+        lost = (f" with the state it had before batch {checked + 1}, at the last check (the device is read every "
+                f"run.check_every={self.check_every} updates: up to {self.check_every - 1} good updates are lost)"
+                if self.snapshot is not None else "")
         message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {self.schedule.lr:.4g}); "
-                   f"the run stopped and {kept}. Lower the learning rate (--set optimizer.lr=...), clip gradients "
-                   f"(--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
+                   f"the run stopped{lost} and {kept}. Lower the learning rate (--set optimizer.lr=...), clip "
+                   f"gradients (--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
         LOG.error(message)
         raise TrainingDiverged(message)
 
