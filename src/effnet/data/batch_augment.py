@@ -1,0 +1,561 @@
+"""The training and evaluation presets on a whole batch on the device, with per-sample randomness.
+
+:func:`batch_preset` reads a preset built by :mod:`effnet.data.transforms` (its settings are
+the one source of truth) and returns its batched form: a callable taking a list of uint8 CHW
+images of any sizes (decoded on the device) and a :class:`torch.Generator` on that device, and
+returning the normalized float32 batch in ``channels_last``. The training form draws the same
+distributions as the v2 preset, per sample, with a few dozen batch-wide kernels instead of a
+dozen small ones per image:
+
+- geometry in one resampling of the decoded images: the random resized crop, the random
+  rotation/shear, the horizontal flip and the auto-augment policies' shear, translate and
+  rotate ops compose into one matrix per sample; each output pixel averages ``taps x taps``
+  bilinear samples of the source (area-like antialiasing when the crop shrinks), and pixels
+  that fall outside the crop take the fill colour. One interpolation instead of the preset's
+  two or three, and bilinear where the preset's crop may be bicubic;
+- colour after geometry: ColorJitter (per-sample factors and order), then the policies'
+  colour ops in the order drawn, each applied to the samples that drew it (the others get
+  the op's identity), with the uint8 rounding of the per-image functions. Since the policies'
+  geometric ops moved into the resampling, pixels filled by them also pass through the colour
+  ops drawn before them, and the whole-image statistics (contrast mean, autocontrast,
+  equalize) see the image after all geometric ops;
+- normalization and RandomErasing.
+
+The policy tables (ops, magnitude ranges, signs) follow RandAugment, TrivialAugmentWide and
+the ImageNet AutoAugment policy as torchvision defines them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from ..errors import ConfigError
+
+BatchPreset = Callable[[list[torch.Tensor], torch.Generator], torch.Tensor]
+
+MAX_TAPS = 3
+"""Most samples per output pixel and axis when a crop shrinks (3: up to 3x downscaling antialiased)."""
+
+# The ops, numbered; "geometric" ones go into the resampling matrix.
+(IDENTITY, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE, BRIGHTNESS, COLOR, CONTRAST, SHARPNESS,
+ POSTERIZE, SOLARIZE, AUTOCONTRAST, EQUALIZE, INVERT) = range(15)
+GEOMETRIC_OPS = (SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE)
+OP_NAMES = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
+            "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+SIGNED_OPS = (SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE, BRIGHTNESS, COLOR, CONTRAST, SHARPNESS)
+WIDE_OPS = tuple(range(14))
+"""RandAugment's and TrivialAugmentWide's ops (all but Invert), in the order they are drawn from."""
+
+# The ImageNet AutoAugment policy: 25 pairs of (op, probability, magnitude bin of 10).
+IMAGENET_POLICY = (
+    ((POSTERIZE, 0.4, 8), (ROTATE, 0.6, 9)), ((SOLARIZE, 0.6, 5), (AUTOCONTRAST, 0.6, 0)),
+    ((EQUALIZE, 0.8, 0), (EQUALIZE, 0.6, 0)), ((POSTERIZE, 0.6, 7), (POSTERIZE, 0.6, 6)),
+    ((EQUALIZE, 0.4, 0), (SOLARIZE, 0.2, 4)), ((EQUALIZE, 0.4, 0), (ROTATE, 0.8, 8)),
+    ((SOLARIZE, 0.6, 3), (EQUALIZE, 0.6, 0)), ((POSTERIZE, 0.8, 5), (EQUALIZE, 1.0, 0)),
+    ((ROTATE, 0.2, 3), (SOLARIZE, 0.6, 8)), ((EQUALIZE, 0.6, 0), (POSTERIZE, 0.4, 6)),
+    ((ROTATE, 0.8, 8), (COLOR, 0.4, 0)), ((ROTATE, 0.4, 9), (EQUALIZE, 0.6, 0)),
+    ((EQUALIZE, 0.0, 0), (EQUALIZE, 0.8, 0)), ((INVERT, 0.6, 0), (EQUALIZE, 1.0, 0)),
+    ((COLOR, 0.6, 4), (CONTRAST, 1.0, 8)), ((ROTATE, 0.8, 8), (COLOR, 1.0, 2)),
+    ((COLOR, 0.8, 8), (SOLARIZE, 0.8, 7)), ((SHARPNESS, 0.4, 7), (INVERT, 0.6, 0)),
+    ((SHEAR_X, 0.6, 5), (EQUALIZE, 1.0, 0)), ((COLOR, 0.4, 0), (EQUALIZE, 0.6, 0)),
+    ((EQUALIZE, 0.4, 0), (SOLARIZE, 0.2, 4)), ((SOLARIZE, 0.6, 5), (AUTOCONTRAST, 0.6, 0)),
+    ((INVERT, 0.6, 0), (EQUALIZE, 1.0, 0)), ((COLOR, 0.6, 4), (CONTRAST, 1.0, 8)),
+    ((EQUALIZE, 0.8, 0), (EQUALIZE, 0.6, 0)),
+)
+AUTOAUGMENT_BINS = 10
+
+
+def magnitude_table(wide: bool, bins: int, size: int) -> torch.Tensor:
+    """``(15, bins)`` unsigned magnitudes of every op on a ``size`` x ``size`` image: the
+    RandAugment/AutoAugment ranges, or TrivialAugmentWide's (``wide``). Shear is the shear
+    factor, translate pixels, rotate degrees, the enhancements ``factor - 1``, posterize the
+    bits kept, solarize the lowest level inverted; ops without a magnitude get 0."""
+    def ramp(top: float) -> torch.Tensor:
+        return torch.linspace(0.0, top, bins)
+
+    table = torch.zeros(len(OP_NAMES), bins)
+    table[[SHEAR_X, SHEAR_Y]] = ramp(0.99 if wide else 0.3)
+    table[[TRANSLATE_X, TRANSLATE_Y]] = ramp(32.0 if wide else 150.0 / 331.0 * size)
+    table[ROTATE] = ramp(135.0 if wide else 30.0)
+    table[[BRIGHTNESS, COLOR, CONTRAST, SHARPNESS]] = ramp(0.99 if wide else 0.9)
+    table[POSTERIZE] = (8 - torch.arange(bins) / ((bins - 1) / (6 if wide else 4))).round()
+    # the threshold fraction runs 1..0; levels >= 255 x fraction invert (whole levels: the ceiling)
+    table[SOLARIZE] = (torch.linspace(1.0, 0.0, bins).double() * 255).ceil().float()
+    return table
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An auto-augment policy in batched form: ``kind`` is "randaugment", "trivialaugment" or
+    "autoaugment"; ``steps`` ops per image (RandAugment's ``num_ops``; 1 and 2 for the others)."""
+
+    kind: str
+    steps: int
+    magnitude: int = 0
+    bins: int = AUTOAUGMENT_BINS
+
+    def draw(self, batch: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample and step, the op (``(batch, steps)`` long) and its signed magnitude (float)."""
+        device = generator.device
+        table = magnitude_table(self.kind == "trivialaugment", self.bins, size).to(device)
+        shape = (batch, self.steps)
+        if self.kind == "autoaugment":
+            pairs = torch.tensor(IMAGENET_POLICY, dtype=torch.float32, device=device)  # (25, 2, 3)
+            chosen = pairs[_randint(len(IMAGENET_POLICY), (batch,), generator)]  # (batch, 2, 3)
+            ops = chosen[..., 0].long()
+            ops = torch.where(_rand(shape, generator) <= chosen[..., 1], ops, torch.full_like(ops, IDENTITY))
+            bins = chosen[..., 2].long()
+        else:
+            ops = torch.tensor(WIDE_OPS, device=device)[_randint(len(WIDE_OPS), shape, generator)]
+            bins = (_randint(self.bins, shape, generator) if self.kind == "trivialaugment"
+                    else torch.full(shape, self.magnitude, device=device))
+        magnitudes = table[ops, bins]
+        signed = torch.isin(ops, torch.tensor(SIGNED_OPS, device=device))
+        flip = signed & (_rand(shape, generator) <= 0.5)
+        magnitudes = torch.where(flip, -magnitudes, magnitudes)
+        translate = (ops == TRANSLATE_X) | (ops == TRANSLATE_Y)
+        return ops, torch.where(translate, magnitudes.trunc(), magnitudes)  # whole pixels, as the policies shift
+
+
+def _rand(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(tuple(shape), generator=generator, device=generator.device)
+
+
+def _randint(high: int, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(high, tuple(shape), generator=generator, device=generator.device)
+
+
+def _uniform(low: float, high: float, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * _rand(shape, generator)
+
+
+# ---------------------------------------------------------------- geometry
+def crop_boxes(heights: torch.Tensor, widths: torch.Tensor, scale: Sequence[float], ratio: Sequence[float],
+               generator: torch.Generator, tries: int = 10) -> torch.Tensor:
+    """RandomResizedCrop's boxes, ``(batch, 4)`` float as ``(top, left, height, width)``: an
+    area fraction uniform in ``scale`` and a log-uniform aspect ratio in ``ratio``, the first of
+    ``tries`` draws that fits the image, else the central crop clamped to ``ratio``."""
+    batch = heights.shape[0]
+    heights, widths = heights.float()[:, None], widths.float()[:, None]
+    area = heights * widths * _uniform(scale[0], scale[1], (batch, tries), generator)
+    aspect = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), (batch, tries), generator))
+    crop_w = torch.sqrt(area * aspect).round()
+    crop_h = torch.sqrt(area / aspect).round()
+    fits = (crop_w > 0) & (crop_w <= widths) & (crop_h > 0) & (crop_h <= heights)
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first fitting try (0 when none fits)
+    crop_w, crop_h = crop_w.gather(1, first)[:, 0], crop_h.gather(1, first)[:, 0]
+    heights, widths = heights[:, 0], widths[:, 0]
+    top = (_rand((batch,), generator) * (heights - crop_h + 1)).floor()
+    left = (_rand((batch,), generator) * (widths - crop_w + 1)).floor()
+    # the fallback: the whole image, or its central part at the nearest allowed aspect ratio
+    in_ratio = widths / heights
+    low, high = min(ratio), max(ratio)
+    center_w = torch.where(in_ratio > high, (heights * high).round(), widths)
+    center_h = torch.where(in_ratio < low, (widths / low).round(), heights)
+    any_fit = fits.any(dim=1)
+    crop_h, crop_w = torch.where(any_fit, crop_h, center_h), torch.where(any_fit, crop_w, center_w)
+    top = torch.where(any_fit, top, ((heights - center_h) / 2).floor())
+    left = torch.where(any_fit, left, ((widths - center_w) / 2).floor())
+    return torch.stack([top, left, crop_h, crop_w], dim=1)
+
+
+def inverse_affine(linear_inverse: torch.Tensor, center: torch.Tensor, translate: torch.Tensor) -> torch.Tensor:
+    """``(batch, 3, 3)``: the inverse of "move by ``-center``, apply a linear map, move by
+    ``center + translate``", from the linear map's inverse ``(batch, 2, 2)``; coordinates are
+    pixel centres relative to the image centre, y down."""
+    matrix = torch.zeros(linear_inverse.shape[0], 3, 3, device=linear_inverse.device)
+    matrix[:, :2, :2] = linear_inverse
+    matrix[:, :2, 2] = center - (linear_inverse @ (center + translate)[..., None])[..., 0]
+    matrix[:, 2, 2] = 1.0
+    return matrix
+
+
+def _rotation_shear_inverse(angle: torch.Tensor, shear_x: torch.Tensor, shear_y: torch.Tensor) -> torch.Tensor:
+    """The inverse of the linear map rotating by ``angle`` degrees (counter-clockwise on screen
+    for negative angles, as torchvision's affine) after shearing by the factors ``shear_x``
+    (x += -shear_x * y) and ``shear_y`` (y += -shear_y * x, applied first)."""
+    rot = torch.deg2rad(angle)
+    cos, sin = torch.cos(rot), torch.sin(rot)
+    one, zero = torch.ones_like(angle), torch.zeros_like(angle)
+    rotation = torch.stack([cos, -sin, sin, cos], dim=-1).view(-1, 2, 2)
+    shear = torch.stack([one, -shear_x, zero, one], dim=-1).view(-1, 2, 2)
+    shear = shear @ torch.stack([one, zero, -shear_y, one], dim=-1).view(-1, 2, 2)
+    linear = rotation @ shear  # determinant 1: the inverse is the adjugate
+    a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
+    return torch.stack([d, -b, -c, a], dim=-1).view(-1, 2, 2)
+
+
+def affine_matrices(angle: torch.Tensor, shear_x: torch.Tensor, shear_y: torch.Tensor, translate: torch.Tensor,
+                    corner: torch.Tensor, size: int) -> torch.Tensor:
+    """Per sample, the inverse matrix of torchvision's affine op on a ``size`` image: rotation
+    by ``angle`` degrees, shear factors, ``translate`` ``(batch, 2)`` pixels, about the image
+    centre, or about the top-left corner where ``corner`` is true (the policies' shears)."""
+    half = size / 2.0
+    center = torch.where(corner[:, None], torch.full_like(translate, -half), torch.zeros_like(translate))
+    return inverse_affine(_rotation_shear_inverse(angle, shear_x, shear_y), center, translate)
+
+
+def policy_matrices(ops: torch.Tensor, magnitudes: torch.Tensor, size: int) -> torch.Tensor:
+    """The inverse matrices ``(batch, 3, 3)`` of one policy step's geometric ops (identity for
+    the samples whose op is not geometric)."""
+    zero = torch.zeros_like(magnitudes)
+    angle = torch.where(ops == ROTATE, -magnitudes, zero)  # the policies rotate counter-clockwise
+    shear_x = torch.where(ops == SHEAR_X, magnitudes, zero)
+    shear_y = torch.where(ops == SHEAR_Y, magnitudes, zero)
+    translate = torch.stack([torch.where(ops == TRANSLATE_X, magnitudes, zero),
+                             torch.where(ops == TRANSLATE_Y, magnitudes, zero)], dim=1)
+    return affine_matrices(angle, shear_x, shear_y, translate, (ops == SHEAR_X) | (ops == SHEAR_Y), size)
+
+
+def flip_matrices(flip: torch.Tensor) -> torch.Tensor:
+    """Horizontal flips where ``flip`` is true, identity elsewhere (their own inverse)."""
+    matrix = torch.eye(3, device=flip.device).repeat(flip.shape[0], 1, 1)
+    matrix[:, 0, 0] = torch.where(flip, -1.0, 1.0)
+    return matrix
+
+
+def _ramp(index: torch.Tensor, size: int, taps: int) -> torch.Tensor:
+    """How much of a sample at pixel ``index`` lies within ``0..size - 1`` (pixel edges at
+    +-0.5): 1 inside, 0 a sample spacing outside, linear between (bilinear's mask at one tap)."""
+    return (torch.minimum(index + 0.5, size - 0.5 - index) * taps + 0.5).clamp(0, 1)
+
+
+def resample(images: list[torch.Tensor], boxes: torch.Tensor, matrices: torch.Tensor, size: int,
+             fill: torch.Tensor, taps: int = 1) -> torch.Tensor:
+    """Crop ``boxes`` (``(top, left, height, width)``) out of ``images`` (uint8 CHW, any sizes),
+    resize them to ``size`` and warp them by ``matrices`` (inverse, output pixel -> crop pixel,
+    centred coordinates), all in one pass: ``(batch, C, size, size)`` float, rounded to whole
+    grey levels. Each output pixel averages ``taps x taps`` bilinear samples; where a sample
+    falls outside the crop it blends towards ``fill`` (``(C,)``, 0-255) as bilinear
+    interpolation with a fill colour does."""
+    device = boxes.device
+    channels, batch = images[0].shape[0], len(images)
+    flat = torch.cat([image.reshape(-1) for image in images])
+    dims = torch.tensor([list(image.shape[1:]) for image in images], device=device)
+    heights, widths = dims[:, :1], dims[:, 1:]  # (batch, 1)
+    planes = heights * widths
+    corner = (torch.cumsum(channels * planes, 0) - channels * planes)[:, :, None] \
+        + torch.arange(channels, device=device)[None, :, None] * planes[:, :, None]  # (batch, C, 1)
+    top, left, crop_h, crop_w = (value[:, None] for value in boxes.unbind(1))
+    fill = fill.to(device).view(1, -1, 1)
+    line = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
+    total = torch.zeros(batch, channels, size * size, device=device)
+    for dy in range(taps):
+        for dx in range(taps):
+            ys, xs = torch.meshgrid(line + (dy + 0.5) / taps - 0.5, line + (dx + 0.5) / taps - 0.5, indexing="ij")
+            points = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(size * size, device=device)])
+            crop = matrices[:, :2, :] @ points  # (batch, 2, P): crop pixel coordinates, centred
+            u, v = crop[:, 0] + (size - 1) / 2, crop[:, 1] + (size - 1) / 2  # crop pixel indices
+            inside = _ramp(u, size, taps) * _ramp(v, size, taps)
+            sx = (left + (u + 0.5) * (crop_w / size) - 0.5).clamp(min=0)
+            sy = (top + (v + 0.5) * (crop_h / size) - 0.5).clamp(min=0)
+            x0, y0 = sx.floor(), sy.floor()
+            fx, fy = (sx - x0)[:, None], (sy - y0)[:, None]
+            x0, y0 = torch.minimum(x0.long(), widths - 1), torch.minimum(y0.long(), heights - 1)
+            x1, y1 = torch.minimum(x0 + 1, widths - 1)[:, None], torch.minimum(y0 + 1, heights - 1)
+            rows0, rows1 = (corner + (y0 * widths)[:, None]), (corner + (y1 * widths)[:, None])
+            x0 = x0[:, None]
+            upper = flat[rows0 + x0].float() * (1 - fx) + flat[rows0 + x1].float() * fx
+            lower = flat[rows1 + x0].float() * (1 - fx) + flat[rows1 + x1].float() * fx
+            weight = inside[:, None]
+            total += (upper * (1 - fy) + lower * fy - fill) * weight + fill
+    return (total / (taps * taps)).round_().view(batch, channels, size, size)
+
+
+# ------------------------------------------------------------------ colour
+# Images are float (batch, 3, H, W) holding whole grey levels 0..255; each op returns the same,
+# truncating as the per-image functions do when they convert back to uint8.
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma, ``(batch, 1, H, W)``, truncated to whole levels."""
+    red, green, blue = images.unbind(1)
+    return (red * 0.2989 + green * 0.587 + blue * 0.114).floor()[:, None]
+
+
+def blend(images: torch.Tensor, other: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``images * f + other * (1 - f)`` per sample, clamped and truncated."""
+    factors = _per_sample(factors)
+    return (images * factors + other * (1 - factors)).clamp_(0, 255).floor_()
+
+
+def adjust_brightness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    return (images * _per_sample(factors)).clamp_(0, 255).floor_()
+
+
+def adjust_saturation(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    return blend(images, grayscale(images), factors)
+
+
+def adjust_contrast(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    return blend(images, grayscale(images).mean(dim=(1, 2, 3), keepdim=True), factors)
+
+
+def adjust_sharpness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Blend with a 3x3 smoothing (1s around a 5, over 13) of the interior; borders stay."""
+    channels = images.shape[1]
+    kernel = torch.full((3, 3), 1 / 13, device=images.device)
+    kernel[1, 1] = 5 / 13
+    blurred = F.conv2d(images, kernel.expand(channels, 1, 3, 3), groups=channels).round_()
+    interior = images[..., 1:-1, 1:-1]
+    sharpened = images.clone()
+    sharpened[..., 1:-1, 1:-1] = interior + (blurred - interior) * _per_sample(1 - factors)
+    return sharpened.clamp_(0, 255).floor_()
+
+
+def posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Keep the ``bits`` high bits of each level (8: unchanged)."""
+    step = _per_sample(torch.exp2(8 - bits))
+    return (images / step).floor_() * step
+
+
+def solarize(images: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Invert the levels at or above the per-sample threshold (above 255: unchanged)."""
+    return torch.where(images >= _per_sample(thresholds), 255 - images, images)
+
+
+def autocontrast(images: torch.Tensor) -> torch.Tensor:
+    """Stretch each channel's levels to 0..255 (constant channels stay)."""
+    low = images.amin(dim=(2, 3), keepdim=True)
+    high = images.amax(dim=(2, 3), keepdim=True)
+    flat = high == low
+    scale = torch.where(flat, 1.0, (high - low) / 255)
+    low = torch.where(flat, 0.0, low)
+    return ((images - low) / scale).clamp_(0, 255).floor_()
+
+
+def equalize(images: torch.Tensor) -> torch.Tensor:
+    """Histogram equalization per sample and channel (PIL's lookup table); channels with one
+    level or nearly so stay."""
+    batch, channels, height, width = images.shape
+    planes = batch * channels
+    levels = images.reshape(planes, -1).long()
+    offsets = torch.arange(planes, device=images.device)[:, None] * 256
+    hist = torch.bincount((levels + offsets).reshape(-1), minlength=planes * 256).view(planes, 256)
+    cumulative = hist.cumsum(dim=1)
+    last = cumulative.argmax(dim=1, keepdim=True)  # the highest level present
+    step = (height * width - hist.gather(1, last)) // 255
+    lut = (cumulative[:, :-1] + step // 2) // step.clamp(min=1)
+    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut.clamp(0, 255)], dim=1)
+    equalized = lut.gather(1, levels).to(images.dtype)
+    return torch.where(step > 0, equalized, levels.to(images.dtype)).view_as(images)
+
+
+def apply_colour_op(images: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """One policy step's colour ops: each sample gets the op it drew (geometric ops and
+    Identity leave it unchanged, they are in the resampling)."""
+    one = torch.ones_like(magnitudes)
+
+    def factor(op: int) -> torch.Tensor:
+        return torch.where(ops == op, 1 + magnitudes, one)
+
+    images = adjust_brightness(images, factor(BRIGHTNESS))
+    images = adjust_saturation(images, factor(COLOR))
+    images = adjust_contrast(images, factor(CONTRAST))
+    images = adjust_sharpness(images, factor(SHARPNESS))
+    images = posterize(images, torch.where(ops == POSTERIZE, magnitudes, 8 * one))
+    images = solarize(images, torch.where(ops == SOLARIZE, magnitudes, 256 * one))
+    for op, function in ((AUTOCONTRAST, autocontrast), (EQUALIZE, equalize), (INVERT, lambda x: 255 - x)):
+        images = torch.where(_per_sample(ops == op), function(images), images)
+    return images
+
+
+# ------------------------------------------------------------------ presets
+def erase_boxes(batch: int, size: int, scale: Sequence[float], ratio: Sequence[float], probability: float,
+                generator: torch.Generator, tries: int = 10) -> torch.Tensor:
+    """RandomErasing's boxes ``(batch, 4)`` (top, left, height, width; height 0 for no erasing):
+    with ``probability``, the first of ``tries`` draws (area fraction uniform in ``scale``,
+    log-uniform ``ratio``) smaller than the image."""
+    erase = _rand((batch,), generator) < probability
+    area = size * size * _uniform(scale[0], scale[1], (batch, tries), generator)
+    aspect = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), (batch, tries), generator))
+    heights, widths = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (heights < size) & (widths < size)
+    first = fits.int().argmax(dim=1, keepdim=True)
+    heights, widths = heights.gather(1, first)[:, 0], widths.gather(1, first)[:, 0]
+    top = (_rand((batch,), generator) * (size - heights + 1)).floor()
+    left = (_rand((batch,), generator) * (size - widths + 1)).floor()
+    heights = torch.where(erase & fits.any(dim=1), heights, 0.0)
+    return torch.stack([top, left, heights, widths], dim=1)
+
+
+def erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Zero each sample's box."""
+    size = images.shape[-1]
+    top, left, heights, widths = (value.view(-1, 1, 1) for value in boxes.unbind(1))
+    index = torch.arange(size, device=images.device)
+    rows = (index.view(1, -1, 1) >= top) & (index.view(1, -1, 1) < top + heights)
+    cols = (index.view(1, 1, -1) >= left) & (index.view(1, 1, -1) < left + widths)
+    return images.masked_fill((rows & cols)[:, None], 0.0)
+
+
+def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images / 255 - mean_t) / std_t
+
+
+def _square(size: int | Sequence[int]) -> int:
+    sizes = [size] if isinstance(size, int) else list(size)
+    if len(sizes) == 2 and sizes[0] != sizes[1] or not sizes:
+        raise ConfigError(f"the batched preset makes square crops; got size {size}")
+    return int(sizes[0])
+
+
+@dataclass(frozen=True)
+class BatchTrainPreset:
+    """The training preset of :func:`effnet.data.transforms.train_transforms` on a batch."""
+
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fill: tuple[float, ...] = (0.0, 0.0, 0.0)
+    degrees: float = 0.0
+    shear: float = 0.0
+    hflip: float = 0.0
+    brightness: tuple[float, float] | None = None
+    contrast: tuple[float, float] | None = None
+    saturation: tuple[float, float] | None = None
+    policy: Policy | None = None
+    erase_prob: float = 0.0
+    erase_scale: tuple[float, float] = (0.02, 0.33)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+
+    def geometry(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                        torch.Tensor | None]:
+        """Per sample, the composed inverse matrix of the geometric steps, and the policy's
+        draws (ops and magnitudes, ``(batch, steps)``; ``None`` without a policy)."""
+        device = generator.device
+        matrix = torch.eye(3, device=device).repeat(batch, 1, 1)
+        if self.degrees > 0 or self.shear > 0:
+            angle = _uniform(-self.degrees, self.degrees, (batch,), generator)
+            shear = torch.tan(torch.deg2rad(_uniform(-self.shear, self.shear, (batch,), generator)))
+            no = torch.zeros(batch, dtype=torch.bool, device=device)
+            matrix = affine_matrices(angle, shear, torch.zeros_like(shear), torch.zeros(batch, 2, device=device),
+                                     no, self.size)
+        if self.hflip > 0:
+            matrix = matrix @ flip_matrices(_rand((batch,), generator) < self.hflip)
+        if self.policy is None:
+            return matrix, None, None
+        ops, magnitudes = self.policy.draw(batch, self.size, generator)
+        for step in range(ops.shape[1]):
+            matrix = matrix @ policy_matrices(ops[:, step], magnitudes[:, step], self.size)
+        return matrix, ops, magnitudes
+
+    def jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """ColorJitter: brightness, contrast and saturation factors, in a random order per sample."""
+        batch = images.shape[0]
+        ranges = (self.brightness, self.contrast, self.saturation)
+        factors = [_uniform(r[0], r[1], (batch,), generator) if r is not None else None for r in ranges]
+        order = _rand((batch, 3), generator).argsort(dim=1)
+        functions = (adjust_brightness, adjust_contrast, adjust_saturation)
+        for position in range(3):
+            for index, (function, factor) in enumerate(zip(functions, factors, strict=True)):
+                if factor is not None:
+                    images = function(images, torch.where(order[:, position] == index, factor, 1.0))
+        return images
+
+    def __call__(self, images: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        device = generator.device
+        batch = len(images)
+        dims = torch.tensor([image.shape[1:] for image in images], device=device)
+        boxes = crop_boxes(dims[:, 0], dims[:, 1], self.scale, self.ratio, generator)
+        matrix, ops, magnitudes = self.geometry(batch, generator)
+        largest = max(max(image.shape[1:]) for image in images)
+        taps = min(MAX_TAPS, max(1, math.ceil(largest / self.size)))
+        out = resample(images, boxes, matrix, self.size, torch.tensor(self.fill, device=device), taps)
+        if any(r is not None for r in (self.brightness, self.contrast, self.saturation)):
+            out = self.jitter(out, generator)
+        if ops is not None and magnitudes is not None:
+            for step in range(ops.shape[1]):
+                out = apply_colour_op(out, ops[:, step], magnitudes[:, step])
+        out = _normalize(out, self.mean, self.std)
+        if self.erase_prob > 0:
+            out = erase(out, erase_boxes(batch, self.size, self.erase_scale, self.erase_ratio, self.erase_prob,
+                                         generator))
+        return out.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class BatchEvalPreset:
+    """The evaluation preset: each image resized and centre-cropped by ``resize_crop`` (the v2
+    steps, per image), then converted and normalized as one batch."""
+
+    resize_crop: Callable[[torch.Tensor], torch.Tensor]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        batch = torch.stack([self.resize_crop(image) for image in images]).float()
+        return _normalize(batch, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+
+
+def _fill(transform: v2.Transform) -> tuple[float, ...]:
+    fill = transform.fill
+    values = [fill] * 3 if isinstance(fill, (int, float)) else list(fill)
+    return tuple(float(v) for v in values)
+
+
+def _policy(transform: v2.Transform) -> Policy | None:
+    if isinstance(transform, v2.RandAugment):
+        return Policy("randaugment", transform.num_ops, transform.magnitude, transform.num_magnitude_bins)
+    if isinstance(transform, v2.TrivialAugmentWide):
+        return Policy("trivialaugment", 1, 0, transform.num_magnitude_bins)
+    if isinstance(transform, v2.AutoAugment) and transform.policy == v2.AutoAugmentPolicy.IMAGENET:
+        return Policy("autoaugment", 2)
+    return None
+
+
+def batch_preset(transform: Callable) -> BatchPreset | None:
+    """The batched form of a preset from :mod:`effnet.data.transforms` (a v2 ``Compose``), or
+    ``None`` when it holds a step this module does not batch (the caller then applies the
+    preset image by image)."""
+    steps = list(getattr(transform, "transforms", []))
+    kinds = [type(step) for step in steps]
+    normalize = next((s for s in steps if isinstance(s, v2.Normalize)), None)
+    if normalize is None:
+        return None
+    mean, std = tuple(normalize.mean), tuple(normalize.std)
+    if kinds[:2] == [v2.Resize, v2.CenterCrop]:
+        rest = [v2.ToImage, v2.ToDtype, v2.Normalize, v2.ToPureTensor]
+        return BatchEvalPreset(v2.Compose(steps[:2]), mean, std) if kinds[2:] == rest else None
+    if not steps or not isinstance(steps[0], v2.RandomResizedCrop):
+        return None
+    crop = steps[0]
+    settings: dict = {"size": _square(crop.size), "scale": tuple(crop.scale), "ratio": tuple(crop.ratio),
+                      "mean": mean, "std": std}
+    for step in steps[1:]:
+        if isinstance(step, v2.RandomAffine):
+            if step.translate is not None or step.scale is not None or step.center is not None \
+                    or step.shear is not None and len(step.shear) != 2:
+                return None
+            settings.update(degrees=float(step.degrees[1]), fill=_fill(step),
+                            shear=float(step.shear[1]) if step.shear is not None else 0.0)
+        elif isinstance(step, v2.RandomHorizontalFlip):
+            settings["hflip"] = float(step.p)
+        elif isinstance(step, v2.ColorJitter):
+            if step.hue is not None:
+                return None
+            settings.update(brightness=step.brightness, contrast=step.contrast, saturation=step.saturation)
+        elif isinstance(step, (v2.RandAugment, v2.TrivialAugmentWide, v2.AutoAugment)):
+            policy = _policy(step)
+            if policy is None:
+                return None
+            settings.update(policy=policy, fill=_fill(step))
+        elif isinstance(step, v2.RandomErasing):
+            if step.value is None or [float(v) for v in step.value] != [0.0]:
+                return None
+            settings.update(erase_prob=float(step.p), erase_scale=tuple(step.scale), erase_ratio=tuple(step.ratio))
+        elif not isinstance(step, (v2.ToImage, v2.ToDtype, v2.Normalize, v2.ToPureTensor)):
+            return None
+    return BatchTrainPreset(**settings)
