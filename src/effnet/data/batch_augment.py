@@ -2,23 +2,22 @@
 
 :func:`batch_preset` reads a preset built by :mod:`effnet.data.transforms` (its settings are
 the one source of truth) and returns its batched form: a callable taking a list of uint8 CHW
-images of any sizes (decoded on the device) and a :class:`torch.Generator` on that device, and
-returning the normalized float32 batch in ``channels_last``. The training form draws the same
-distributions as the v2 preset, per sample, with a few dozen batch-wide kernels instead of a
-dozen small ones per image:
+images of any sizes (decoded on the device) and a CPU :class:`torch.Generator`, returning the
+normalized float32 batch in ``channels_last``. The training form draws the v2 preset's
+distributions per sample on the host (a few numbers per image, shipped in one asynchronous
+copy) and runs each step as batch-wide tensor operations:
 
-- geometry in one resampling of the decoded images: the random resized crop, the random
-  rotation/shear, the horizontal flip and the auto-augment policies' shear, translate and
-  rotate ops compose into one matrix per sample; each output pixel averages ``taps x taps``
-  bilinear samples of the source (area-like antialiasing when the crop shrinks), and pixels
-  that fall outside the crop take the fill colour. One interpolation instead of the preset's
-  two or three, and bilinear where the preset's crop may be bicubic;
-- colour after geometry: ColorJitter (per-sample factors and order), then the policies'
-  colour ops in the order drawn, each applied to the samples that drew it (the others get
-  the op's identity), with the uint8 rounding of the per-image functions. Since the policies'
-  geometric ops moved into the resampling, pixels filled by them also pass through the colour
-  ops drawn before them, and the whole-image statistics (contrast mean, autocontrast,
-  equalize) see the image after all geometric ops;
+- the random resized crop: each image's crop resized with the preset's interpolation
+  (antialiased), the one per-image step; everything after is batched;
+- the horizontal flip, then the random rotation/shear and the auto-augment policies' shear,
+  translate and rotate ops composed into one matrix per sample and applied in one
+  ``grid_sample`` to the samples that drew any (fill colour where nothing maps, blended
+  bilinearly at the edges);
+- ColorJitter (per-sample factors and order), then the policies' colour ops in the order
+  drawn, each on the samples that drew it, with the uint8 rounding of the per-image
+  functions. Since the policies' geometric ops moved before them, pixels filled by a
+  geometric op also pass through colour ops drawn before it, and whole-image statistics
+  (contrast mean, autocontrast, equalize) see the image after all geometric ops;
 - normalization and RandomErasing.
 
 The policy tables (ops, magnitude ranges, signs) follow RandAugment, TrivialAugmentWide and
@@ -38,9 +37,6 @@ from torchvision.transforms import v2
 from ..errors import ConfigError
 
 BatchPreset = Callable[[list[torch.Tensor], torch.Generator], torch.Tensor]
-
-MAX_TAPS = 3
-"""Most samples per output pixel and axis when a crop shrinks (3: up to 3x downscaling antialiased)."""
 
 # The ops, numbered; "geometric" ones go into the resampling matrix.
 (IDENTITY, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE, BRIGHTNESS, COLOR, CONTRAST, SHARPNESS,
@@ -220,52 +216,30 @@ def flip_matrices(flip: torch.Tensor) -> torch.Tensor:
     return matrix
 
 
-def _ramp(index: torch.Tensor, size: int, taps: int) -> torch.Tensor:
-    """How much of a sample at pixel ``index`` lies within ``0..size - 1`` (pixel edges at
-    +-0.5): 1 inside, 0 a sample spacing outside, linear between (bilinear's mask at one tap)."""
-    return (torch.minimum(index + 0.5, size - 0.5 - index) * taps + 0.5).clamp(0, 1)
+def crop_resize(images: list[torch.Tensor], boxes: list[list[int]], size: int, mode: str) -> torch.Tensor:
+    """Each image's box ``(top, left, height, width)`` resized to ``size`` x ``size`` with
+    ``mode`` ("nearest", "bilinear", "bicubic"; antialiased but for nearest): ``(batch, C,
+    size, size)`` float, unrounded. One small resize per image, of the crop only."""
+    antialias = mode != "nearest"
+    crops = [F.interpolate(image[None, :, top:top + height, left:left + width].float(), size=(size, size),
+                           mode=mode, antialias=antialias)
+             for image, (top, left, height, width) in zip(images, boxes, strict=True)]
+    return torch.cat(crops)
 
 
-def resample(images: list[torch.Tensor], boxes: torch.Tensor, matrices: torch.Tensor, size: int,
-             fill: torch.Tensor, taps: int = 1) -> torch.Tensor:
-    """Crop ``boxes`` (``(top, left, height, width)``) out of ``images`` (uint8 CHW, any sizes),
-    resize them to ``size`` and warp them by ``matrices`` (inverse, output pixel -> crop pixel,
-    centred coordinates), all in one pass: ``(batch, C, size, size)`` float, rounded to whole
-    grey levels. Each output pixel averages ``taps x taps`` bilinear samples; where a sample
-    falls outside the crop it blends towards ``fill`` (``(C,)``, 0-255) as bilinear
-    interpolation with a fill colour does."""
-    device = boxes.device
-    channels, batch = images[0].shape[0], len(images)
-    flat = torch.cat([image.reshape(-1) for image in images])
-    dims = torch.tensor([list(image.shape[1:]) for image in images], device=device)
-    heights, widths = dims[:, :1], dims[:, 1:]  # (batch, 1)
-    planes = heights * widths
-    corner = (torch.cumsum(channels * planes, 0) - channels * planes)[:, :, None] \
-        + torch.arange(channels, device=device)[None, :, None] * planes[:, :, None]  # (batch, C, 1)
-    top, left, crop_h, crop_w = (value[:, None] for value in boxes.unbind(1))
-    fill = fill.to(device).view(1, -1, 1)
-    line = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
-    total = torch.zeros(batch, channels, size * size, device=device)
-    for dy in range(taps):
-        for dx in range(taps):
-            ys, xs = torch.meshgrid(line + (dy + 0.5) / taps - 0.5, line + (dx + 0.5) / taps - 0.5, indexing="ij")
-            points = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(size * size, device=device)])
-            crop = matrices[:, :2, :] @ points  # (batch, 2, P): crop pixel coordinates, centred
-            u, v = crop[:, 0] + (size - 1) / 2, crop[:, 1] + (size - 1) / 2  # crop pixel indices
-            inside = _ramp(u, size, taps) * _ramp(v, size, taps)
-            sx = (left + (u + 0.5) * (crop_w / size) - 0.5).clamp(min=0)
-            sy = (top + (v + 0.5) * (crop_h / size) - 0.5).clamp(min=0)
-            x0, y0 = sx.floor(), sy.floor()
-            fx, fy = (sx - x0)[:, None], (sy - y0)[:, None]
-            x0, y0 = torch.minimum(x0.long(), widths - 1), torch.minimum(y0.long(), heights - 1)
-            x1, y1 = torch.minimum(x0 + 1, widths - 1)[:, None], torch.minimum(y0 + 1, heights - 1)
-            rows0, rows1 = (corner + (y0 * widths)[:, None]), (corner + (y1 * widths)[:, None])
-            x0 = x0[:, None]
-            upper = flat[rows0 + x0].float() * (1 - fx) + flat[rows0 + x1].float() * fx
-            lower = flat[rows1 + x0].float() * (1 - fx) + flat[rows1 + x1].float() * fx
-            weight = inside[:, None]
-            total += (upper * (1 - fy) + lower * fy - fill) * weight + fill
-    return (total / (taps * taps)).round_().view(batch, channels, size, size)
+def warp(images: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """``images`` (float, square) resampled bilinearly at ``matrices`` (inverse, output pixel ->
+    input pixel, centred coordinates) in one call for the batch; what falls outside takes the
+    colour ``fill`` (``(C,)``), blended bilinearly at the edges."""
+    batch, channels, size, _ = images.shape
+    theta = matrices[:, :2, :].clone()
+    theta[:, :, 2] /= size / 2  # to grid_sample's -1..1 coordinates
+    grid = F.affine_grid(theta, [batch, channels + 1, size, size], align_corners=False)
+    ones = torch.ones_like(images[:, :1])
+    sampled = F.grid_sample(torch.cat([images, ones], dim=1), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    covered = sampled[:, -1:]
+    return sampled[:, :-1] + (1 - covered) * fill.view(1, -1, 1, 1)
 
 
 # ------------------------------------------------------------------ colour
@@ -327,7 +301,7 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
     low = images.amin(dim=(2, 3), keepdim=True)
     high = images.amax(dim=(2, 3), keepdim=True)
     flat = high == low
-    scale = torch.where(flat, 1.0, (high - low) / 255)
+    scale = torch.where(flat, 1.0, (high - low) * (1.0 / 255))
     low = torch.where(flat, 0.0, low)
     return ((images - low) / scale).clamp_(0, 255).floor_()
 
@@ -349,22 +323,38 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     return torch.where(step > 0, equalized, levels.to(images.dtype)).view_as(images)
 
 
-def apply_colour_op(images: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
-    """One policy step's colour ops: each sample gets the op it drew (geometric ops and
-    Identity leave it unchanged, they are in the resampling)."""
-    one = torch.ones_like(magnitudes)
+def invert(images: torch.Tensor) -> torch.Tensor:
+    return 255 - images
 
-    def factor(op: int) -> torch.Tensor:
-        return torch.where(ops == op, 1 + magnitudes, one)
 
-    images = adjust_brightness(images, factor(BRIGHTNESS))
-    images = adjust_saturation(images, factor(COLOR))
-    images = adjust_contrast(images, factor(CONTRAST))
-    images = adjust_sharpness(images, factor(SHARPNESS))
-    images = posterize(images, torch.where(ops == POSTERIZE, magnitudes, 8 * one))
-    images = solarize(images, torch.where(ops == SOLARIZE, magnitudes, 256 * one))
-    for op, function in ((AUTOCONTRAST, autocontrast), (EQUALIZE, equalize), (INVERT, lambda x: 255 - x)):
-        images = torch.where(_per_sample(ops == op), function(images), images)
+def _policy_functions(magnitudes: torch.Tensor) -> dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The colour ops of a policy step as ``f(subset, index)``, reading each sample's
+    magnitude at ``index`` in ``magnitudes`` (``(batch,)`` on the device)."""
+    return {
+        BRIGHTNESS: lambda x, i: adjust_brightness(x, 1 + magnitudes[i]),
+        COLOR: lambda x, i: adjust_saturation(x, 1 + magnitudes[i]),
+        CONTRAST: lambda x, i: adjust_contrast(x, 1 + magnitudes[i]),
+        SHARPNESS: lambda x, i: adjust_sharpness(x, 1 + magnitudes[i]),
+        POSTERIZE: lambda x, i: posterize(x, magnitudes[i]),
+        SOLARIZE: lambda x, i: solarize(x, magnitudes[i]),
+        AUTOCONTRAST: lambda x, i: autocontrast(x),
+        EQUALIZE: lambda x, i: equalize(x),
+        INVERT: lambda x, i: invert(x),
+    }
+
+
+def apply_subsets(images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+                  functions: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> torch.Tensor:
+    """Apply ``functions[k](subset, index)`` in place to the samples labelled ``k``: ``labels``
+    ``(batch,)`` on the host, ``order`` their stable argsort on the images' device (so each
+    label's samples are a slice of it and nothing waits for the device)."""
+    counts = torch.bincount(labels, minlength=max(functions, default=0) + 1).tolist()
+    start = 0
+    for label, count in enumerate(counts):
+        if count and label in functions:
+            index = order[start:start + count]
+            images.index_copy_(0, index, functions[label](images.index_select(0, index), index))
+        start += count
     return images
 
 
@@ -410,15 +400,38 @@ def _square(size: int | Sequence[int]) -> int:
     return int(sizes[0])
 
 
+def ship(host: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``host``'s tensors (float, bool or integers below 2**24) on ``device`` in one copy,
+    pinned and asynchronous on CUDA: nothing waits for the device."""
+    if device.type == "cpu":
+        return host
+    packed = torch.cat([tensor.reshape(-1).float() for tensor in host.values()])
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    shipped, start = {}, 0
+    for name, tensor in host.items():
+        piece = packed[start:start + tensor.numel()].view(tensor.shape)
+        shipped[name] = piece if tensor.is_floating_point() else piece.to(tensor.dtype)
+        start += tensor.numel()
+    return shipped
+
+
 @dataclass(frozen=True)
 class BatchTrainPreset:
-    """The training preset of :func:`effnet.data.transforms.train_transforms` on a batch."""
+    """The training preset of :func:`effnet.data.transforms.train_transforms` on a batch.
+
+    Every random parameter is drawn on the host from the CPU ``generator`` given to the call
+    (a few numbers per image) and reaches the device in one asynchronous copy, so the host
+    knows which samples drew which op: each op runs on its samples only, and nothing waits
+    for the device."""
 
     size: int
     scale: tuple[float, float]
     ratio: tuple[float, float]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    mode: str = "bilinear"
     fill: tuple[float, ...] = (0.0, 0.0, 0.0)
     degrees: float = 0.0
     shear: float = 0.0
@@ -431,58 +444,73 @@ class BatchTrainPreset:
     erase_scale: tuple[float, float] = (0.02, 0.33)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
 
-    def geometry(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                        torch.Tensor | None]:
-        """Per sample, the composed inverse matrix of the geometric steps, and the policy's
-        draws (ops and magnitudes, ``(batch, steps)``; ``None`` without a policy)."""
-        device = generator.device
-        matrix = torch.eye(3, device=device).repeat(batch, 1, 1)
+    def draw(self, heights: torch.Tensor, widths: torch.Tensor,
+             generator: torch.Generator) -> tuple[list[list[int]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """A batch's random parameters: the crop boxes, the labels saying which samples take
+        which op (``flip``, ``warp``: 0/1; ``jitter<p>``: the jitter op at position p;
+        ``policy<t>``: the op drawn at step t), and the per-sample values the device needs."""
+        batch = heights.shape[0]
+        boxes = crop_boxes(heights, widths, self.scale, self.ratio, generator).long().tolist()
+        labels: dict[str, torch.Tensor] = {}
+        values: dict[str, torch.Tensor] = {}
+        flip = _rand((batch,), generator) < self.hflip if self.hflip > 0 else torch.zeros(batch, dtype=torch.bool)
+        labels["flip"] = flip.long()
+        # the flip runs first, on the crop: the affine step that precedes it is conjugated by it
+        matrix = torch.eye(3).repeat(batch, 1, 1)
         if self.degrees > 0 or self.shear > 0:
             angle = _uniform(-self.degrees, self.degrees, (batch,), generator)
             shear = torch.tan(torch.deg2rad(_uniform(-self.shear, self.shear, (batch,), generator)))
-            no = torch.zeros(batch, dtype=torch.bool, device=device)
-            matrix = affine_matrices(angle, shear, torch.zeros_like(shear), torch.zeros(batch, 2, device=device),
-                                     no, self.size)
-        if self.hflip > 0:
-            matrix = matrix @ flip_matrices(_rand((batch,), generator) < self.hflip)
-        if self.policy is None:
-            return matrix, None, None
-        ops, magnitudes = self.policy.draw(batch, self.size, generator)
-        for step in range(ops.shape[1]):
-            matrix = matrix @ policy_matrices(ops[:, step], magnitudes[:, step], self.size)
-        return matrix, ops, magnitudes
-
-    def jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """ColorJitter: brightness, contrast and saturation factors, in a random order per sample."""
-        batch = images.shape[0]
-        ranges = (self.brightness, self.contrast, self.saturation)
-        factors = [_uniform(r[0], r[1], (batch,), generator) if r is not None else None for r in ranges]
-        order = _rand((batch, 3), generator).argsort(dim=1)
-        functions = (adjust_brightness, adjust_contrast, adjust_saturation)
-        for position in range(3):
-            for index, (function, factor) in enumerate(zip(functions, factors, strict=True)):
-                if factor is not None:
-                    images = function(images, torch.where(order[:, position] == index, factor, 1.0))
-        return images
+            affine = affine_matrices(angle, shear, torch.zeros(batch), torch.zeros(batch, 2),
+                                     torch.zeros(batch, dtype=torch.bool), self.size)
+            flips = flip_matrices(flip)
+            matrix = flips @ affine @ flips
+        if self.brightness or self.contrast or self.saturation:
+            ranges = (self.brightness, self.contrast, self.saturation)
+            values["jitter"] = torch.stack([_uniform(r[0], r[1], (batch,), generator) if r else torch.ones(batch)
+                                            for r in ranges], dim=1)
+            order = _rand((batch, 3), generator).argsort(dim=1)
+            labels.update({f"jitter{position}": order[:, position] for position in range(3)})
+        if self.policy is not None:
+            ops, magnitudes = self.policy.draw(batch, self.size, generator)
+            for step in range(ops.shape[1]):
+                matrix = matrix @ policy_matrices(ops[:, step], magnitudes[:, step], self.size)
+                labels[f"policy{step}"] = ops[:, step]
+            values["magnitudes"] = magnitudes
+        labels["warp"] = ((matrix - torch.eye(3)).abs().amax(dim=(1, 2)) > 1e-6).long()
+        values["matrix"] = matrix
+        if self.erase_prob > 0:
+            values["erase"] = erase_boxes(batch, self.size, self.erase_scale, self.erase_ratio, self.erase_prob,
+                                          generator)
+        return boxes, labels, values
 
     def __call__(self, images: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        device = generator.device
-        batch = len(images)
-        dims = torch.tensor([image.shape[1:] for image in images], device=device)
-        boxes = crop_boxes(dims[:, 0], dims[:, 1], self.scale, self.ratio, generator)
-        matrix, ops, magnitudes = self.geometry(batch, generator)
-        largest = max(max(image.shape[1:]) for image in images)
-        taps = min(MAX_TAPS, max(1, math.ceil(largest / self.size)))
-        out = resample(images, boxes, matrix, self.size, torch.tensor(self.fill, device=device), taps)
-        if any(r is not None for r in (self.brightness, self.contrast, self.saturation)):
-            out = self.jitter(out, generator)
-        if ops is not None and magnitudes is not None:
-            for step in range(ops.shape[1]):
-                out = apply_colour_op(out, ops[:, step], magnitudes[:, step])
+        device = images[0].device
+        heights = torch.tensor([image.shape[1] for image in images])
+        widths = torch.tensor([image.shape[2] for image in images])
+        boxes, labels, values = self.draw(heights, widths, generator)
+        orders = {f"order_{name}": torch.argsort(label, stable=True) for name, label in labels.items()}
+        shipped = ship({**values, **orders}, device)
+        fill = torch.tensor(self.fill, device=device)
+        matrix = shipped["matrix"]
+
+        def apply(images: torch.Tensor, name: str, functions: dict) -> torch.Tensor:
+            return apply_subsets(images, labels[name], shipped[f"order_{name}"], functions)
+
+        out = crop_resize(images, boxes, self.size, self.mode).round_().clamp_(0, 255)
+        out = apply(out, "flip", {1: lambda x, i: x.flip(-1)})
+        out = apply(out, "warp", {1: lambda x, i: warp(x, matrix[i], fill).round_()})
+        if "jitter" in shipped:
+            factors = shipped["jitter"]
+            jitter = {0: lambda x, i: adjust_brightness(x, factors[i, 0]),
+                      1: lambda x, i: adjust_contrast(x, factors[i, 1]),
+                      2: lambda x, i: adjust_saturation(x, factors[i, 2])}
+            for position in range(3):
+                out = apply(out, f"jitter{position}", jitter)
+        for step in range(self.policy.steps if self.policy is not None else 0):
+            out = apply(out, f"policy{step}", _policy_functions(shipped["magnitudes"][:, step]))
         out = _normalize(out, self.mean, self.std)
-        if self.erase_prob > 0:
-            out = erase(out, erase_boxes(batch, self.size, self.erase_scale, self.erase_ratio, self.erase_prob,
-                                         generator))
+        if "erase" in shipped:
+            out = erase(out, shipped["erase"])
         return out.contiguous(memory_format=torch.channels_last)
 
 
@@ -532,8 +560,11 @@ def batch_preset(transform: Callable) -> BatchPreset | None:
     if not steps or not isinstance(steps[0], v2.RandomResizedCrop):
         return None
     crop = steps[0]
+    mode = str(getattr(crop.interpolation, "value", crop.interpolation))
+    if mode not in ("nearest", "bilinear", "bicubic"):
+        return None
     settings: dict = {"size": _square(crop.size), "scale": tuple(crop.scale), "ratio": tuple(crop.ratio),
-                      "mean": mean, "std": std}
+                      "mean": mean, "std": std, "mode": mode}
     for step in steps[1:]:
         if isinstance(step, v2.RandomAffine):
             if step.translate is not None or step.scale is not None or step.center is not None \

@@ -3,8 +3,11 @@
 On a GPU, decoding and augmenting thousands of JPEGs a second on the CPU starves the model.
 With ``data.decode=gpu`` the loader workers read each JPEG file's bytes and nothing more;
 the main process decodes a whole batch at once with ``torchvision.io.decode_jpeg`` on the
-device (nvJPEG on CUDA) and runs the same torchvision v2 preset as the CPU path there
-(random resized crop, flips, the auto-augment policies, normalization). Files that are not
+device (nvJPEG on CUDA) and runs the preset there on the whole batch
+(:mod:`effnet.data.batch_augment`: the same random resized crop, flips, auto-augment policies
+and normalization as the CPU path's v2 preset, drawn per sample from a generator seeded
+from the loader's seed, epoch and rank, so a resumed run replays the same augmentation).
+A preset that module does not batch runs image by image. Files that are not
 JPEG are decoded by the worker as before; a JPEG the device cannot decode is decoded on the
 CPU instead, and one that cannot be decoded at all is replaced by another image of the batch
 (with its label), with a warning naming the file, as the CPU path does.
@@ -14,6 +17,7 @@ The path runs on the CPU too (``decode_jpeg`` on the CPU), which is how it is te
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +29,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..errors import ConfigError
+from .batch_augment import batch_preset
 from .datasets import ImageDataset
 from .images import ImageReadError, decode_image
 from .loaders import build_loader
@@ -79,14 +84,23 @@ def collate_encoded(items: list[tuple[torch.Tensor, int, str]]) -> tuple[list[to
 
 class DeviceBatchTransform:
     """Decode a batch of :class:`EncodedImages` payloads on ``device`` and apply ``transform``
-    (a v2 preset from :mod:`effnet.data.transforms`) to each image there; returns the stacked
-    batch in ``memory_format`` and the labels, both on ``device``."""
+    (a v2 preset from :mod:`effnet.data.transforms`) there: as one batched preset when
+    :func:`~effnet.data.batch_augment.batch_preset` knows it (its randomness from
+    :attr:`generator`, see :meth:`seed`), else to each image; returns the stacked batch in
+    ``memory_format`` and the labels, both on ``device``."""
 
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.transform = transform
+        self.batched = batch_preset(transform)
         self.device = device
         self.memory_format = memory_format
+        self.generator = torch.Generator()  # the batched preset draws its parameters on the host
+
+    def seed(self, seed: int, epoch: int = 0, rank: int = 0) -> None:
+        """Start the augmentation's random stream for ``epoch`` of a run seeded ``seed`` on ``rank``."""
+        key = hashlib.blake2b(f"{seed}/{epoch}/{rank}".encode(), digest_size=8).digest()
+        self.generator.manual_seed(int.from_bytes(key, "little") >> 1)
 
     def decode(self, payloads: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | str]:
         """Each payload as a uint8 CHW image on the device, or the reason it cannot be read."""
@@ -124,14 +138,20 @@ class DeviceBatchTransform:
             raise ConfigError(f"none of the {len(names)} images of a batch could be decoded (first: {names[0]}); "
                               "check the data folder")
         order = [i if not isinstance(images[i], str) else usable[i % len(usable)] for i in range(len(images))]
-        batch = torch.stack([self.transform(images[i]) for i in order])
+        chosen = [images[i] for i in order]
+        if self.batched is not None:
+            batch = self.batched(chosen, self.generator)  # type: ignore[arg-type]
+        else:
+            batch = torch.stack([self.transform(image) for image in chosen])
         return batch.contiguous(memory_format=self.memory_format), labels[order].to(self.device)
 
 
 class DeviceDecodeLoader:
     """A :class:`DataLoader` over :class:`EncodedImages` whose batches come out decoded and
     transformed on the device. Everything else (``sampler``, ``generator``, ``num_workers``)
-    is the wrapped loader's, so epoch seeding and resuming work as with the CPU path."""
+    is the wrapped loader's, so epoch seeding and resuming work as with the CPU path; each
+    pass seeds the augmentation from the sampler's seed, epoch and rank (a replayed epoch
+    draws the same augmentation)."""
 
     def __init__(self, loader: DataLoader, transform: DeviceBatchTransform) -> None:
         self.loader = loader
@@ -141,6 +161,8 @@ class DeviceDecodeLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = self.loader.sampler
+        self.transform.seed(getattr(sampler, "seed", 0), getattr(sampler, "epoch", 0), getattr(sampler, "rank", 0))
         for payloads, labels, names in self.loader:
             yield self.transform(payloads, labels, names)
 
