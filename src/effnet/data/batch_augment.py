@@ -227,6 +227,12 @@ def crop_resize(images: list[torch.Tensor], boxes: list[list[int]], size: int, m
     return torch.cat(crops)
 
 
+def _coverage(index: torch.Tensor, size: int) -> torch.Tensor:
+    """How much of a bilinear sample at pixel ``index`` falls on the ``size`` pixels: 1 inside,
+    0 a pixel or more outside, linear between."""
+    return torch.minimum(index + 1, size - index).clamp_(0, 1)
+
+
 def warp(images: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """``images`` (float, square) resampled bilinearly at ``matrices`` (inverse, output pixel ->
     input pixel, centred coordinates) in one call for the batch; what falls outside takes the
@@ -234,12 +240,11 @@ def warp(images: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor) -> to
     batch, channels, size, _ = images.shape
     theta = matrices[:, :2, :].clone()
     theta[:, :, 2] /= size / 2  # to grid_sample's -1..1 coordinates
-    grid = F.affine_grid(theta, [batch, channels + 1, size, size], align_corners=False)
-    ones = torch.ones_like(images[:, :1])
-    sampled = F.grid_sample(torch.cat([images, ones], dim=1), grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-    covered = sampled[:, -1:]
-    return sampled[:, :-1] + (1 - covered) * fill.view(1, -1, 1, 1)
+    grid = F.affine_grid(theta, [batch, channels, size, size], align_corners=False)
+    sampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    pixels = (grid + 1) * (size / 2) - 0.5
+    covered = (_coverage(pixels[..., 0], size) * _coverage(pixels[..., 1], size))[:, None]
+    return sampled.add_((1 - covered) * fill.view(1, -1, 1, 1))
 
 
 # ------------------------------------------------------------------ colour
@@ -384,13 +389,15 @@ def erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     index = torch.arange(size, device=images.device)
     rows = (index.view(1, -1, 1) >= top) & (index.view(1, -1, 1) < top + heights)
     cols = (index.view(1, 1, -1) >= left) & (index.view(1, 1, -1) < left + widths)
-    return images.masked_fill((rows & cols)[:, None], 0.0)
+    return images.masked_fill_((rows & cols)[:, None], 0.0)
 
 
 def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images / 255 - mean_t) / std_t
+    """Levels 0..255 to ``(x / 255 - mean) / std``, in one pass, into a channels_last batch."""
+    scale = 1 / (255 * torch.tensor(std, device=images.device).view(1, -1, 1, 1))
+    shift = -torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * scale * 255
+    out = torch.empty_like(images, dtype=torch.float32, memory_format=torch.channels_last)
+    return torch.addcmul(shift, images, scale, out=out)
 
 
 def _square(size: int | Sequence[int]) -> int:
@@ -509,9 +516,7 @@ class BatchTrainPreset:
         for step in range(self.policy.steps if self.policy is not None else 0):
             out = apply(out, f"policy{step}", _policy_functions(shipped["magnitudes"][:, step]))
         out = _normalize(out, self.mean, self.std)
-        if "erase" in shipped:
-            out = erase(out, shipped["erase"])
-        return out.contiguous(memory_format=torch.channels_last)
+        return erase(out, shipped["erase"]) if "erase" in shipped else out
 
 
 @dataclass(frozen=True)
@@ -524,8 +529,7 @@ class BatchEvalPreset:
     std: tuple[float, ...]
 
     def __call__(self, images: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        batch = torch.stack([self.resize_crop(image) for image in images]).float()
-        return _normalize(batch, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+        return _normalize(torch.stack([self.resize_crop(image) for image in images]), self.mean, self.std)
 
 
 def _fill(transform: v2.Transform) -> tuple[float, ...]:
