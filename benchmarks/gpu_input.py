@@ -19,9 +19,11 @@ Each prints images/s (after warm-up steps); the ratios ``gpu_decode / model_alon
 and ``gpu_decode / timm_loader`` (aim >= 2) are measured in this one run. The CPU's vector
 extensions are printed beside the figures.
 
-``--augment`` times the training preset alone (RandAugment, on decoded photos of 350-500 px
-already on the device, GPU if there is one): the batched form (:mod:`effnet.data.batch_augment`)
-against the v2 preset applied image by image, ms per batch and the ratio.
+``--augment`` times the training preset alone (RandAugment, on decoded photos already on the
+device, GPU if there is one): the batched form (:mod:`effnet.data.batch_augment`) against the
+v2 preset applied image by image, ms per batch and the ratio; once on 350-500 px photos to
+``--size``, once on 20-28 px ones to 16 px, where the time is the per-call overhead that
+bounds the per-image loop on a GPU.
 """
 
 from __future__ import annotations
@@ -130,15 +132,17 @@ def feeds(folder: Path, device: torch.device, size: int, batch: int, workers: in
     return result
 
 
-def time_augment(device: torch.device, batch: int, size: int, steps: int, warmup: int = 2) -> dict[str, float]:
-    """Milliseconds per batch of the RandAugment training preset on decoded photos on ``device``:
-    batched (``batched_ms``) and image by image with the v2 preset (``per_image_ms``)."""
+def time_augment(device: torch.device, batch: int, size: int, steps: int, warmup: int = 2,
+                 sides: tuple[int, int] = (350, 500)) -> dict[str, float]:
+    """Milliseconds per batch of the RandAugment training preset to ``size`` on decoded photos
+    with sides in ``sides`` on ``device``: batched (``batched_ms``) and image by image with the
+    v2 preset (``per_image_ms``)."""
     rng = np.random.default_rng(0)
     sources = [torch.from_numpy(np.ascontiguousarray(getattr(photos, name)())) for name in PHOTOS[:4]]
     images = []
     for index in range(batch):
         source = sources[index % len(sources)].permute(2, 0, 1)[None].float()
-        height, width = (int(v) for v in rng.integers(350, 501, 2))
+        height, width = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
         images.append(F.interpolate(source, size=(height, width), mode="bilinear")[0].round().to(torch.uint8)
                       .to(device))
     preprocessing = effnet.create_model("efficientnet_b0").preprocessing
@@ -178,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.augment:
-        timing = time_augment(device, args.batch, args.size, args.steps, args.warmup)
-        print(f"RandAugment preset, batch {args.batch} @{args.size}px on {device}: batched "
-              f"{timing['batched_ms']:.1f} ms, per image {timing['per_image_ms']:.1f} ms ({timing['speedup']:.1f}x)")
-        Path(args.out).write_text(json.dumps({"device": str(device), "batch": args.batch, "size": args.size,
-                                              "augment": timing}, indent=2))
+        timings = {"photos": time_augment(device, args.batch, args.size, args.steps, args.warmup),
+                   "overhead": time_augment(device, args.batch, 16, args.steps, args.warmup, sides=(20, 28))}
+        for name, timing in timings.items():
+            print(f"RandAugment preset, {name}, batch {args.batch} on {device}: batched {timing['batched_ms']:.1f} ms, "
+                  f"per image {timing['per_image_ms']:.1f} ms ({timing['speedup']:.1f}x)")
+        Path(args.out).write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
+                                              "batch": args.batch, "size": args.size, "augment": timings}, indent=2))
         return 0
     if args.smoke:
         args.images, args.steps, args.warmup, args.batch, args.size, args.workers = 40, 2, 1, 8, 32, 1

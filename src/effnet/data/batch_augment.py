@@ -34,8 +34,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from ..errors import ConfigError
-
 BatchPreset = Callable[[list[torch.Tensor], torch.Generator], torch.Tensor]
 
 # The ops, numbered; "geometric" ones go into the resampling matrix.
@@ -400,13 +398,6 @@ def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return torch.addcmul(shift, images, scale, out=out)
 
 
-def _square(size: int | Sequence[int]) -> int:
-    sizes = [size] if isinstance(size, int) else list(size)
-    if len(sizes) == 2 and sizes[0] != sizes[1] or not sizes:
-        raise ConfigError(f"the batched preset makes square crops; got size {size}")
-    return int(sizes[0])
-
-
 def ship(host: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """``host``'s tensors (float, bool or integers below 2**24) on ``device`` in one copy,
     pinned and asynchronous on CUDA: nothing waits for the device."""
@@ -567,7 +558,9 @@ def batch_preset(transform: Callable) -> BatchPreset | None:
     mode = str(getattr(crop.interpolation, "value", crop.interpolation))
     if mode not in ("nearest", "bilinear", "bicubic"):
         return None
-    settings: dict = {"size": _square(crop.size), "scale": tuple(crop.scale), "ratio": tuple(crop.ratio),
+    if len(set(crop.size)) != 1 or any(isinstance(step, v2.ToDtype) and not step.scale for step in steps):
+        return None
+    settings: dict = {"size": crop.size[0], "scale": tuple(crop.scale), "ratio": tuple(crop.ratio),
                       "mean": mean, "std": std, "mode": mode}
     for step in steps[1:]:
         if isinstance(step, v2.RandomAffine):
