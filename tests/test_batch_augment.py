@@ -286,6 +286,25 @@ def test_the_batched_preset_output_and_its_statistics_match_the_per_image_preset
     assert 0.1 < erased < 0.5
 
 
+def test_the_preset_flips_then_warps_with_the_drawn_matrix() -> None:
+    images = list(_photos())
+    _, preset = _train_preset(color_jitter=None, hflip=1.0, degrees=30, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    side = torch.full((6,), SIZE)
+    _, labels, values = preset.draw(side, side, torch.Generator().manual_seed(0))
+    assert labels["flip"].all() and labels["warp"].all()
+    inverse = values["matrix"]
+    angles = torch.rad2deg(torch.atan2(inverse[:, 0, 1], inverse[:, 0, 0])).tolist()
+    assert len({round(a) for a in angles}) > 2 and max(abs(a) for a in angles) <= 30
+    functions = [lambda image, a=a: TF.affine(
+        TF.horizontal_flip(image), angle=a, translate=[0, 0], scale=1.0, shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR, fill=FILL[:image.shape[0]]) for a in angles]
+    expected = torch.stack([function(image) for function, image in zip(functions, images, strict=True)]).float()
+    batch = preset(images, torch.Generator().manual_seed(0))  # the crop is the whole picture, at its size
+    std, mean = (torch.tensor(v).view(1, 3, 1, 1) for v in (PREPROCESSING.std, PREPROCESSING.mean))
+    settled = _away_from_the_edge_of_the_fill(functions).expand_as(expected)
+    assert ((batch * std + mean) * 255 - expected)[settled].abs().max() <= 2.01
+
+
 def test_the_batched_preset_is_deterministic_given_the_generator() -> None:
     images = list(_photos(8, size=56))
     _, preset = _train_preset(auto_augment="randaugment", re_prob=0.5, degrees=10)

@@ -453,15 +453,14 @@ class BatchTrainPreset:
         values: dict[str, torch.Tensor] = {}
         flip = _rand((batch,), generator) < self.hflip if self.hflip > 0 else torch.zeros(batch, dtype=torch.bool)
         labels["flip"] = flip.long()
-        # the flip runs first, on the crop: the affine step that precedes it is conjugated by it
+        # The flip runs first, on the crop: with angles and shears drawn from ranges symmetric
+        # about 0, flipping before or after them gives the same distribution.
         matrix = torch.eye(3).repeat(batch, 1, 1)
         if self.degrees > 0 or self.shear > 0:
             angle = _uniform(-self.degrees, self.degrees, (batch,), generator)
             shear = torch.tan(torch.deg2rad(_uniform(-self.shear, self.shear, (batch,), generator)))
-            affine = affine_matrices(angle, shear, torch.zeros(batch), torch.zeros(batch, 2),
+            matrix = affine_matrices(angle, shear, torch.zeros(batch), torch.zeros(batch, 2),
                                      torch.zeros(batch, dtype=torch.bool), self.size)
-            flips = flip_matrices(flip)
-            matrix = flips @ affine @ flips
         if self.brightness or self.contrast or self.saturation:
             ranges = (self.brightness, self.contrast, self.saturation)
             values["jitter"] = torch.stack([_uniform(r[0], r[1], (batch,), generator) if r else torch.ones(batch)
