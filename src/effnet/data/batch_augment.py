@@ -36,10 +36,9 @@ from torchvision.transforms import v2
 
 BatchPreset = Callable[[list[torch.Tensor], torch.Generator], torch.Tensor]
 
-# The ops, numbered; "geometric" ones go into the resampling matrix.
+# The ops, numbered; the geometric ones (shear, translate, rotate) become one warp per sample.
 (IDENTITY, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE, BRIGHTNESS, COLOR, CONTRAST, SHARPNESS,
  POSTERIZE, SOLARIZE, AUTOCONTRAST, EQUALIZE, INVERT) = range(15)
-GEOMETRIC_OPS = (SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE)
 OP_NAMES = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
             "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
 SIGNED_OPS = (SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE, BRIGHTNESS, COLOR, CONTRAST, SHARPNESS)
@@ -205,13 +204,6 @@ def policy_matrices(ops: torch.Tensor, magnitudes: torch.Tensor, size: int) -> t
     translate = torch.stack([torch.where(ops == TRANSLATE_X, magnitudes, zero),
                              torch.where(ops == TRANSLATE_Y, magnitudes, zero)], dim=1)
     return affine_matrices(angle, shear_x, shear_y, translate, (ops == SHEAR_X) | (ops == SHEAR_Y), size)
-
-
-def flip_matrices(flip: torch.Tensor) -> torch.Tensor:
-    """Horizontal flips where ``flip`` is true, identity elsewhere (their own inverse)."""
-    matrix = torch.eye(3, device=flip.device).repeat(flip.shape[0], 1, 1)
-    matrix[:, 0, 0] = torch.where(flip, -1.0, 1.0)
-    return matrix
 
 
 def crop_resize(images: list[torch.Tensor], boxes: list[list[int]], size: int, mode: str) -> torch.Tensor:
@@ -398,11 +390,9 @@ def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return torch.addcmul(shift, images, scale, out=out)
 
 
-def ship(host: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def _to_device(host: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """``host``'s tensors (float, bool or integers below 2**24) on ``device`` in one copy,
     pinned and asynchronous on CUDA: nothing waits for the device."""
-    if device.type == "cpu":
-        return host
     packed = torch.cat([tensor.reshape(-1).float() for tensor in host.values()])
     if device.type == "cuda":
         packed = packed.pin_memory()
@@ -486,7 +476,7 @@ class BatchTrainPreset:
         widths = torch.tensor([image.shape[2] for image in images])
         boxes, labels, values = self.draw(heights, widths, generator)
         orders = {f"order_{name}": torch.argsort(label, stable=True) for name, label in labels.items()}
-        shipped = ship({**values, **orders}, device)
+        shipped = _to_device({**values, **orders}, device)
         fill = torch.tensor(self.fill, device=device)
         matrix = shipped["matrix"]
 
