@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", action="store_true", help="time the training preset alone, batched vs per image")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if args.smoke:
+        args.images, args.steps, args.warmup, args.batch, args.size, args.workers = 40, 2, 1, 8, 32, 1
     if args.augment:
         timings = {"photos": time_augment(device, args.batch, args.size, args.steps, args.warmup),
                    "overhead": time_augment(device, args.batch, 16, args.steps, args.warmup, sides=(20, 28))}
@@ -190,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
                                               "batch": args.batch, "size": args.size, "augment": timings}, indent=2))
         return 0
-    if args.smoke:
-        args.images, args.steps, args.warmup, args.batch, args.size, args.workers = 40, 2, 1, 8, 32, 1
     with tempfile.TemporaryDirectory(prefix="effnet-jpegs-") as scratch:
         folder = Path(args.folder) if args.folder else write_jpegs(Path(scratch), args.images,
                                                                     (350, 500) if not args.smoke else (40, 64))
