@@ -382,17 +382,22 @@ def erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return images.masked_fill_((rows & cols)[:, None], 0.0)
 
 
-def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Levels 0..255 to ``(x / 255 - mean) / std``, in one pass, into a channels_last batch."""
-    scale = 1 / (255 * torch.tensor(std, device=images.device).view(1, -1, 1, 1))
-    shift = -torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * scale * 255
+def normalization(mean: Sequence[float], std: Sequence[float]) -> dict[str, torch.Tensor]:
+    """``scale`` and ``shift`` (host tensors) taking levels 0..255 to ``(x / 255 - mean) / std``."""
+    scale = 1 / (255 * torch.tensor(std).view(1, -1, 1, 1))
+    return {"scale": scale, "shift": -torch.tensor(mean).view(1, -1, 1, 1) * scale * 255}
+
+
+def _normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``images * scale + shift`` in one pass, into a channels_last batch."""
     out = torch.empty_like(images, dtype=torch.float32, memory_format=torch.channels_last)
     return torch.addcmul(shift, images, scale, out=out)
 
 
 def _to_device(host: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """``host``'s tensors (float, bool or integers below 2**24) on ``device`` in one copy,
-    pinned and asynchronous on CUDA: nothing waits for the device."""
+    pinned and asynchronous on CUDA: nothing waits for the device (a plain copy of a host
+    tensor to CUDA waits for everything queued before it)."""
     packed = torch.cat([tensor.reshape(-1).float() for tensor in host.values()])
     if device.type == "cuda":
         packed = packed.pin_memory()
@@ -476,8 +481,9 @@ class BatchTrainPreset:
         widths = torch.tensor([image.shape[2] for image in images])
         boxes, labels, values = self.draw(heights, widths, generator)
         orders = {f"order_{name}": torch.argsort(label, stable=True) for name, label in labels.items()}
-        shipped = _to_device({**values, **orders}, device)
-        fill = torch.tensor(self.fill, device=device)
+        constants = {"fill": torch.tensor(self.fill), **normalization(self.mean, self.std)}
+        shipped = _to_device({**values, **orders, **constants}, device)
+        fill = shipped["fill"]
         matrix = shipped["matrix"]
 
         def apply(images: torch.Tensor, name: str, functions: dict) -> torch.Tensor:
@@ -495,7 +501,7 @@ class BatchTrainPreset:
                 out = apply(out, f"jitter{position}", jitter)
         for step in range(self.policy.steps if self.policy is not None else 0):
             out = apply(out, f"policy{step}", _policy_functions(shipped["magnitudes"][:, step]))
-        out = _normalize(out, self.mean, self.std)
+        out = _normalize(out, shipped["scale"], shipped["shift"])
         return erase(out, shipped["erase"]) if "erase" in shipped else out
 
 
@@ -509,7 +515,8 @@ class BatchEvalPreset:
     std: tuple[float, ...]
 
     def __call__(self, images: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        return _normalize(torch.stack([self.resize_crop(image) for image in images]), self.mean, self.std)
+        constants = _to_device(normalization(self.mean, self.std), images[0].device)
+        return _normalize(torch.stack([self.resize_crop(image) for image in images]), **constants)
 
 
 def _fill(transform: v2.Transform) -> tuple[float, ...]:

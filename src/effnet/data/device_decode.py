@@ -143,7 +143,10 @@ class DeviceBatchTransform:
             batch = self.batched(chosen, self.generator)  # type: ignore[arg-type]
         else:
             batch = torch.stack([self.transform(image) for image in chosen])
-        return batch.contiguous(memory_format=self.memory_format), labels[order].to(self.device)
+        labels = labels[order]
+        if self.device.type == "cuda":  # a plain copy would wait for the work queued on the device
+            labels = labels.pin_memory()
+        return batch.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
 
 
 class DeviceDecodeLoader:
