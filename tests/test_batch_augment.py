@@ -265,6 +265,8 @@ def test_the_batched_preset_reads_the_v2_presets_settings() -> None:
     assert isinstance(ba.batch_preset(eval_transforms(PREPROCESSING)), ba.BatchEvalPreset)
     assert ba.batch_preset(v2.Compose([v2.RandomResizedCrop(8), v2.GaussianBlur(3), v2.ToDtype(torch.float32),
                                        v2.Normalize([0.5] * 3, [0.5] * 3)])) is None
+    nearest = Preprocessing(resolution=SIZE, crop_pct=0.875, interpolation="nearest")
+    assert ba.batch_preset(train_transforms(nearest, auto_augment="trivialaugment", for_tensors=True)) is None
 
 
 @pytest.mark.parametrize("policy", [None, "randaugment", "trivialaugment", "autoaugment"])

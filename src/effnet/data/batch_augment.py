@@ -520,9 +520,13 @@ class BatchEvalPreset:
 
 
 def _fill(transform: v2.Transform) -> tuple[float, ...]:
-    fill = transform.fill
+    fill = 0 if transform.fill is None else transform.fill
     values = [fill] * 3 if isinstance(fill, (int, float)) else list(fill)
     return tuple(float(v) for v in values)
+
+
+def _bilinear(transform: v2.Transform) -> bool:
+    return str(getattr(transform.interpolation, "value", transform.interpolation)) == "bilinear"
 
 
 def _policy(transform: v2.Transform) -> Policy | None:
@@ -561,7 +565,7 @@ def batch_preset(transform: Callable) -> BatchPreset | None:
     for step in steps[1:]:
         if isinstance(step, v2.RandomAffine):
             if step.translate is not None or step.scale is not None or step.center is not None \
-                    or step.shear is not None and len(step.shear) != 2:
+                    or step.shear is not None and len(step.shear) != 2 or not _bilinear(step):
                 return None
             settings.update(degrees=float(step.degrees[1]), fill=_fill(step),
                             shear=float(step.shear[1]) if step.shear is not None else 0.0)
@@ -573,7 +577,7 @@ def batch_preset(transform: Callable) -> BatchPreset | None:
             settings.update(brightness=step.brightness, contrast=step.contrast, saturation=step.saturation)
         elif isinstance(step, (v2.RandAugment, v2.TrivialAugmentWide, v2.AutoAugment)):
             policy = _policy(step)
-            if policy is None:
+            if policy is None or not _bilinear(step):
                 return None
             settings.update(policy=policy, fill=_fill(step))
         elif isinstance(step, v2.RandomErasing):
