@@ -304,6 +304,25 @@ def test_the_preset_flips_then_warps_with_the_drawn_matrix() -> None:
     assert ((batch * std + mean) * 255 - expected)[settled].abs().max() <= 2.01
 
 
+def test_colour_jitter_applies_each_samples_factors_in_its_order() -> None:
+    images = list(_photos(12))
+    _, preset = _train_preset(color_jitter=0.4, hflip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    side = torch.full((12,), SIZE)
+    _, labels, values = preset.draw(side, side, torch.Generator().manual_seed(0))
+    orders = [(int(k) // 9, int(k) // 3 % 3, int(k) % 3) for k in labels["jitter"]]
+    assert len(set(orders)) > 3 and all(sorted(order) == [0, 1, 2] for order in orders)
+    functions = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    expected = []
+    for image, order, factors in zip(images, orders, values["jitter"].tolist(), strict=True):
+        assert all(0.6 <= f <= 1.4 for f in factors)
+        for op in order:
+            image = functions[op](image, factors[op])
+        expected.append(image)
+    batch = preset(images, torch.Generator().manual_seed(0))
+    std, mean = (torch.tensor(v).view(1, 3, 1, 1) for v in (PREPROCESSING.std, PREPROCESSING.mean))
+    assert ((batch * std + mean) * 255 - torch.stack(expected).float()).abs().max() <= 1.01
+
+
 def test_the_batched_preset_is_deterministic_given_the_generator() -> None:
     images = list(_photos(8, size=56))
     _, preset = _train_preset(auto_augment="randaugment", re_prob=0.5, degrees=10)

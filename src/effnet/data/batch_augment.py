@@ -26,6 +26,7 @@ the ImageNet AutoAugment policy as torchvision defines them.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -440,8 +441,9 @@ class BatchTrainPreset:
     def draw(self, heights: torch.Tensor, widths: torch.Tensor,
              generator: torch.Generator) -> tuple[list[list[int]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """A batch's random parameters: the crop boxes, the labels saying which samples take
-        which op (``flip``, ``warp``: 0/1; ``jitter<p>``: the jitter op at position p;
-        ``policy<t>``: the op drawn at step t), and the per-sample values the device needs."""
+        which op (``flip``, ``warp``: 0/1; ``jitter``: the order of brightness, contrast and
+        saturation as a base-3 number; ``policy<t>``: the op drawn at step t), and the
+        per-sample values the device needs."""
         batch = heights.shape[0]
         boxes = crop_boxes(heights, widths, self.scale, self.ratio, generator).long().tolist()
         labels: dict[str, torch.Tensor] = {}
@@ -461,7 +463,7 @@ class BatchTrainPreset:
             values["jitter"] = torch.stack([_uniform(r[0], r[1], (batch,), generator) if r else torch.ones(batch)
                                             for r in ranges], dim=1)
             order = _rand((batch, 3), generator).argsort(dim=1)
-            labels.update({f"jitter{position}": order[:, position] for position in range(3)})
+            labels["jitter"] = order[:, 0] * 9 + order[:, 1] * 3 + order[:, 2]  # the order, as a base-3 number
         if self.policy is not None:
             ops, magnitudes = self.policy.draw(batch, self.size, generator)
             for step in range(ops.shape[1]):
@@ -474,6 +476,22 @@ class BatchTrainPreset:
             values["erase"] = erase_boxes(batch, self.size, self.erase_scale, self.erase_ratio, self.erase_prob,
                                           generator)
         return boxes, labels, values
+
+    def _jitter(self, factors: torch.Tensor) -> dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """ColorJitter for each order of its ops (keyed as :meth:`draw` labels them), with the
+        samples' ``factors`` ``(batch, 3)``; disabled ops are left out."""
+        functions = (adjust_brightness, adjust_contrast, adjust_saturation)
+        enabled = [r is not None for r in (self.brightness, self.contrast, self.saturation)]
+
+        def in_order(order: tuple[int, ...]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+            def run(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+                for op in order:
+                    if enabled[op]:
+                        images = functions[op](images, factors[index, op])
+                return images
+            return run
+
+        return {a * 9 + b * 3 + c: in_order((a, b, c)) for a, b, c in itertools.permutations(range(3))}
 
     def __call__(self, images: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         device = images[0].device
@@ -493,12 +511,7 @@ class BatchTrainPreset:
         out = apply(out, "flip", {1: lambda x, i: x.flip(-1)})
         out = apply(out, "warp", {1: lambda x, i: warp(x, matrix[i], fill).round_()})
         if "jitter" in shipped:
-            factors = shipped["jitter"]
-            jitter = {0: lambda x, i: adjust_brightness(x, factors[i, 0]),
-                      1: lambda x, i: adjust_contrast(x, factors[i, 1]),
-                      2: lambda x, i: adjust_saturation(x, factors[i, 2])}
-            for position in range(3):
-                out = apply(out, f"jitter{position}", jitter)
+            out = apply(out, "jitter", self._jitter(shipped["jitter"]))
         for step in range(self.policy.steps if self.policy is not None else 0):
             out = apply(out, f"policy{step}", _policy_functions(shipped["magnitudes"][:, step]))
         out = _normalize(out, shipped["scale"], shipped["shift"])
