@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/gpu_input.py [--out gpu_input.json] [--images 20000] [--steps 60]
     python3 benchmarks/gpu_input.py --smoke        # tiny, on the CPU, a minute
+    PYTHONPATH=src python3 benchmarks/gpu_input.py --augment [--batch 64] [--steps 10]
 
 Writes a folder of realistic JPEGs (random crops of 350-500 px cut from scikit-image's photos,
 quality 90, 10 classes), then trains B0 at 224 px, bf16 autocast, channels_last, SGD, batch 256
@@ -17,6 +18,12 @@ for a fixed number of steps, feeding it four ways in the same run:
 Each prints images/s (after warm-up steps); the ratios ``gpu_decode / model_alone`` (aim >= 0.9)
 and ``gpu_decode / timm_loader`` (aim >= 2) are measured in this one run. The CPU's vector
 extensions are printed beside the figures.
+
+``--augment`` times the training preset alone (RandAugment, on decoded photos already on the
+device, GPU if there is one): the batched form (:mod:`effnet.data.batch_augment`) against the
+v2 preset applied image by image, ms per batch and the ratio; once on 350-500 px photos to
+``--size``, once on 20-28 px ones to 16 px, where the time is the per-call overhead that
+bounds the per-image loop on a GPU.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from PIL import Image  # noqa: E402
 from skimage import data as photos  # noqa: E402
 
 import effnet  # noqa: E402
+from effnet.data.batch_augment import batch_preset  # noqa: E402
 from effnet.data.datasets import scan_folder  # noqa: E402
 from effnet.data.device_decode import device_decode_loader  # noqa: E402
 from effnet.data.loaders import build_loader  # noqa: E402
@@ -148,6 +156,41 @@ def measure(folder: Path, device: torch.device, size: int = 224, batch: int = 25
     return rates, ratios
 
 
+def time_augment(device: torch.device, batch: int, size: int, steps: int, warmup: int = 2,
+                 sides: tuple[int, int] = (350, 500)) -> dict[str, float]:
+    """Milliseconds per batch of the RandAugment training preset to ``size`` on decoded photos
+    with sides in ``sides`` on ``device``: batched (``batched_ms``) and image by image with the
+    v2 preset (``per_image_ms``)."""
+    rng = np.random.default_rng(0)
+    sources = [torch.from_numpy(np.ascontiguousarray(getattr(photos, name)())) for name in PHOTOS[:4]]
+    images = []
+    for index in range(batch):
+        source = sources[index % len(sources)].permute(2, 0, 1)[None].float()
+        height, width = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
+        images.append(F.interpolate(source, size=(height, width), mode="bilinear")[0].round().to(torch.uint8)
+                      .to(device))
+    preprocessing = effnet.create_model("efficientnet_b0").preprocessing
+    preset = train_transforms(preprocessing, resolution=size, auto_augment="randaugment", for_tensors=True)
+    batched = batch_preset(preset)
+    generator = torch.Generator(device).manual_seed(0)
+    ways = {"batched_ms": lambda: batched(images, generator),
+            "per_image_ms": lambda: torch.stack([preset(image) for image in images])}
+    result = {}
+    for name, run in ways.items():
+        for _ in range(warmup):
+            run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result[name] = 1000 * (time.perf_counter() - started) / steps
+    result["speedup"] = result["per_image_ms"] / result["batched_ms"]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_input.json")
@@ -159,12 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--folder", help="reuse a folder of JPEGs (default: a new temporary one)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
+    parser.add_argument("--augment", action="store_true", help="time the training preset alone, batched vs per image")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
         args.images, args.steps, args.warmup, args.batch, args.size, args.workers = 40, 2, 1, 8, 32, 1
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.augment:
+        timings = {"photos": time_augment(device, args.batch, args.size, args.steps, args.warmup),
+                   "overhead": time_augment(device, args.batch, 16, args.steps, args.warmup, sides=(20, 28))}
+        for name, timing in timings.items():
+            print(f"RandAugment preset, {name}, batch {args.batch} on {device}: batched {timing['batched_ms']:.1f} ms, "
+                  f"per image {timing['per_image_ms']:.1f} ms ({timing['speedup']:.1f}x)")
+        Path(args.out).write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
+                                              "batch": args.batch, "size": args.size, "augment": timings}, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="effnet-jpegs-") as scratch:
         folder = Path(args.folder) if args.folder else write_jpegs(
             Path(scratch), args.images, (350, 500) if not args.smoke else (40, 64), processes=args.workers)

@@ -27,3 +27,17 @@ def test_smoke_feeds_the_model_four_ways(tmp_path) -> None:
     assert set(result["ratios"]) == {"gpu_decode/model_alone", "gpu_decode/cpu_decode", "gpu_decode/timm_loader"}
     assert result["environment"]["device"] == "cpu" and result["environment"]["cpu_capability"]
     assert "gpu_decode/timm_loader" in completed.stdout
+
+
+def test_augment_mode_times_the_batched_preset_against_the_per_image_one(tmp_path) -> None:
+    out = tmp_path / "augment.json"
+    completed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_input.py"), "--augment", "--smoke",
+                                "--out", str(out)], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["augment"]) == {"photos", "overhead"} and result["device"] == "cpu"
+    for timing in result["augment"].values():
+        assert timing["batched_ms"] > 0 and timing["per_image_ms"] > 0
+        assert timing["speedup"] == pytest.approx(timing["per_image_ms"] / timing["batched_ms"])
+    assert "per image" in completed.stdout

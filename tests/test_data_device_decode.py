@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 import effnet
-from _train_helpers import make_image_folder, tiny_config
+from _train_helpers import assert_same_tensors, load, make_image_folder, tiny_config
 from effnet.cli import main
+from effnet.data.batch_augment import BatchEvalPreset, BatchTrainPreset
 from effnet.data.datasets import scan_folder
 from effnet.data.device_decode import (
     DeviceBatchTransform,
@@ -23,7 +24,7 @@ from effnet.data.device_decode import (
     device_decode_loader,
 )
 from effnet.data.loaders import build_loader
-from effnet.data.transforms import eval_transforms
+from effnet.data.transforms import eval_transforms, train_transforms
 from effnet.description import Preprocessing
 from effnet.errors import ConfigError
 from effnet.evaluation import evaluate_checkpoint
@@ -123,6 +124,47 @@ def test_prefetching_passes_errors_on_and_stops_when_the_caller_does(tmp_path) -
     assert len(calls) == 3  # the error surfaced where the third batch was asked for, nothing after it
 
 
+def _epoch(loader: DeviceDecodeLoader, epoch: int, skip: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.sampler.set_epoch(epoch)
+    batches = iter(loader)
+    for _ in range(skip):  # as a resumed epoch replays the batches already trained
+        next(batches)
+    return list(batches)
+
+
+def test_training_batches_are_augmented_as_one_batch_and_replay_per_epoch(tmp_path) -> None:
+    transform = train_transforms(PREPROCESSING, auto_augment="randaugment", re_prob=0.25, for_tensors=True)
+    dataset = scan_folder(_photos(tmp_path, count=12), transform=transform)
+
+    def loader() -> DeviceDecodeLoader:
+        return device_decode_loader(dataset, 4, True, CPU, torch.channels_last, num_workers=0, seed=7)
+
+    first = loader()
+    assert isinstance(first.transform.batched, BatchTrainPreset)
+    rng = torch.get_rng_state()
+    epoch_one = _epoch(first, 1)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global stream is left to the model
+    images, labels = epoch_one[0]
+    assert images.shape == (4, 3, 32, 32) and images.is_contiguous(memory_format=torch.channels_last)
+    # a fresh loader (a resumed run) replays epoch 1, from its start or from the middle
+    again, replayed = _epoch(loader(), 1), _epoch(loader(), 1, skip=2)
+    for (a, la), (b, lb) in zip(epoch_one, again, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    for (a, _), (b, _) in zip(epoch_one[2:], replayed, strict=True):
+        assert torch.equal(a, b)
+    ahead = loader()
+    ahead.prefetch = True  # prepared in a thread, one batch ahead: the same draws
+    for (a, _), (b, _) in zip(epoch_one, _epoch(ahead, 1), strict=True):
+        assert torch.equal(a, b)
+    epoch_two = _epoch(first, 2)
+    assert not any(torch.equal(a, b) for (a, _), (b, _) in zip(epoch_one, epoch_two, strict=True))
+
+
+def test_the_evaluation_preset_is_batched_too(tmp_path) -> None:
+    dataset = scan_folder(_photos(tmp_path), transform=eval_transforms(PREPROCESSING))
+    assert isinstance(_device_loader(dataset).transform.batched, BatchEvalPreset)
+
+
 def test_decode_setting() -> None:
     assert decodes_on_device("auto", torch.device("cuda", 0)) and not decodes_on_device("auto", CPU)
     assert decodes_on_device("gpu", CPU) and not decodes_on_device("cpu", torch.device("cuda", 0))
@@ -145,6 +187,21 @@ def test_a_run_decodes_on_the_device(tmp_path) -> None:
     result = trainer.fit()
     assert result.status == "completed" and result.final.count == 12
     assert isinstance(trainer._train_loader, DeviceDecodeLoader)
+
+
+@pytest.mark.slow
+def test_a_run_decoding_on_the_device_resumes_bit_for_bit(tmp_path) -> None:
+    data = make_image_folder(tmp_path / "data")
+    for png in data.rglob("*.png"):
+        Image.open(png).save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+    settings = {"data.decode": "gpu", "schedule.warmup_epochs": 0, "augment.auto_augment": "trivialaugment",
+                "augment.degrees": 10, "augment.re_prob": 0.25}
+    straight = Trainer(tiny_config(data, **settings), run_dir=tmp_path / "straight").fit()
+    Trainer(tiny_config(data, **settings), run_dir=tmp_path / "split").fit(stop_after=1)
+    resumed = Trainer(tiny_config(data, **settings), resume=tmp_path / "split").fit()
+    assert straight.status == resumed.status == "completed"
+    assert_same_tensors(load(tmp_path / "straight" / "last.pt")["model"], load(tmp_path / "split" / "last.pt")["model"])
 
 
 def test_effnet_eval_decoding_on_the_device_matches_the_cpu_path(tmp_path) -> None:

@@ -3,8 +3,11 @@
 On a GPU, decoding and augmenting thousands of JPEGs a second on the CPU starves the model.
 With ``data.decode=gpu`` the loader workers read each JPEG file's bytes and nothing more;
 the main process decodes a whole batch at once on the device (:func:`effnet.data.jpeg.decode_jpegs`:
-one nvJPEG call on CUDA) and runs the same torchvision v2 preset as the CPU path there
-(random resized crop, flips, the auto-augment policies, normalization). Files that are not
+one nvJPEG call on CUDA) and runs the preset there on the whole batch
+(:mod:`effnet.data.batch_augment`: the same random resized crop, flips, auto-augment policies
+and normalization as the CPU path's v2 preset, drawn per sample from a generator seeded
+from the loader's seed, epoch and rank, so a resumed run replays the same augmentation).
+A preset that module does not batch runs image by image. Files that are not
 JPEG are decoded by the worker as before; a JPEG the device cannot decode is decoded on the
 CPU instead, and one that cannot be decoded at all is replaced by another image of the batch
 (with its label), with a warning naming the file, as the CPU path does.
@@ -19,6 +22,7 @@ The path runs on the CPU too (decoding on the CPU), which is how it is tested.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..errors import ConfigError
+from .batch_augment import batch_preset
 from .datasets import ImageDataset
 from .images import ImageReadError, decode_image
 from .jpeg import JPEG_MAGIC, decode_jpegs
@@ -84,14 +89,23 @@ def collate_encoded(items: list[tuple[torch.Tensor, int, str]]) -> tuple[list[to
 
 class DeviceBatchTransform:
     """Decode a batch of :class:`EncodedImages` payloads on ``device`` and apply ``transform``
-    (a v2 preset from :mod:`effnet.data.transforms`) to each image there; returns the stacked
-    batch in ``memory_format`` and the labels, both on ``device``."""
+    (a v2 preset from :mod:`effnet.data.transforms`) there: as one batched preset when
+    :func:`~effnet.data.batch_augment.batch_preset` knows it (its randomness from
+    :attr:`generator`, see :meth:`seed`), else to each image; returns the stacked batch in
+    ``memory_format`` and the labels, both on ``device``."""
 
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.transform = transform
+        self.batched = batch_preset(transform)
         self.device = device
         self.memory_format = memory_format
+        self.generator = torch.Generator()  # the batched preset draws its parameters on the host
+
+    def seed(self, seed: int, epoch: int = 0, rank: int = 0) -> None:
+        """Start the augmentation's random stream for ``epoch`` of a run seeded ``seed`` on ``rank``."""
+        key = hashlib.blake2b(f"{seed}/{epoch}/{rank}".encode(), digest_size=8).digest()
+        self.generator.manual_seed(int.from_bytes(key, "little") >> 1)
 
     def decode(self, payloads: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | str]:
         """Each payload as a uint8 CHW image on the device, or the reason it cannot be read."""
@@ -128,30 +142,45 @@ class DeviceBatchTransform:
             raise ConfigError(f"none of the {len(names)} images of a batch could be decoded (first: {names[0]}); "
                               "check the data folder")
         order = [i if not isinstance(images[i], str) else usable[i % len(usable)] for i in range(len(images))]
-        batch = torch.stack([self.transform(images[i]) for i in order])
-        return batch.contiguous(memory_format=self.memory_format), labels[order].to(self.device)
+        chosen = [images[i] for i in order]
+        if self.batched is not None:
+            batch = self.batched(chosen, self.generator)  # type: ignore[arg-type]
+        else:
+            batch = torch.stack([self.transform(image) for image in chosen])
+        labels = labels[order]
+        if self.device.type == "cuda":  # a plain copy would wait for the work queued on the device
+            labels = labels.pin_memory()
+        return batch.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
 
 
 class DeviceDecodeLoader:
     """A :class:`DataLoader` over :class:`EncodedImages` whose batches come out decoded and
     transformed on the device. Everything else (``sampler``, ``generator``, ``num_workers``)
-    is the wrapped loader's, so epoch seeding and resuming work as with the CPU path.
+    is the wrapped loader's, so epoch seeding and resuming work as with the CPU path; each
+    pass seeds the augmentation from the sampler's seed, epoch and rank (a replayed epoch
+    draws the same augmentation).
 
-    ``prefetch`` (default: on CUDA devices): prepare the next batch in a background thread,
-    on its own CUDA stream, while the caller uses the current one. The batches and their order
-    are the same either way; the thread is the only user of the loader's iterator and of the
-    transform while it runs.
+    ``prefetch`` (default: on CUDA devices, for a batched preset): prepare the next batch in a
+    background thread, on its own CUDA stream, while the caller uses the current one. The
+    batches and their order are the same either way: the thread is the only user of the
+    loader's iterator and of the transform's generator while it runs (a preset run image by
+    image draws from torch's global generator, shared with the training loop, so it is not
+    prefetched by default).
     """
 
     def __init__(self, loader: DataLoader, transform: DeviceBatchTransform, prefetch: bool | None = None) -> None:
         self.loader = loader
         self.transform = transform
-        self.prefetch = transform.device.type == "cuda" if prefetch is None else prefetch
+        if prefetch is None:
+            prefetch = transform.device.type == "cuda" and transform.batched is not None
+        self.prefetch = prefetch
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = self.loader.sampler
+        self.transform.seed(getattr(sampler, "seed", 0), getattr(sampler, "epoch", 0), getattr(sampler, "rank", 0))
         if not self.prefetch:
             for payloads, labels, names in self.loader:
                 yield self.transform(payloads, labels, names)
