@@ -1,0 +1,110 @@
+"""Depthwise conv + bias + activation, with the SE squeeze (per-channel sums) in the same pass.
+
+:func:`dwconv_act_squeeze` is the one entry point: the Triton kernel where it can run (see
+:func:`~effnet.kernels._triton.kernels_run_on`), else :func:`dwconv_act_squeeze_reference`,
+the eager computation with the same meaning. The output is channels_last; the sums are fp32
+sums over the output positions of the activation as stored (in the output's dtype), so
+``sums / (OH * OW)`` is the SE module's global average.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..layers import same_padding_amounts
+from ._triton import jit, kernels_run_on
+
+ACTIVATIONS = ("identity", "silu", "relu", "relu6")
+"""The activations the kernel applies (``swish`` is ``silu``)."""
+Padding = tuple[int, int, int, int]
+"""Explicit padding ``(top, bottom, left, right)``."""
+
+
+def activation_code(name: str) -> int:
+    """The kernel's code for an activation name; a ConfigError for one it does not apply."""
+    name = "silu" if name == "swish" else name
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"the depthwise kernel applies {', '.join(ACTIVATIONS)}, not {name!r}")
+    return ACTIVATIONS.index(name)
+
+
+def conv_padding(height: int, width: int, kernel_size: int, stride: int, same: bool) -> Padding:
+    """``(top, bottom, left, right)`` of a conv: TF 'SAME' (``same``, from the input size) or ``k // 2``."""
+    if same:
+        return (*same_padding_amounts(height, kernel_size, stride), *same_padding_amounts(width, kernel_size, stride))
+    half = kernel_size // 2
+    return half, half, half, half
+
+
+def output_size(size: int, kernel_size: int, stride: int, before: int, after: int) -> int:
+    return (size + before + after - kernel_size) // stride + 1
+
+
+def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    code = activation_code(activation)
+    if code == 1:
+        return F.silu(x)
+    if code == 2:
+        return F.relu(x)
+    if code == 3:
+        return F.relu6(x)
+    return x
+
+
+def dwconv_act_squeeze_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int,
+                                 padding: Padding, activation: str = "silu", squeeze: bool = True
+                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eager depthwise conv ``weight`` (C, 1, k, k) + ``bias`` + activation on ``x`` (N, C, H, W),
+    padded by ``padding``; returns the activation (channels_last) and, with ``squeeze``, its fp32
+    sum over the spatial positions (N, C)."""
+    top, bottom, left, right = padding
+    y = F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, 1, x.shape[1])
+    y = _activate(y, activation).contiguous(memory_format=torch.channels_last)
+    return y, y.float().sum((2, 3)) if squeeze else None
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: Padding) -> int:
+    if x.dim() != 4:
+        raise ConfigError(f"the depthwise conv takes an NxCxHxW tensor, got {list(x.shape)}")
+    channels = x.shape[1]
+    kernel_size = weight.shape[-1]
+    if tuple(weight.shape) != (channels, 1, kernel_size, kernel_size) or tuple(bias.shape) != (channels,):
+        raise ConfigError(f"depthwise weight {list(weight.shape)} / bias {list(bias.shape)} do not fit "
+                          f"{channels} channels (expected [C, 1, k, k] and [C])")
+    if stride < 1 or min(padding) < 0:
+        raise ConfigError(f"invalid stride {stride} or padding {padding}")
+    return kernel_size
+
+
+def dwconv_act_squeeze(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: Padding,
+                       activation: str = "silu", squeeze: bool = True, block_p: int = 64, block_c: int = 64
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`dwconv_act_squeeze_reference`, in one pass of the Triton kernel where it runs.
+
+    ``x`` is best channels_last (the kernel reads any layout; channels_last is the coalesced
+    one). ``block_p`` x ``block_c`` is the tile (output positions x channels, powers of two).
+    """
+    kernel_size = _check(x, weight, bias, stride, padding)
+    code = activation_code(activation)
+    if not kernels_run_on(x):
+        return dwconv_act_squeeze_reference(x, weight, bias, stride, padding, activation, squeeze)
+    from ._dwconv_triton import dwconv_act_squeeze_kernel
+
+    batch, channels, height, width = x.shape
+    top, bottom, left, right = padding
+    out_h = output_size(height, kernel_size, stride, top, bottom)
+    out_w = output_size(width, kernel_size, stride, left, right)
+    y = torch.empty((batch, channels, out_h, out_w), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last)
+    sums = torch.zeros((batch, channels) if squeeze else (1,), dtype=torch.float32, device=x.device)
+    block_c = min(block_c, max(16, 1 << (channels - 1).bit_length()))
+    block_p = min(block_p, max(16, 1 << (out_h * out_w - 1).bit_length()))
+    tiles = -(-out_h * out_w // block_p)
+    grid = (batch * tiles, -(-channels // block_c))
+    jit(dwconv_act_squeeze_kernel)[grid](
+        x, weight, bias, y, sums, channels, height, width, out_h, out_w, tiles, *x.stride(), *y.stride(),
+        STRIDE=stride, PAD_TOP=top, PAD_LEFT=left, K=kernel_size, ACT=code, SQUEEZE=squeeze,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return y, sums if squeeze else None
