@@ -1,6 +1,11 @@
 """The Triton kernel of :mod:`effnet.kernels.dwconv` (imported only where Triton is installed).
 
 No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` annotations.
+The kernel calls only core builtins (``tl.full``, ``tl.reduce`` with the standard sum's combine
+function), never the ``@triton.jit`` helpers of ``triton.language.standard`` (``tl.zeros``,
+``tl.sum``): those are compiled or interpreted as fixed when Triton was first imported, and the
+interpreter cannot call compiled ones, which would tie the interpreter to a process started
+with ``TRITON_INTERPRET=1``.
 """
 
 import triton.language as tl
@@ -32,7 +37,7 @@ def dwconv_act_squeeze_kernel(
     oh = offs_p // OW
     ow = offs_p % OW
     x_image = x_ptr + n.to(tl.int64) * sxn
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
     for kh in tl.static_range(K):
         ih = oh * STRIDE - PAD_TOP + kh
         row_ok = mask_p & (ih >= 0) & (ih < H)
@@ -56,5 +61,5 @@ def dwconv_act_squeeze_kernel(
     tl.store(y_pointers, out, mask=mask)
     if SQUEEZE:
         # the sum of what was stored (rounded to y's dtype), as the eager mean would see it
-        partial = tl.sum(tl.where(mask, out.to(tl.float32), 0.0), axis=0)
+        partial = tl.reduce(tl.where(mask, out.to(tl.float32), 0.0), 0, tl.standard._sum_combine)
         tl.atomic_add(sums_ptr + n * C + offs_c, partial, mask=mask_c)
