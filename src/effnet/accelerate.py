@@ -151,7 +151,7 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device | None = 
     network.to(device=device, dtype=dtype)
     if channels_last:
         network.to(memory_format=torch.channels_last)
-    prepared = PreparedModel(network, dtype, channels_last)
+    prepared = PreparedModel(network, dtype, channels_last).eval()
     return CudaGraphRunner(prepared) if cuda_graphs else prepared
 
 
@@ -194,6 +194,12 @@ class CudaGraphRunner:
                               "detach it, or call the module itself")
         if self.device.type != "cuda":
             return self.module(inputs)
+        # the captured tensors are ordinary ones (not inference tensors), so that calls in and
+        # out of torch.inference_mode can share the graphs
+        with torch.inference_mode(False), torch.no_grad():
+            return self._replay(inputs)
+
+    def _replay(self, inputs: torch.Tensor) -> torch.Tensor:
         key = (tuple(inputs.shape), inputs.dtype)
         captured = self.graphs.get(key)
         if captured is None:
