@@ -98,6 +98,24 @@ def test_dwconv_kernel_matches_the_layer_half(interpreter: None, kernel_size: in
     torch.testing.assert_close(sums / (y.shape[2] * y.shape[3]), y.float().mean((2, 3)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("kernel_size", "stride", "same", "height", "width"), [CASES[0], CASES[4], CASES[5]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dwconv_kernel_applies_the_previous_convs_bias_and_activation(
+        interpreter: None, kernel_size: int, stride: int, same: bool, height: int, width: int,
+        dtype: torch.dtype) -> None:
+    """The expansion's epilogue on read: the padding stays zero, not silu(bias)."""
+    x, weight, bias = _inputs(16, height, width, kernel_size, dtype)
+    input_bias = (torch.randn(16) + 1.0).to(dtype)
+    padding = conv_padding(height, width, kernel_size, stride, same)
+    y, sums = dwconv_act_squeeze(x, weight, bias, stride, padding, "silu", input_bias=input_bias,
+                                 input_activation="silu")
+    hidden = torch.nn.functional.silu(x.float() + input_bias.float().view(1, -1, 1, 1))
+    expected = _layer_output(hidden, weight, bias, stride, same, "silu")
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(y.float(), expected, **tolerance)
+    torch.testing.assert_close(sums, y.float().sum((2, 3)), rtol=1e-5, atol=1e-4)
+
+
 def test_dwconv_kernel_reads_nchw_and_skips_the_squeeze(interpreter: None) -> None:
     x, weight, bias = _inputs(10, 7, 6, 3, torch.float32, channels_last=False)
     padding = conv_padding(7, 6, 3, 2, True)

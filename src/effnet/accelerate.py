@@ -6,10 +6,10 @@ inference only, with the same logits (within the precision asked for):
 
 - BatchNorm folded into the convs (:func:`effnet.deploy.fuse.fold_batchnorm`), weights cast to
   ``dtype``, activations channels_last;
-- each MBConv block runs as :class:`FusedMBConvInference`: the depthwise conv, its bias, the
-  activation and the SE squeeze in one pass (:func:`effnet.kernels.dwconv_act_squeeze`), and the
-  SE gate folded into the projection where that moves less memory
-  (:func:`effnet.kernels.gated_pointwise`);
+- each MBConv block runs as :class:`FusedMBConvInference`: the expansion's bias and activation,
+  the depthwise conv, its bias, its activation and the SE squeeze in one pass
+  (:func:`effnet.kernels.dwconv_act_squeeze`) after the raw 1x1 expansion, and the SE gate
+  folded into the projection where that moves less memory (:func:`effnet.kernels.gated_pointwise`);
 - on CUDA, each input shape captured once in a CUDA graph and replayed
   (:class:`CudaGraphRunner`).
 
@@ -34,7 +34,7 @@ from .deploy.fuse import fold_batchnorm
 from .device import resolve_device
 from .errors import ConfigError
 from .kernels import conv_padding, dwconv_act_squeeze, gated_pointwise
-from .layers import Conv2dSame, MBConv, SqueezeExcite
+from .layers import Conv2dSame, ConvBnAct, MBConv, SqueezeExcite
 from .model import EfficientNet
 
 _KERNEL_ACTIVATIONS: dict[type[nn.Module], str] = {nn.SiLU: "silu", nn.ReLU: "relu", nn.ReLU6: "relu6",
@@ -47,15 +47,18 @@ def kernel_activation(module: nn.Module) -> str | None:
 
 
 class FusedMBConvInference(nn.Module):
-    """An MBConv block (BatchNorm already folded) as three passes: the expand conv, the fused
-    depthwise conv + activation + SE squeeze, the projection with the SE gate applied inside.
+    """An MBConv block (BatchNorm already folded) as three passes: the raw 1x1 expansion; its bias
+    and activation, the depthwise conv, its bias and activation and the SE squeeze, fused; the
+    projection with the SE gate applied inside.
 
     Build it with :meth:`from_block`; it holds the block's own conv modules.
     """
 
     def __init__(self, block: MBConv, activation: str) -> None:
         super().__init__()
-        self.expand = block.expand
+        # the expansion's bias and activation are applied by the depthwise kernel as it reads
+        self.expand = block.expand.conv if isinstance(block.expand, ConvBnAct) else None
+        self.expand_activation = "identity" if self.expand is None else kernel_activation(block.expand.act)
         self.dw_conv = block.dw.conv
         self.activation = activation
         self.same_padding = isinstance(self.dw_conv, Conv2dSame)
@@ -68,18 +71,23 @@ class FusedMBConvInference(nn.Module):
         """The fused form of a folded MBConv block, or None when the kernel cannot apply its
         activation (e.g. hardswish), or its BatchNorms are not folded."""
         activation = kernel_activation(block.dw.act)
-        folded = all(isinstance(part.bn, nn.Identity) for part in (block.dw, block.project))
-        if activation is None or not folded or block.dw.conv.bias is None or block.project.conv.bias is None:
+        convs = [block.dw, block.project] + ([block.expand] if isinstance(block.expand, ConvBnAct) else [])
+        folded = all(isinstance(part.bn, nn.Identity) and part.conv.bias is not None for part in convs)
+        expand_ok = not isinstance(block.expand, ConvBnAct) or kernel_activation(block.expand.act) is not None
+        if activation is None or not folded or not expand_ok:
             return None
         return cls(block, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.expand(x)
+        hidden, hidden_bias = x, None
+        if self.expand is not None:  # the raw 1x1 conv: its bias and activation come in the kernel
+            hidden, hidden_bias = F.conv2d(x, self.expand.weight), self.expand.bias
         conv = self.dw_conv
         kernel_size, stride = conv.kernel_size[0], conv.stride[0]
         padding = conv_padding(hidden.shape[-2], hidden.shape[-1], kernel_size, stride, self.same_padding)
         y, sums = dwconv_act_squeeze(hidden, conv.weight, conv.bias, stride, padding, self.activation,
-                                     squeeze=self.se is not None)
+                                     squeeze=self.se is not None, input_bias=hidden_bias,
+                                     input_activation=self.expand_activation)
         if self.se is None:
             out = F.conv2d(y, self.project.weight, self.project.bias)
         else:

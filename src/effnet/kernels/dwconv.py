@@ -4,7 +4,10 @@
 :func:`~effnet.kernels._triton.kernels_run_on`), else :func:`dwconv_act_squeeze_reference`,
 the eager computation with the same meaning. The output is channels_last; the sums are fp32
 sums over the output positions of the activation as stored (in the output's dtype), so
-``sums / (OH * OW)`` is the SE module's global average.
+``sums / (OH * OW)`` is the SE module's global average. ``input_bias`` and
+``input_activation`` are the epilogue of the conv before (a 1x1 expansion), applied to the
+input as it is read: that conv then writes its raw output and no pass of its own adds its
+bias and activates.
 """
 
 from __future__ import annotations
@@ -54,42 +57,53 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def dwconv_act_squeeze_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int,
-                                 padding: Padding, activation: str = "silu", squeeze: bool = True
+                                 padding: Padding, activation: str = "silu", squeeze: bool = True,
+                                 input_bias: torch.Tensor | None = None, input_activation: str = "identity"
                                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Eager depthwise conv ``weight`` (C, 1, k, k) + ``bias`` + activation on ``x`` (N, C, H, W),
-    padded by ``padding``; returns the activation (channels_last) and, with ``squeeze``, its fp32
-    sum over the spatial positions (N, C)."""
+    """Eager depthwise conv ``weight`` (C, 1, k, k) + ``bias`` + activation on
+    ``input_activation(x + input_bias)`` (``x``: N, C, H, W), padded by ``padding``; returns the
+    activation (channels_last) and, with ``squeeze``, its fp32 sum over the spatial positions (N, C)."""
+    if input_bias is not None:
+        x = x + input_bias.view(1, -1, 1, 1)
+    x = _activate(x, input_activation)
     top, bottom, left, right = padding
-    y = F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, 1, x.shape[1])
+    if (top, left) == (bottom, right):  # the conv pads without a copy of the input
+        y = F.conv2d(x, weight, bias, stride, (top, left), 1, x.shape[1])
+    else:
+        y = F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, 1, x.shape[1])
     y = _activate(y, activation).contiguous(memory_format=torch.channels_last)
     return y, y.float().sum((2, 3)) if squeeze else None
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: Padding) -> int:
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: Padding,
+           input_bias: torch.Tensor | None) -> int:
     if x.dim() != 4:
         raise ConfigError(f"the depthwise conv takes an NxCxHxW tensor, got {list(x.shape)}")
     channels = x.shape[1]
     kernel_size = weight.shape[-1]
-    if tuple(weight.shape) != (channels, 1, kernel_size, kernel_size) or tuple(bias.shape) != (channels,):
-        raise ConfigError(f"depthwise weight {list(weight.shape)} / bias {list(bias.shape)} do not fit "
-                          f"{channels} channels (expected [C, 1, k, k] and [C])")
+    biases_fit = tuple(bias.shape) == (channels,) and (input_bias is None or tuple(input_bias.shape) == (channels,))
+    if tuple(weight.shape) != (channels, 1, kernel_size, kernel_size) or not biases_fit:
+        raise ConfigError(f"depthwise weight {list(weight.shape)} / biases do not fit {channels} channels "
+                          "(expected [C, 1, k, k] and [C])")
     if stride < 1 or min(padding) < 0:
         raise ConfigError(f"invalid stride {stride} or padding {padding}")
     return kernel_size
 
 
 def dwconv_act_squeeze(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: Padding,
-                       activation: str = "silu", squeeze: bool = True, block_p: int = 64, block_c: int = 64
+                       activation: str = "silu", squeeze: bool = True, input_bias: torch.Tensor | None = None,
+                       input_activation: str = "identity", block_p: int = 64, block_c: int = 64
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`dwconv_act_squeeze_reference`, in one pass of the Triton kernel where it runs.
 
     ``x`` is best channels_last (the kernel reads any layout; channels_last is the coalesced
     one). ``block_p`` x ``block_c`` is the tile (output positions x channels, powers of two).
     """
-    kernel_size = _check(x, weight, bias, stride, padding)
-    code = activation_code(activation)
+    kernel_size = _check(x, weight, bias, stride, padding, input_bias)
+    code, input_code = activation_code(activation), activation_code(input_activation)
     if not kernels_run_on(x):
-        return dwconv_act_squeeze_reference(x, weight, bias, stride, padding, activation, squeeze)
+        return dwconv_act_squeeze_reference(x, weight, bias, stride, padding, activation, squeeze, input_bias,
+                                            input_activation)
     from ._dwconv_triton import dwconv_act_squeeze_kernel
 
     batch, channels, height, width = x.shape
@@ -104,7 +118,8 @@ def dwconv_act_squeeze(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     tiles = -(-out_h * out_w // block_p)
     grid = (batch * tiles, -(-channels // block_c))
     jit(dwconv_act_squeeze_kernel)[grid](
-        x, weight, bias, y, sums, channels, height, width, out_h, out_w, tiles, *x.stride(), *y.stride(),
-        STRIDE=stride, PAD_TOP=top, PAD_LEFT=left, K=kernel_size, ACT=code, SQUEEZE=squeeze,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+        x, bias if input_bias is None else input_bias, weight, bias, y, sums, channels, height, width, out_h, out_w,
+        tiles, *x.stride(), *y.stride(), STRIDE=stride, PAD_TOP=top, PAD_LEFT=left, K=kernel_size,
+        IN_BIAS=input_bias is not None, IN_ACT=input_code, ACT=code, SQUEEZE=squeeze, BLOCK_P=block_p,
+        BLOCK_C=block_c, num_warps=4)
     return y, sums if squeeze else None
