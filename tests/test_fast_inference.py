@@ -16,10 +16,11 @@ from effnet.accelerate import (
     fuse_mbconv_blocks,
     prepare_for_inference,
 )
-from effnet.deploy.fuse import count_batchnorms, fold_batchnorm
 from effnet.errors import ConfigError
+from effnet.fuse import count_batchnorms, fold_batchnorm
 from effnet.layers import MBConv
 from effnet.model import EfficientNet
+from effnet.testing import randomize_statistics
 
 TINY = {"width": 0.25, "depth": 0.25, "num_classes": 5}
 NETWORKS = {  # SAME padding (asymmetric at stride 2) / ReLU6 without SE / V2's Fused-MBConv stages
@@ -30,19 +31,12 @@ NETWORKS = {  # SAME padding (asymmetric at stride 2) / ReLU6 without SE / V2's 
 
 
 def _trained_looking(model: EfficientNet) -> EfficientNet:
-    """Random BatchNorm statistics and affine parameters (folding then has something to fold)
+    """BatchNorm statistics and biases of trained size (:func:`effnet.testing.randomize_statistics`)
     and a classifier large enough for logits of order one."""
-    generator = torch.Generator().manual_seed(1)
+    randomize_statistics(model)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                channels = module.num_features
-                module.running_mean.copy_(torch.rand(channels, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(channels, generator=generator) * 0.4 - 0.2)
         model.classifier.weight.mul_(50.0)
-    return model.eval()
+    return model
 
 
 def _relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:

@@ -4,7 +4,7 @@ CUDA graphs.
 :func:`prepare_for_inference` turns an :class:`~effnet.model.EfficientNet` into a callable for
 inference only, with the same logits (within the precision asked for):
 
-- BatchNorm folded into the convs (:func:`effnet.deploy.fuse.fold_batchnorm`), weights cast to
+- BatchNorm folded into the convs (:func:`effnet.fuse.fold_batchnorm`), weights cast to
   ``dtype``, activations channels_last;
 - each MBConv block runs as :class:`FusedMBConvInference`: the expansion's bias and activation,
   the depthwise conv, its bias, its activation and the SE squeeze in one pass
@@ -24,16 +24,17 @@ later calls replay. On the CPU there is no graph: the prepared module is called 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deploy.fuse import fold_batchnorm
 from .device import resolve_device
 from .errors import ConfigError
-from .kernels import conv_padding, dwconv_act_squeeze, gated_pointwise
+from .fuse import fold_batchnorm
+from .kernels import activate_, conv_padding, dwconv_act_squeeze, gated_pointwise, kernels_run_on
 from .layers import Conv2dSame, ConvBnAct, MBConv, SqueezeExcite
 from .model import EfficientNet
 
@@ -79,15 +80,18 @@ class FusedMBConvInference(nn.Module):
         return cls(block, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, hidden_bias = x, None
-        if self.expand is not None:  # the raw 1x1 conv: its bias and activation come in the kernel
-            hidden, hidden_bias = F.conv2d(x, self.expand.weight), self.expand.bias
+        hidden, hidden_bias, hidden_activation = x, None, "identity"
+        if self.expand is not None and kernels_run_on(x):  # the raw 1x1 conv: the kernel adds the rest
+            hidden, hidden_bias, hidden_activation = F.conv2d(x, self.expand.weight), self.expand.bias, \
+                self.expand_activation
+        elif self.expand is not None:  # eager: the conv adds its bias (oneDNN fuses it), then activate in place
+            hidden = activate_(F.conv2d(x, self.expand.weight, self.expand.bias), self.expand_activation)
         conv = self.dw_conv
         kernel_size, stride = conv.kernel_size[0], conv.stride[0]
         padding = conv_padding(hidden.shape[-2], hidden.shape[-1], kernel_size, stride, self.same_padding)
         y, sums = dwconv_act_squeeze(hidden, conv.weight, conv.bias, stride, padding, self.activation,
                                      squeeze=self.se is not None, input_bias=hidden_bias,
-                                     input_activation=self.expand_activation)
+                                     input_activation=hidden_activation)
         if self.se is None:
             out = F.conv2d(y, self.project.weight, self.project.bias)
         else:
@@ -177,7 +181,8 @@ class CudaGraphRunner:
 
     On a module whose parameters are not on CUDA it is a plain call. Past ``max_shapes``
     captured shapes, new shapes run as plain calls too. A module in training mode, or an input
-    that needs gradients, is refused: a graph replays a fixed forward without autograd.
+    that needs gradients, is refused: a graph replays a fixed forward without autograd. Calls
+    from several threads take turns.
     """
 
     def __init__(self, module: nn.Module, max_shapes: int = 8, warmup: int = 3) -> None:
@@ -189,6 +194,7 @@ class CudaGraphRunner:
         self._check_eval()
         self.graphs: dict[tuple[tuple[int, ...], torch.dtype], _Captured] = {}
         self._pool: tuple[int, int] | None = None
+        self._lock = threading.Lock()
 
     def _check_eval(self) -> None:
         if self.module.training:
@@ -203,8 +209,8 @@ class CudaGraphRunner:
         if self.device.type != "cuda":
             return self.module(inputs)
         # the captured tensors are ordinary ones (not inference tensors), so that calls in and
-        # out of torch.inference_mode can share the graphs
-        with torch.inference_mode(False), torch.no_grad():
+        # out of torch.inference_mode can share the graphs; one replay at a time (shared buffers)
+        with self._lock, torch.inference_mode(False), torch.no_grad():
             return self._replay(inputs)
 
     def _replay(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,11 @@ reference otherwise, so callers never branch on the device.
 """
 
 from ._triton import interpreting, kernels_run_on, triton_available
-from .dwconv import conv_padding, dwconv_act_squeeze, dwconv_act_squeeze_reference
+from .dwconv import activate_, conv_padding, dwconv_act_squeeze, dwconv_act_squeeze_reference
 from .gate import gate_in_weights, gated_pointwise, gated_pointwise_reference
 
 __all__ = [
+    "activate_",
     "conv_padding",
     "dwconv_act_squeeze",
     "dwconv_act_squeeze_reference",

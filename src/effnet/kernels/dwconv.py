@@ -45,14 +45,15 @@ def output_size(size: int, kernel_size: int, stride: int, before: int, after: in
     return (size + before + after - kernel_size) // stride + 1
 
 
-def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+def activate_(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``x`` activated in place by one of :data:`ACTIVATIONS`."""
     code = activation_code(activation)
     if code == 1:
-        return F.silu(x)
+        return F.silu(x, inplace=True)
     if code == 2:
-        return F.relu(x)
+        return F.relu(x, inplace=True)
     if code == 3:
-        return F.relu6(x)
+        return F.relu6(x, inplace=True)
     return x
 
 
@@ -64,14 +65,15 @@ def dwconv_act_squeeze_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
     ``input_activation(x + input_bias)`` (``x``: N, C, H, W), padded by ``padding``; returns the
     activation (channels_last) and, with ``squeeze``, its fp32 sum over the spatial positions (N, C)."""
     if input_bias is not None:
-        x = x + input_bias.view(1, -1, 1, 1)
-    x = _activate(x, input_activation)
+        x = activate_(x + input_bias.view(1, -1, 1, 1), input_activation)
+    elif input_activation != "identity":
+        x = activate_(x.clone(), input_activation)
     top, bottom, left, right = padding
     if (top, left) == (bottom, right):  # the conv pads without a copy of the input
         y = F.conv2d(x, weight, bias, stride, (top, left), 1, x.shape[1])
     else:
         y = F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, 1, x.shape[1])
-    y = _activate(y, activation).contiguous(memory_format=torch.channels_last)
+    y = activate_(y, activation).contiguous(memory_format=torch.channels_last)
     return y, y.float().sum((2, 3)) if squeeze else None
 
 
