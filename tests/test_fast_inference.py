@@ -183,3 +183,17 @@ def test_classifier_fast_path_needs_an_efficientnet() -> None:
     assert Classifier(model, list("ab"), preprocessing, device="cpu").runner is None
     with pytest.raises(ConfigError, match="EfficientNet"):
         Classifier(model, list("ab"), preprocessing, device="cpu", fast=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_replay_the_prepared_model() -> None:
+    model = _trained_looking(create_model("efficientnet_b0", num_classes=5))
+    runner = prepare_for_inference(model, "cuda", dtype=torch.bfloat16)
+    assert isinstance(runner, CudaGraphRunner)
+    model = model.cuda()
+    for batch in (4, 4, 2):
+        images = torch.randn(batch, 3, 96, 96, device="cuda")
+        with torch.no_grad():
+            expected = model(images)
+        assert _relative_error(runner(images), expected) < 3e-2
+    assert len(runner.graphs) == 2

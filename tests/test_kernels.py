@@ -179,3 +179,18 @@ def test_gated_projection_equals_gating_then_conv(size: int, out_channels: int, 
 def test_gated_projection_checks_shapes() -> None:
     with pytest.raises(ConfigError, match="do not fit"):
         gated_pointwise(torch.randn(2, 8, 4, 4), torch.rand(2, 7), torch.randn(4, 8, 1, 1), None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("kernel_size", "stride", "same"), [(3, 1, False), (5, 2, True), (3, 2, True)])
+def test_dwconv_kernel_on_cuda_matches_the_layer(kernel_size: int, stride: int, same: bool) -> None:
+    """The compiled kernel (not the interpreter) at a B0-like early-stage shape, in bf16."""
+    x, weight, bias = (t.cuda() for t in _inputs(96, 56, 56, kernel_size, torch.bfloat16))
+    input_bias = torch.randn(96, device="cuda", dtype=torch.bfloat16)
+    padding = conv_padding(56, 56, kernel_size, stride, same)
+    y, sums = dwconv_act_squeeze(x, weight, bias, stride, padding, "silu", input_bias=input_bias,
+                                 input_activation="silu")
+    hidden = torch.nn.functional.silu(x.float() + input_bias.float().view(1, -1, 1, 1))
+    expected = _layer_output(hidden.cpu(), weight.cpu(), bias.cpu(), stride, same, "silu").cuda()
+    torch.testing.assert_close(y.float(), expected, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(sums, y.float().sum((2, 3)), rtol=1e-4, atol=1e-2)
