@@ -79,13 +79,17 @@ class FusedMBConvInference(nn.Module):
             return None
         return cls(block, activation)
 
+    def _expanded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """The expansion's output, and the bias and activation still to apply to it as it is read."""
+        if self.expand is None:
+            return x, None, "identity"
+        if kernels_run_on(x):  # the raw 1x1 conv: the kernel adds the rest
+            return F.conv2d(x, self.expand.weight), self.expand.bias, self.expand_activation
+        # eager: the conv adds its bias (oneDNN fuses it), the activation goes in place
+        return activate_(F.conv2d(x, self.expand.weight, self.expand.bias), self.expand_activation), None, "identity"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, hidden_bias, hidden_activation = x, None, "identity"
-        if self.expand is not None and kernels_run_on(x):  # the raw 1x1 conv: the kernel adds the rest
-            hidden, hidden_bias, hidden_activation = F.conv2d(x, self.expand.weight), self.expand.bias, \
-                self.expand_activation
-        elif self.expand is not None:  # eager: the conv adds its bias (oneDNN fuses it), then activate in place
-            hidden = activate_(F.conv2d(x, self.expand.weight, self.expand.bias), self.expand_activation)
+        hidden, hidden_bias, hidden_activation = self._expanded(x)
         conv = self.dw_conv
         kernel_size, stride = conv.kernel_size[0], conv.stride[0]
         padding = conv_padding(hidden.shape[-2], hidden.shape[-1], kernel_size, stride, self.same_padding)
