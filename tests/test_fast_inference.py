@@ -76,6 +76,15 @@ def test_prepared_model_with_triton_kernels_gives_the_original_logits(interprete
     assert _relative_error(logits, expected) < (1e-5 if dtype == torch.float32 else 3e-2)
 
 
+def test_prepared_model_ignores_the_callers_autocast() -> None:
+    model = _trained_looking(NETWORKS["b0"]())
+    images = torch.randn(2, 3, 32, 32)
+    prepared = prepare_for_inference(model, "cpu", dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = prepared(images)
+    torch.testing.assert_close(logits, prepared(images), rtol=0, atol=0)
+
+
 def test_every_mbconv_block_is_fused_and_folded() -> None:
     model = NETWORKS["b0"]()
     network = prepare_for_inference(model, "cpu").network

@@ -112,7 +112,9 @@ class FusedMBConvInference(nn.Module):
 
 
 class PreparedModel(nn.Module):
-    """The prepared network: takes images in any float dtype and on any device, returns fp32 logits."""
+    """The prepared network: takes images in any float dtype and on any device, returns fp32 logits.
+    It runs in its own dtype: a caller's autocast is switched off inside (and so never captured
+    into a CUDA graph)."""
 
     def __init__(self, network: EfficientNet, dtype: torch.dtype, channels_last: bool) -> None:
         super().__init__()
@@ -127,7 +129,8 @@ class PreparedModel(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return self.network(images).float()
+        with torch.autocast(self.device.type, enabled=False):
+            return self.network(images).float()
 
 
 def fuse_mbconv_blocks(network: EfficientNet) -> int:
