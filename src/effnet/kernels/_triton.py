@@ -29,7 +29,7 @@ def triton_available() -> bool:
 
 def interpreting() -> bool:
     """Whether Triton's interpreter is switched on (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")  # as Triton reads it
 
 
 def kernels_run_on(tensor: torch.Tensor) -> bool:
