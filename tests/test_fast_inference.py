@@ -85,6 +85,23 @@ def test_prepared_model_ignores_the_callers_autocast() -> None:
     torch.testing.assert_close(logits, prepared(images), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("interpret", [False, True])
+def test_compiled_prepared_model_keeps_the_kernel_whole(monkeypatch: pytest.MonkeyPatch, interpret: bool) -> None:
+    if interpret:
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = _trained_looking(NETWORKS["b0"]())
+    images = torch.randn(2, 3, 29, 35)
+    with torch.no_grad():
+        expected = model(images)
+    compiled = prepare_for_inference(model, "cpu", dtype=torch.float32, compile_backend="aot_eager")
+    assert _relative_error(compiled(images), expected) < 1e-5
+    explanation = torch._dynamo.explain(compiled.network)(images.contiguous(memory_format=torch.channels_last))
+    assert explanation.graph_break_count == 0
+    ops = {str(node.target) for graph in explanation.graphs for node in graph.graph.nodes}
+    assert any("effnet.dwconv_act_squeeze" in op for op in ops), ops
+
+
 def test_every_mbconv_block_is_fused_and_folded() -> None:
     model = NETWORKS["b0"]()
     network = prepare_for_inference(model, "cpu").network

@@ -151,6 +151,16 @@ def test_dwconv_falls_back_to_eager_without_triton_target(monkeypatch: pytest.Mo
     torch.testing.assert_close(sums, expected_sums)
 
 
+@pytest.mark.parametrize("squeeze", [True, False])
+def test_dwconv_custom_op_is_consistent_with_its_fake(squeeze: bool) -> None:
+    """torch.compile and torch.export see the op through its schema and fake: both must match
+    what it computes (shapes, dtypes, strides, no aliasing), dynamic shapes included."""
+    x, weight, bias = _inputs(16, 9, 8, 5, torch.float32)
+    args = (x, weight, bias, 2, list(conv_padding(9, 8, 5, 2, True)), "silu", squeeze, torch.randn(16), "relu6",
+            64, 64, 8)
+    torch.library.opcheck(torch.ops.effnet.dwconv_act_squeeze.default, args)
+
+
 def test_dwconv_refuses_what_it_cannot_compute() -> None:
     x, weight, bias = _inputs(8, 5, 5, 3, torch.float32)
     with pytest.raises(ConfigError, match="hardswish"):

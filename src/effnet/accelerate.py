@@ -116,7 +116,7 @@ class PreparedModel(nn.Module):
     It runs in its own dtype: a caller's autocast is switched off inside (and so never captured
     into a CUDA graph)."""
 
-    def __init__(self, network: EfficientNet, dtype: torch.dtype, channels_last: bool) -> None:
+    def __init__(self, network: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
         super().__init__()
         self.network = network
         self.dtype = dtype
@@ -124,7 +124,7 @@ class PreparedModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.network.stem.conv.weight.device
+        return next(self.network.parameters()).device
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -148,12 +148,15 @@ def fuse_mbconv_blocks(network: EfficientNet) -> int:
 
 def prepare_for_inference(model: nn.Module, device: str | torch.device | None = None,
                           dtype: torch.dtype = torch.bfloat16, cuda_graphs: bool | None = None,
-                          channels_last: bool = True) -> PreparedModel | CudaGraphRunner:
+                          channels_last: bool = True, compile_backend: str | None = None
+                          ) -> PreparedModel | CudaGraphRunner:
     """An inference-only callable computing ``model``'s logits (fp32) fast: see the module docstring.
 
     ``model`` is left untouched. ``device``: as :func:`effnet.device.resolve_device` (``None``:
     CUDA when available). ``cuda_graphs``: replay CUDA graphs (default: on CUDA devices); asking
-    for them elsewhere is a ConfigError.
+    for them elsewhere is a ConfigError. ``compile_backend``: ``torch.compile`` the network with
+    this backend (e.g. ``"inductor"``), the kernels staying whole as custom ops; compiling
+    happens at the first call (in the graph runner's warm-up).
     """
     if not isinstance(model, EfficientNet):
         raise ConfigError(f"prepare_for_inference takes an effnet EfficientNet, got {type(model).__name__}")
@@ -171,6 +174,8 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device | None = 
     if channels_last:
         network.to(memory_format=torch.channels_last)
     prepared = PreparedModel(network, dtype, channels_last).eval()
+    if compile_backend is not None:
+        prepared.network = torch.compile(network, backend=compile_backend)
     return CudaGraphRunner(prepared) if cuda_graphs else prepared
 
 

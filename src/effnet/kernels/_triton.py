@@ -9,6 +9,7 @@ the variable in a running process (a test) takes effect for the next launch.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from functools import cache
@@ -16,15 +17,12 @@ from typing import Any
 
 import torch
 
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
-@cache
+
 def triton_available() -> bool:
-    """Whether Triton can be imported here (it ships with CUDA builds of PyTorch on Linux)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether Triton is installed here (it ships with CUDA builds of PyTorch on Linux)."""
+    return _TRITON_INSTALLED
 
 
 def interpreting() -> bool:

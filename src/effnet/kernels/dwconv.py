@@ -42,6 +42,7 @@ def conv_padding(height: int, width: int, kernel_size: int, stride: int, same: b
 
 
 def output_size(size: int, kernel_size: int, stride: int, before: int, after: int) -> int:
+    """Output positions of a conv along one axis padded by ``before`` and ``after``."""
     return (size + before + after - kernel_size) // stride + 1
 
 
@@ -78,7 +79,7 @@ def dwconv_act_squeeze_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: Padding,
-           input_bias: torch.Tensor | None) -> int:
+           input_bias: torch.Tensor | None) -> None:
     if x.dim() != 4:
         raise ConfigError(f"the depthwise conv takes an NxCxHxW tensor, got {list(x.shape)}")
     channels = x.shape[1]
@@ -87,9 +88,8 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: in
     if tuple(weight.shape) != (channels, 1, kernel_size, kernel_size) or not biases_fit:
         raise ConfigError(f"depthwise weight {list(weight.shape)} / biases do not fit {channels} channels "
                           "(expected [C, 1, k, k] and [C])")
-    if stride < 1 or min(padding) < 0:
+    if stride < 1 or len(padding) != 4 or min(padding) < 0:
         raise ConfigError(f"invalid stride {stride} or padding {padding}")
-    return kernel_size
 
 
 def dwconv_act_squeeze(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: Padding,
@@ -102,19 +102,39 @@ def dwconv_act_squeeze(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     one, read in 16-byte vectors when the channels are a multiple of 16). ``block_p`` x
     ``block_c`` is the tile (output positions x channels, powers of two) and ``num_warps`` its
     threads: 64 x 64 on 8 warps compiles for sm_90 to 48-79 registers and no spills for k = 3
-    and 5 (4 warps: up to 189 registers).
+    and 5 (4 warps: up to 189 registers). It runs as the custom op
+    ``torch.ops.effnet.dwconv_act_squeeze``, which ``torch.compile`` and ``torch.export`` keep
+    whole.
     """
-    kernel_size = _check(x, weight, bias, stride, padding, input_bias)
-    code, input_code = activation_code(activation), activation_code(input_activation)
+    _check(x, weight, bias, stride, padding, input_bias)
+    activation_code(activation), activation_code(input_activation)
+    y, sums = torch.ops.effnet.dwconv_act_squeeze(x, weight, bias, stride, list(padding), activation, squeeze,
+                                                  input_bias, input_activation, block_p, block_c, num_warps)
+    return y, sums if squeeze else None
+
+
+def _output_shape(x: torch.Tensor, kernel_size: int, stride: int, padding: list[int]) -> tuple[int, ...]:
+    top, bottom, left, right = padding
+    return (x.shape[0], x.shape[1], output_size(x.shape[2], kernel_size, stride, top, bottom),
+            output_size(x.shape[3], kernel_size, stride, left, right))
+
+
+@torch.library.custom_op("effnet::dwconv_act_squeeze", mutates_args=())
+def _dwconv_act_squeeze_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int,
+                           padding: list[int], activation: str, squeeze: bool, input_bias: torch.Tensor | None,
+                           input_activation: str, block_p: int, block_c: int, num_warps: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op behind :func:`dwconv_act_squeeze`: the kernel, or the eager reference where it
+    cannot run. Without ``squeeze`` the sums are a placeholder of one zero."""
     if not kernels_run_on(x):
-        return dwconv_act_squeeze_reference(x, weight, bias, stride, padding, activation, squeeze, input_bias,
-                                            input_activation)
+        y, sums = dwconv_act_squeeze_reference(x, weight, bias, stride, tuple(padding), activation, squeeze,
+                                               input_bias, input_activation)
+        return y, sums if sums is not None else x.new_zeros(1, dtype=torch.float32)
     from ._dwconv_triton import dwconv_act_squeeze_kernel
 
+    kernel_size = weight.shape[-1]
     batch, channels, height, width = x.shape
-    top, bottom, left, right = padding
-    out_h = output_size(height, kernel_size, stride, top, bottom)
-    out_w = output_size(width, kernel_size, stride, left, right)
+    out_h, out_w = _output_shape(x, kernel_size, stride, padding)[2:]
     y = torch.empty((batch, channels, out_h, out_w), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
     sums = torch.zeros((batch, channels) if squeeze else (1,), dtype=torch.float32, device=x.device)
@@ -124,7 +144,16 @@ def dwconv_act_squeeze(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     grid = (batch * tiles, -(-channels // block_c))
     jit(dwconv_act_squeeze_kernel)[grid](
         x, bias if input_bias is None else input_bias, weight, bias, y, sums, channels, height, width, out_h, out_w,
-        tiles, *x.stride(), *y.stride(), STRIDE=stride, PAD_TOP=top, PAD_LEFT=left, K=kernel_size,
-        IN_BIAS=input_bias is not None, IN_ACT=input_code, ACT=code, SQUEEZE=squeeze, BLOCK_P=block_p,
-        BLOCK_C=block_c, num_warps=num_warps)
-    return y, sums if squeeze else None
+        tiles, *x.stride(), *y.stride(), STRIDE=stride, PAD_TOP=padding[0], PAD_LEFT=padding[2], K=kernel_size,
+        IN_BIAS=input_bias is not None, IN_ACT=activation_code(input_activation), ACT=activation_code(activation),
+        SQUEEZE=squeeze, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    return y, sums
+
+
+@_dwconv_act_squeeze_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: list[int], activation: str,
+      squeeze: bool, input_bias: torch.Tensor | None, input_activation: str, block_p: int, block_c: int,
+      num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.empty(_output_shape(x, weight.shape[-1], stride, padding), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last)
+    return y, x.new_empty((x.shape[0], x.shape[1]) if squeeze else (1,), dtype=torch.float32)
