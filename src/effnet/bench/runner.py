@@ -34,7 +34,8 @@ class BenchSettings:
     ``resolution`` replaces each network's native input size (for quick runs); the published
     top-1 stays the one measured at the native size. ``fast`` adds, after each of our networks'
     rows, rows of the same network through the fast inference path (source ``effnet-fast``:
-    BatchNorm folded, fused kernels, CUDA graphs on CUDA, weights in ``dtype``, never compiled).
+    BatchNorm folded, fused kernels, CUDA graphs on CUDA, weights in ``dtype``; with ``compile``,
+    compiled around the kernels).
     """
 
     device: str = "cpu"
@@ -158,7 +159,8 @@ def _build(spec: BenchModel, device: torch.device, resolution: int,
     sizes = {"params": count_params(network), "macs": count_macs(network, resolution)}
     if spec.source == FAST_SOURCE:
         dtype = DTYPES[settings.dtype] or torch.float32
-        runnable = prepare_for_inference(network, device, dtype)
+        backend = "inductor" if settings.compile else None
+        runnable = prepare_for_inference(network, device, dtype, compile_backend=backend)
         return runnable if isinstance(runnable, PreparedModel) else runnable.module, runnable, sizes
     network = network.to(device)
     if settings.channels_last:

@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "is spent in warm-up, not timed)")
     parser.add_argument("--fast", action="store_true",
                         help="also time each of our networks through the fast inference path (BatchNorm folded, "
-                             "fused kernels, CUDA graphs on CUDA, weights in --dtype): rows of source effnet-fast")
+                             "fused kernels, CUDA graphs on CUDA, weights in --dtype; with --compile, compiled around "
+                             "the kernels): rows of source effnet-fast")
     parser.add_argument("--resolution", type=int, default=None,
                         help="input size for every network instead of each one's native size")
     parser.add_argument("--iterations", type=int, default=30, help="timed calls per run at most (default 30)")
