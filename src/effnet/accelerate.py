@@ -19,7 +19,9 @@ For a benchmark, on a fixed batch shape::
     logits = run(images)  # images: (N, 3, H, W) on any device, any float dtype; logits fp32 (N, classes)
 
 The first call per shape warms up (Triton compiles, cuDNN picks its algorithms) and captures;
-later calls replay. On the CPU there is no graph: the prepared module is called directly.
+later calls replay. ``compile_backend="inductor"`` also compiles what lies around the kernels
+(the depthwise kernel is the custom op ``effnet::dwconv_act_squeeze``, which stays whole). On
+the CPU there is no graph: the prepared module is called directly.
 """
 
 from __future__ import annotations
