@@ -22,7 +22,7 @@ from effnet.bench.measure import (
 )
 from effnet.bench.peers import BenchModel, published_top1, resolve, torchvision_top1
 from effnet.bench.report import CSV_COLUMNS, PLOTS, write_report
-from effnet.bench.runner import OUT_OF_MEMORY, BenchSettings, run_bench
+from effnet.bench.runner import FAST_SOURCE, OUT_OF_MEMORY, BenchSettings, run_bench
 from effnet.cli import main
 from effnet.weights.sources import default_source
 
@@ -141,6 +141,17 @@ def test_out_of_memory_is_reported_in_its_row_and_the_others_run(tmp_path):
         records = list(csv.DictReader(handle))
     assert [r["status"] for r in records] == [r.status for r in rows]
     assert all(path.stat().st_size > 0 for path in written)
+
+
+def test_fast_rows_follow_our_networks_only():
+    ours = BenchModel("tiny_b0", "effnet", 32, 77.0, lambda: effnet.create_model("efficientnet_b0", width=0.25))
+    peer = BenchModel("tiny_peer", "torchvision", 32, None, lambda: resolve("mobilenet_v2").build())
+    rows = run_bench([ours, peer], BenchSettings(batch_sizes=(2,), dtype="bf16", timing=QUICK, fast=True))
+    assert [(r.model, r.source) for r in rows] == [("tiny_b0", "effnet"), ("tiny_b0", FAST_SOURCE),
+                                                   ("tiny_peer", "torchvision")]
+    assert all(r.ok and r.latency.median_ms > 0 for r in rows)
+    assert rows[1].params == rows[0].params and rows[1].macs == rows[0].macs  # the unprepared network's
+    assert rows[1].peak_memory < rows[0].peak_memory  # bf16 weights instead of fp32 ones
 
 
 def _png(path) -> bool:

@@ -84,6 +84,21 @@ def test_folders_are_searched_recursively_and_json_goes_to_the_out_file(checkpoi
     assert "3/3" in err
 
 
+def test_fast_path_gives_the_eager_probabilities(checkpoints, images, capsys):
+    """--fast on the CPU: BatchNorm folded, fused blocks (eager kernels here), the same results."""
+    results = {}
+    for flag in ("--fast", "--no-fast"):
+        out_file = images / f"{flag}.json"
+        assert main(["predict", str(images / "album"), "--checkpoint", str(checkpoints[0]), "--out", str(out_file),
+                     "--device", "cpu", "--no-progress", flag]) == 0
+        results[flag] = json.loads(out_file.read_text())
+    capsys.readouterr()
+    for fast, eager in zip(results["--fast"], results["--no-fast"], strict=True):
+        assert [p["class_index"] for p in fast["predictions"]] == [p["class_index"] for p in eager["predictions"]]
+        assert [p["probability"] for p in fast["predictions"]] == pytest.approx(
+            [p["probability"] for p in eager["predictions"]], abs=1e-5)
+
+
 def test_globs_are_expanded_and_a_named_non_image_file_fails_alone(checkpoints, images, capsys):
     code = main(["predict", str(images / "album" / "*.png"), str(images / "album" / "notes.txt"),
                  "--checkpoint", str(checkpoints[0]), "--format", "csv", "--no-progress"])

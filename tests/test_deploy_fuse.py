@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from _deploy_helpers import RESOLUTION, tiny_model
-from effnet.deploy.fuse import count_batchnorms, fold_batchnorm, fold_conv_bn
+from effnet.fuse import count_batchnorms, fold_batchnorm, fold_conv_bn
 from effnet.layers import Conv2dSame
 
 

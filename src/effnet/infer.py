@@ -39,12 +39,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .accelerate import CudaGraphRunner, PreparedModel, prepare_for_inference
 from .data.datasets import image_files_under
 from .data.device_decode import DeviceBatchTransform, decodes_on_device, read_jpeg_bytes
 from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, to_rgb
 from .data.transforms import eval_transforms
 from .description import Preprocessing
-from .device import autocast_context, check_amp, resolve_device
+from .device import AMP_DTYPES, autocast_context, check_amp, resolve_device
 from .errors import ConfigError
 from .factory import create_model
 from .files import printable_path
@@ -194,12 +195,16 @@ class Classifier:
     ``amp``: ``None`` (full precision), ``"bf16"`` or ``"fp16"`` autocast. ``tta_flip``: average
     the probabilities of each image and its horizontal mirror. ``decode``: where
     :meth:`predict_batch` decodes JPEG files: ``cpu``, ``gpu`` (the device, in batches, see
-    :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices).
+    :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices). ``fast``: run
+    through :func:`effnet.accelerate.prepare_for_inference` (BatchNorm folded, fused kernels,
+    CUDA graphs on CUDA; the precision is ``amp``'s, fp32 without it) and keep ``model`` as it
+    is; ``None``: on CUDA devices, for an EfficientNet.
     """
 
     def __init__(self, model: nn.Module, class_names: Sequence[str] | None = None,
                  preprocessing: Preprocessing | None = None, device: str | torch.device | None = None,
-                 amp: str | None = None, tta_flip: bool = False, decode: str = "auto") -> None:
+                 amp: str | None = None, tta_flip: bool = False, decode: str = "auto",
+                 fast: bool | None = None) -> None:
         check_amp(amp)
         description = model.description if isinstance(model, EfficientNet) else None
         if preprocessing is None:
@@ -222,6 +227,13 @@ class Classifier:
         self.num_classes: int | None = num_classes or (len(class_names) if class_names is not None else None)
         self.amp = amp
         self.tta_flip = tta_flip
+        if fast is None:
+            fast = self.device.type == "cuda" and isinstance(model, EfficientNet)
+        if fast and not isinstance(model, EfficientNet):
+            raise ConfigError(f"the fast path runs an effnet EfficientNet, not a {type(model).__name__}; "
+                              "use fast=False")
+        self.runner: PreparedModel | CudaGraphRunner | None = prepare_for_inference(
+            model, self.device, AMP_DTYPES.get(amp, torch.float32)) if fast else None
         self.transform = eval_transforms(preprocessing)
         self.device_decoder = DeviceBatchTransform(self.transform, self.device) \
             if decodes_on_device(decode, self.device) else None
@@ -287,8 +299,11 @@ class Classifier:
         batch = batch.to(self.device, non_blocking=True)
         if self.tta_flip:
             batch = torch.cat([batch, batch.flip(3)])
-        with autocast_context(self.device, self.amp):
-            logits = self.model(batch)
+        if self.runner is not None:
+            logits = self.runner(batch)
+        else:
+            with autocast_context(self.device, self.amp):
+                logits = self.model(batch)
         probabilities = logits.float().softmax(dim=1)
         if self.tta_flip:
             original, mirrored = probabilities.chunk(2)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..accelerate import PreparedModel, prepare_for_inference
 from ..errors import ConfigError
 from .measure import LatencyStats, TimingBudget, count_macs, count_params, measure_calls, tensor_bytes
 from .peers import BenchModel
@@ -22,6 +23,8 @@ from .peers import BenchModel
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Precisions: fp32, or bf16/fp16 under ``torch.autocast`` (weights stay fp32, as in training)."""
 OUT_OF_MEMORY = "out of memory"
+FAST_SOURCE = "effnet-fast"
+"""The source of the rows timing our networks through :func:`effnet.accelerate.prepare_for_inference`."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,10 @@ class BenchSettings:
     """How to run every network: device, batch sizes, precision, layout, compilation, timing.
 
     ``resolution`` replaces each network's native input size (for quick runs); the published
-    top-1 stays the one measured at the native size.
+    top-1 stays the one measured at the native size. ``fast`` adds, after each of our networks'
+    rows, rows of the same network through the fast inference path (source ``effnet-fast``:
+    BatchNorm folded, fused kernels, CUDA graphs on CUDA, weights in ``dtype``; with ``compile``,
+    compiled around the kernels).
     """
 
     device: str = "cpu"
@@ -39,6 +45,7 @@ class BenchSettings:
     compile: bool = False
     resolution: int | None = None
     timing: TimingBudget = field(default_factory=TimingBudget)
+    fast: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -101,11 +108,14 @@ def run_bench(models: Sequence[BenchModel], settings: BenchSettings = BenchSetti
               progress: bool = False) -> list[BenchRow]:
     """Measure every network at every batch size; ``progress`` shows a progress bar on stderr."""
     rows: list[BenchRow] = []
-    with tqdm(total=len(models) * len(settings.batch_sizes), desc="bench", unit="run",
+    runs = len(models) + (sum(spec.source == "effnet" for spec in models) if settings.fast else 0)
+    with tqdm(total=runs * len(settings.batch_sizes), desc="bench", unit="run",
               disable=not progress, leave=False) as bar:
         for spec in models:
             bar.set_postfix_str(spec.name)
             rows.extend(_bench_model(spec, settings, bar))
+            if settings.fast and spec.source == "effnet":
+                rows.extend(_bench_model(replace(spec, source=FAST_SOURCE), settings, bar))
     return rows
 
 
@@ -142,22 +152,28 @@ def _bench_model(spec: BenchModel, settings: BenchSettings, bar: tqdm) -> list[B
 
 
 def _build(spec: BenchModel, device: torch.device, resolution: int,
-           settings: BenchSettings) -> tuple[nn.Module, nn.Module, dict[str, int]]:
-    """The network (eval mode, on ``device``), what to call (compiled or not), params and MACs."""
+           settings: BenchSettings) -> tuple[nn.Module, Callable[[torch.Tensor], object], dict[str, int]]:
+    """The network (eval mode, on ``device``), what to call (compiled, prepared or as it is),
+    params and MACs."""
     network = spec.build().eval()
     sizes = {"params": count_params(network), "macs": count_macs(network, resolution)}
+    if spec.source == FAST_SOURCE:
+        dtype = DTYPES[settings.dtype] or torch.float32
+        backend = "inductor" if settings.compile else None
+        runnable = prepare_for_inference(network, device, dtype, compile_backend=backend)
+        return runnable if isinstance(runnable, PreparedModel) else runnable.module, runnable, sizes
     network = network.to(device)
     if settings.channels_last:
         network = network.to(memory_format=torch.channels_last)
     return network, torch.compile(network) if settings.compile else network, sizes
 
 
-def _time_batch(network: nn.Module, runnable: nn.Module, batch: int, resolution: int,
+def _time_batch(network: nn.Module, runnable: Callable[[torch.Tensor], object], batch: int, resolution: int,
                 device: torch.device, settings: BenchSettings) -> dict[str, object]:
     images = torch.randn(batch, 3, resolution, resolution, device=device)
     if settings.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    dtype = DTYPES[settings.dtype]
+    dtype = DTYPES[settings.dtype] if not isinstance(network, PreparedModel) else None  # prepared: its own dtype
 
     def forward() -> None:
         autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
                         help="where JPEG files are decoded: cpu, or gpu (the device, in batches; auto: on CUDA)")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), help="mixed-precision autocast")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                        help="the fast inference path: BatchNorm folded, fused Triton kernels, CUDA graphs, in "
+                             "--amp's precision (default: on with CUDA, off on the CPU)")
     parser.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         classifier = load_classifier(args.model, args.checkpoint, num_classes=args.num_classes,
-                                     device=args.device, amp=args.amp, tta_flip=args.tta, decode=args.decode)
+                                     device=args.device, amp=args.amp, tta_flip=args.tta, decode=args.decode,
+                                     fast=args.fast)
     for warning in caught:
         print(f"{PREFIX}warning: {warning.message}", file=sys.stderr)
     with atomic_open(out) if out else contextlib.nullcontext(sys.stdout) as stream:

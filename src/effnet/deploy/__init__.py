@@ -1,6 +1,7 @@
 """Deployment: BatchNorm folding, verified exports (ONNX, TorchScript, torch.export) and INT8.
 
-- :mod:`.fuse`: fold BatchNorm into the convs (same outputs).
+- :func:`fold_batchnorm` (from :mod:`effnet.fuse`, shared with :mod:`effnet.accelerate`): fold
+  BatchNorm into the convs (same outputs).
 - :mod:`.export`: export to ``onnx``, ``torchscript`` or ``pt2``, verified in the format's own
   runtime before the file appears.
 - :mod:`.quantize`: INT8 by ONNX Runtime QDQ, torchao PT2E, or quantization-aware training,
@@ -15,9 +16,9 @@
   within a budget, measured on this machine; :mod:`.environment` keys its cache.
 """
 
+from ..fuse import fold_batchnorm
 from .compare import Accuracy, DeploymentRow, evaluate_runners, format_rows, measure_speed
 from .export import ExportResult, export_model, read_artifact_metadata
-from .fuse import fold_batchnorm
 from .pipeline import QuantizationReport, QuantizeOptions, load_deployable, quantize_checkpoint
 from .quantize import (
     LAYER_GROUPS,

@@ -21,8 +21,8 @@ from torch import nn
 
 from ..errors import ConfigError, InputFileError
 from ..files import atomic_write
+from ..fuse import fold_batchnorm
 from ..model import EfficientNet
-from .fuse import fold_batchnorm
 from .runtime import check_format, load_runner
 from .verify import FP32_TOLERANCE, ExportVerificationError, Verification, compare_to_reference
 

@@ -32,9 +32,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..files import atomic_write
+from ..fuse import fold_batchnorm
 from ..layers import Conv2dSame, same_padding_amounts
 from .export import DEFAULT_OPSET, METADATA_KEY, NAME_SCOPES_KEY, export_model, export_program, write_onnx
-from .fuse import fold_batchnorm
 from .runtime import Runner, onnx_runner
 
 LAYER_GROUPS = ("stem", "head", "classifier", "se", "activations")

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
