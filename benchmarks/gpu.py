@@ -1,16 +1,31 @@
-"""Ours, timm and torchvision side by side on one CUDA GPU: the jobs of the anchors table.
+"""effnet, timm and torchvision side by side on one CUDA GPU: the anchors' jobs and issue 20's aims.
 
-    PYTHONPATH=src python3 benchmarks/gpu.py [--out gpu_bench.json] [--budget 450]
-    python3 benchmarks/gpu.py --smoke          # tiny sizes on the CPU, a minute or two
+    PYTHONPATH=src python3 benchmarks/gpu.py [--out gpu_bench.json] [--budget 470]
+    python3 benchmarks/gpu.py --smoke          # tiny sizes on the CPU, a few minutes
 
-Jobs: inference of B0 @224 batch 256, ResNet-50 @224 batch 256, B4 @380 batch 64 and B7 @600
-batch 32; training steps (SGD) of B0 and ResNet-50 @224 batch 256; inference and training of
-B0 under torch.compile (mode default). Everything runs in bf16 autocast, channels_last, with
-cudnn.benchmark, on random data. Each row is timed as the median of 3 loops, each synchronized
-at both ends; throughput is images per second. Peak memory is torch.cuda.max_memory_allocated
-over the timed loops (weights, gradients, optimizer state and activations).
+Jobs, in this order:
 
-Time is bounded: the eager rows run first, in this process; then every compiled row starts at
+- eager: inference of B0 @224 batch 256, ResNet-50 @224 batch 256, B4 @380 batch 64 and B7 @600
+  batch 32; training steps (SGD) of B0 and ResNet-50 @224 batch 256;
+- input: B0 training @224 batch 256 from a folder of 20,000 JPEGs (350-500 px, quality 90, cut
+  from real photos, written on the machine) fed four ways: the model alone on tensors already on
+  the GPU, effnet's CPU decoding (every core a loader worker), effnet's GPU decoding
+  (``data.decode=gpu``) and timm's loader (benchmarks/gpu_input.py);
+- in their own processes: effnet's CUDA inference path (``ours_fast``: BatchNorm folded, fused
+  Triton kernels, CUDA graphs; for B0 also with torch.compile around the kernels,
+  ``ours_fast_compiled``) for B0, B4 and B7 beside timm's compiled model; B0 training with
+  cheap activations recomputed in backward, compiled (``ours_lowmem``), beside timm's compiled
+  training (with ``--compile-sources ...,ours,torchvision`` also the plain compiled B0 rows of
+  ours and torchvision, left out by default to keep the run under 8 minutes).
+
+Everything runs in bf16 autocast, channels_last, with cudnn.benchmark, on random data except the
+input job. Each row is timed as the median of 3 loops, each synchronized at both ends; throughput
+is images per second. Peak memory is torch.cuda.max_memory_allocated over the timed loops
+(weights, gradients, optimizer state and activations). The ratios of issue 20's aims (AIMS) are
+printed and written with the rows, each from rows of this one run.
+
+Time is bounded: the eager rows and the input job run first, in this process; then every
+compiled row starts at
 once in its own process, compiles and warms up, and is timed alone when all are ready, so a
 compile never runs beside a timed loop. A compile still unfinished at the deadline is killed
 and its row marked skipped; any row that would start too close to the end of --budget is
@@ -47,9 +62,26 @@ import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
 import effnet  # noqa: E402
+from effnet.accelerate import prepare_for_inference  # noqa: E402
 from effnet.bench.peers import build_timm, build_torchvision, timm_available  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_input  # noqa: E402
+
 SOURCES = ("ours", "torchvision", "timm")
+FEEDS = ("model_alone", "cpu_decode", "gpu_decode", "timm_loader")
+"""The input job's ways of feeding B0 training (benchmarks/gpu_input.py)."""
+AIMS = (  # (job, ours, other job, peer, measure, aim): issue 20's targets, each from one run
+    ("infer_b0_compiled", "ours_fast", "infer_b0_compiled", "timm", "img_s", 1.3),
+    ("infer_b0_compiled", "ours_fast_compiled", "infer_b0_compiled", "timm", "img_s", 1.3),
+    ("infer_b4_compiled", "ours_fast", "infer_b4_compiled", "timm", "img_s", 1.2),
+    ("infer_b7_compiled", "ours_fast", "infer_b7_compiled", "timm", "img_s", 1.2),
+    ("train_b0_compiled", "ours_lowmem", "train_b0_compiled", "timm", "img_s", 1.1),
+    ("train_b0_compiled", "ours_lowmem", "train_b0_compiled", "timm", "peak_gib", 0.8),
+    ("input_b0", "gpu_decode", "input_b0", "model_alone", "img_s", 0.9),
+    ("input_b0", "gpu_decode", "input_b0", "timm_loader", "img_s", 2.0),
+)
+"""Above the aim is met for images/s; at or below it for peak memory."""
 ANCHOR_SIZES = {"b0": (224, 256), "resnet50": (224, 256), "b4": (380, 64), "b7": (600, 32)}
 TINY_SIZES = {network: (32, 2) for network in ANCHOR_SIZES}
 ANCHORS = {  # img/s and peak GiB on one H200 (PyTorch 2.11), from the project's reference table
@@ -65,6 +97,8 @@ EAGER_ROW_RESERVE_S = 20.0
 COMPILED_TIMING_S = 12.0
 """Time set aside to time one compiled row once it is ready."""
 MIN_COMPILE_WINDOW_S = 45.0
+INPUT_RESERVE_S = 90.0
+"""The input job starts only with this much of the budget left (a tenth of it at tiny sizes)."""
 
 
 def log(message: str) -> None:
@@ -90,15 +124,20 @@ class Row:
 
 
 def plan() -> list[Row]:
-    """Every row, most important first: eager jobs, then the compiled ones (ours and timm
-    before torchvision, whose compiled numbers the anchors do not have)."""
+    """Every row, most important first: the eager jobs, the input job's feeds, then the rows that
+    compile (or capture) in their own process: effnet's CUDA inference path (``ours_fast``) and
+    its low-memory compiled training (``ours_lowmem``) beside timm's compiled model, then the
+    plain compiled rows (torchvision's last: the anchors do not have them)."""
     rows = []
     for task, network in (("infer", "b0"), ("infer", "resnet50"), ("infer", "b4"), ("infer", "b7"),
                           ("train", "b0"), ("train", "resnet50")):
         sources = ("torchvision",) if network == "resnet50" else SOURCES
         rows += [Row(task, network, False, source) for source in sources]
-    for sources in (("ours", "timm"), ("torchvision",)):
-        rows += [Row(task, "b0", True, source) for task in ("infer", "train") for source in sources]
+    rows += [Row("input", "b0", False, feed) for feed in FEEDS]
+    rows += [Row("infer", network, True, source) for network in ("b0", "b4", "b7") for source in ("ours_fast", "timm")]
+    rows.append(Row("infer", "b0", True, "ours_fast_compiled"))
+    rows += [Row("train", "b0", True, source) for source in ("ours_lowmem", "timm")]
+    rows += [Row(task, "b0", True, source) for source in ("ours", "torchvision") for task in ("infer", "train")]
     return rows
 
 
@@ -107,13 +146,17 @@ class Options:
     device: str = "cuda"
     sizes: str = "anchors"
     compile_backend: str = "inductor"
-    budget_s: float = 450.0
+    budget_s: float = 470.0
     loop_seconds: float = 0.6
     warmup_seconds: float = 0.5
     min_warmup_calls: int = 3
     cpu_threads: int = 0  # 0: torch's default
-    compile_sources: str = "ours,timm,torchvision"
+    compile_sources: str = "ours_fast,ours_fast_compiled,ours_lowmem,timm"
     only: str = ""
+    input_images: int = 20000
+    input_steps: int = 40
+    input_warmup: int = 8
+    input_workers: int = 0  # 0: every core
 
     def apply(self) -> None:
         """Process-wide settings every process of the run shares."""
@@ -153,7 +196,7 @@ def build_network(row: Row, device: torch.device) -> torch.nn.Module:
     """The row's network with random weights, built directly on ``device``."""
     training = row.task == "train"
     with device:
-        if row.source == "ours":
+        if row.source.startswith("ours"):
             return effnet.create_model(f"efficientnet_{row.network}")
         name = "resnet50" if row.network == "resnet50" else f"efficientnet_{row.network}"
         if row.source == "torchvision":
@@ -166,23 +209,39 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def runnable_for(row: Row, network: torch.nn.Module, images: torch.Tensor, opts: Options):
+    """What a step calls: the network, compiled, effnet's CUDA inference path (BN folded, fused
+    kernels, CUDA graphs; its eager form on the CPU) or effnet's low-memory training (cheap
+    activations recomputed in backward), compiled."""
+    if row.source.startswith("ours_fast"):
+        backend = opts.compile_backend if row.source == "ours_fast_compiled" else None
+        return prepare_for_inference(network, images.device, dtype=torch.bfloat16,
+                                     cuda_graphs=images.device.type == "cuda", compile_backend=backend)
+    if row.source == "ours_lowmem":
+        network.set_memory_mode("recompute")
+    return torch.compile(network, backend=opts.compile_backend) if row.compiled else network
+
+
 def make_step(row: Row, opts: Options, device: torch.device):
     """The row's network and a function doing one batch: a forward (infer) or an SGD step (train)."""
     resolution, batch = opts.size(row.network)
     network = build_network(row, device).to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, resolution, resolution, device=device).contiguous(
         memory_format=torch.channels_last)
-    runnable = torch.compile(network, backend=opts.compile_backend) if row.compiled else network
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     if row.task == "infer":
         network.eval()
+        runnable = runnable_for(row, network, images, opts)
+        # the prepared path holds its weights in bf16 already (and its graphs need no autocast)
+        precision = contextlib.nullcontext() if row.source.startswith("ours_fast") else autocast
 
         def step() -> None:
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), precision:
                 runnable(images)
         return network, step
 
     network.train()
+    runnable = runnable_for(row, network, images, opts)
     labels = torch.randint(0, 1000, (batch,), device=device)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
 
@@ -263,6 +322,43 @@ def run_eager(row: Row, opts: Options) -> Result:
     network = step = None  # noqa: F841 - free the row's memory before the next one
     release(device)
     return result
+
+
+# --- the input job: B0 training fed from a folder of JPEGs -----------------------------------
+
+def run_input(opts: Options, deadline: float, record) -> None:
+    """Write the JPEG folder, then time B0 training fed each of :data:`FEEDS` ways
+    (benchmarks/gpu_input.py), one row per feed."""
+    rows = [Row("input", "b0", False, feed) for feed in FEEDS if opts.only in f"input_b0.{feed}"]
+    if not rows:
+        return
+    resolution, batch = opts.size("b0")
+    if deadline - time.monotonic() < INPUT_RESERVE_S * (1 if opts.sizes == "anchors" else 0.1):
+        for row in rows:
+            record(skipped(row, opts, "skipped: time budget used up"))
+        return
+    device = torch.device(opts.device)
+    workers = opts.input_workers or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="effnet_gpu_jpegs_") as folder:
+        began = time.monotonic()
+        sizes = (350, 500) if opts.sizes == "anchors" else (40, 64)
+        gpu_input.write_jpegs(Path(folder), opts.input_images, sizes, processes=workers)
+        log(f"input job: wrote {opts.input_images} JPEGs in {time.monotonic() - began:.1f}s")
+        try:
+            rates, _ = gpu_input.measure(Path(folder), device, resolution, batch, workers, opts.input_steps,
+                                         opts.input_warmup)
+        except Exception as error:  # noqa: BLE001 - the other jobs still run
+            rates, status = {}, failure(error)
+        else:
+            status = "skipped: timm is not installed"
+    release(device)
+    for row in rows:
+        rate = rates.get(row.source)
+        result = Result(row, resolution, batch, status="ok" if rate else status, steps_per_loop=opts.input_steps)
+        if rate:
+            result.img_s = round(rate, 1)
+            result.ms_per_step = round(1000 * batch / rate, 4)
+        record(result)
 
 
 # --- compiled rows: one process each, compiled together, timed one at a time ----------------
@@ -407,6 +503,21 @@ def ratios(results: list[Result]) -> list[dict]:
     return found
 
 
+def aims(results: list[Result]) -> list[dict]:
+    """Each of :data:`AIMS` whose two rows both ran: the ratio and whether it meets the aim."""
+    by_key = {r.row.key: r for r in results if r.status == "ok"}
+    found = []
+    for job, ours, other_job, peer, measure, aim in AIMS:
+        mine, theirs = by_key.get(f"{job}.{ours}"), by_key.get(f"{other_job}.{peer}")
+        if not (mine and theirs and getattr(mine, measure) and getattr(theirs, measure)):
+            continue
+        ratio = getattr(mine, measure) / getattr(theirs, measure)
+        met = ratio >= aim if measure == "img_s" else ratio <= aim
+        found.append({"ours": mine.row.key, "other": theirs.row.key, "measure": measure, "ratio": round(ratio, 3),
+                      "aim": aim, "met": met})
+    return found
+
+
 def summary_table(results: list[Result]) -> str:
     def cell(value: float | None, spec: str, width: int) -> str:
         return ("-" if value is None else format(value, spec)).rjust(width)
@@ -425,15 +536,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu_bench.json", help="JSON results (default ./gpu_bench.json)")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes on the CPU, one thread, compile backend 'eager', compiled rows of ours "
+                        help="tiny sizes on the CPU, one thread, compile backend 'aot_eager', compiled rows of ours "
                         "only: checks the whole script in a minute or two")
     parser.add_argument("--device", default=None, help="cuda (default) or cpu")
     parser.add_argument("--sizes", choices=("anchors", "tiny"), default=None,
                         help="anchors: the table's sizes (default); tiny: 32 px, batch 2 (same code path)")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 450)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 470)")
     parser.add_argument("--compile-sources", default=None,
-                        help="sources of the compiled rows (default ours,timm,torchvision; --smoke: ours)")
+                        help="sources of the rows that run in their own process (default "
+                        "ours_fast,ours_fast_compiled,ours_lowmem,timm; add ours and torchvision for their plain "
+                        "compiled B0; --smoke: ours's only)")
     parser.add_argument("--only", default="", help="run only rows whose key contains this text, e.g. infer_b0")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first row that fails with an error")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -442,9 +555,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child_main(args.child, Path(args.workdir))
 
-    smoke = {"device": "cpu", "sizes": "tiny", "compile_backend": "eager", "budget_s": 240.0, "loop_seconds": 0.02,
-             "warmup_seconds": 0.0, "min_warmup_calls": 1, "cpu_threads": 1,
-             "compile_sources": "ours"} if args.smoke else {}
+    smoke = {"device": "cpu", "sizes": "tiny", "compile_backend": "aot_eager", "budget_s": 240.0, "loop_seconds": 0.02,
+             "warmup_seconds": 0.0, "min_warmup_calls": 1, "cpu_threads": 1, "input_images": 40,
+             "input_steps": 2, "input_warmup": 1, "input_workers": 1,
+             "compile_sources": "ours,ours_fast,ours_fast_compiled,ours_lowmem"} if args.smoke else {}
     chosen = {"device": args.device, "sizes": args.sizes, "compile_backend": args.compile_backend,
               "budget_s": args.budget, "compile_sources": args.compile_sources, "only": args.only}
     opts = Options(**{**smoke, **{k: v for k, v in chosen.items() if v is not None}})
@@ -471,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             and (not row.compiled or row.source in opts.compile_sources.split(","))]
     timm_ok = timm_available()
     for row in rows:
-        if row.compiled:
+        if row.compiled or row.task == "input":
             continue
         if row.source == "timm" and not timm_ok:
             record(skipped(row, opts, "skipped: timm is not installed"))
@@ -483,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                 log("stopping at the first error (--fail-fast)")
                 write_json(out, info, results)
                 return 1
+    run_input(opts, deadline, record)
     compiled = []
     for row in rows:
         if row.compiled and row.source == "timm" and not timm_ok:
@@ -498,13 +613,17 @@ def main(argv: list[str] | None = None) -> int:
     for item in ratios(results):
         print(f"{item['job']:<20} ours/{item['peer']:<12} {item['ratio']:.3f}  "
               f"({item['ours_img_s']:,.1f} vs {item['peer_img_s']:,.1f} img/s)", flush=True)
+    for item in aims(results):
+        relation = ">=" if item["measure"] == "img_s" else "<="
+        print(f"aim {item['ours']} / {item['other']} ({item['measure']}): {item['ratio']:.3f}, aim {relation} "
+              f"{item['aim']}: {'met' if item['met'] else 'NOT met'}", flush=True)
     log(f"wrote {out}")
     return 0
 
 
 def write_json(path: Path, info: dict, results: list[Result]) -> None:
     payload = {"environment": info, "elapsed_s": round(time.monotonic() - START, 1),
-               "rows": [r.to_json() for r in results], "ratios": ratios(results)}
+               "rows": [r.to_json() for r in results], "ratios": ratios(results), "aims": aims(results)}
     write_atomic(path, json.dumps(payload, indent=1))
 
 

@@ -202,3 +202,10 @@ def test_cli_bench_refuses_an_unusable_output_folder_before_running(tmp_path, ca
     code = main(["bench", "--models", "efficientnet_b7", "--out", str(blocker / "report")])
     assert code == 2
     assert f"cannot create the output folder {blocker / 'report'}" in capsys.readouterr().err
+
+
+def test_bench_times_the_fast_path_by_default_on_cuda_only():
+    from effnet.cli.bench import _fast_default
+    assert _fast_default(None, "cuda:0") and _fast_default(None, "cuda")
+    assert not _fast_default(None, "cpu") and not _fast_default(None, "not-a-device")
+    assert _fast_default(True, "cpu") and not _fast_default(False, "cuda")

@@ -39,12 +39,24 @@ def test_smoke_runs_every_row_and_writes_json(tmp_path):
     # (skipping is test_budget_skips_rows_with_a_note's subject).
     result = run_script(tmp_path, "--smoke", "--budget", "1200")
     rows = {row["key"]: row for row in result["rows"]}
-    eager = [key for key in rows if "_compiled" not in key]
-    assert len(eager) == 14 and set(rows) == set(eager) | {"infer_b0_compiled.ours", "train_b0_compiled.ours"}
+    eager = [key for key in rows if "_compiled" not in key and not key.startswith("input_")]
+    feeds = {f"input_b0.{feed}" for feed in ("model_alone", "cpu_decode", "gpu_decode", "timm_loader")}
+    compiled = {"infer_b0_compiled.ours_fast", "infer_b4_compiled.ours_fast", "infer_b7_compiled.ours_fast",
+                "infer_b0_compiled.ours_fast_compiled",
+                "train_b0_compiled.ours_lowmem", "infer_b0_compiled.ours", "train_b0_compiled.ours"}
+    assert len(eager) == 14 and set(rows) == set(eager) | feeds | compiled
     for key, row in rows.items():
         assert row["status"] == "ok", (key, row["status"])
-        assert row["img_s"] > 0 and len(row["loop_seconds"]) == 3 and row["steps_per_loop"] >= 2
-        assert row["resolution"] == 32 and row["batch"] == 2
+        assert row["img_s"] > 0 and row["resolution"] == 32 and row["batch"] == 2
+        if key not in feeds:
+            assert len(row["loop_seconds"]) == 3 and row["steps_per_loop"] >= 2
+    # the input job's aims are computed from its own rows of this run
+    aims = {(aim["ours"], aim["other"]): aim for aim in result["aims"]}
+    assert set(aims) == {("input_b0.gpu_decode", "input_b0.model_alone"),
+                         ("input_b0.gpu_decode", "input_b0.timm_loader")}
+    for (ours, other), aim in aims.items():
+        assert aim["ratio"] == pytest.approx(rows[ours]["img_s"] / rows[other]["img_s"], rel=1e-2)
+        assert aim["met"] == (aim["ratio"] >= aim["aim"])
     # each row carries its own job's anchor (and the rows without one carry none)
     anchors = _script_module().ANCHORS
     for key, row in rows.items():
@@ -73,8 +85,23 @@ def test_missing_timm_skips_its_rows(tmp_path):
 def test_budget_skips_rows_with_a_note(tmp_path):
     result = run_script(tmp_path, "--smoke", "--budget", "1")
     statuses = {row["key"]: row["status"] for row in result["rows"]}
-    assert len(statuses) == 16
+    assert len(statuses) == 25
+    assert statuses["input_b0.gpu_decode"] == "skipped: time budget used up"
     assert all(status.startswith("skipped:") for status in statuses.values())
     assert statuses["infer_b0.ours"] == "skipped: time budget used up"
     assert "too little to compile" in statuses["train_b0_compiled.ours"]
     assert result["ratios"] == []
+
+
+def test_aims_compare_speed_upwards_and_memory_downwards():
+    gpu = _script_module()
+    rows = {source: gpu.Row("train", "b0", True, source) for source in ("ours_lowmem", "timm")}
+    results = [gpu.Result(rows["ours_lowmem"], 224, 256, img_s=7000.0, peak_gib=6.0),
+               gpu.Result(rows["timm"], 224, 256, img_s=6675.0, peak_gib=6.87)]
+    found = {aim["measure"]: aim for aim in gpu.aims(results)}
+    assert found["img_s"]["ratio"] == pytest.approx(7000 / 6675, abs=1e-3) and not found["img_s"]["met"]  # < 1.1
+    assert found["peak_gib"]["ratio"] == pytest.approx(6.0 / 6.87, abs=1e-3) and not found["peak_gib"]["met"]
+    results[0].peak_gib, results[0].img_s = 5.4, 7400.0
+    assert all(aim["met"] for aim in gpu.aims(results))
+    results[1].status = "out of memory"  # a row that did not run gives no ratio
+    assert gpu.aims(results) == []

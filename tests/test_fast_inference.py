@@ -203,6 +203,25 @@ def test_classifier_fast_path_gives_the_same_probabilities() -> None:
     torch.testing.assert_close(fast.probabilities(images), eager.probabilities(images), rtol=1e-4, atol=1e-5)
 
 
+def test_a_default_fast_path_that_fails_falls_back_with_a_warning() -> None:
+    model = _trained_looking(NETWORKS["b0"]())
+    images = torch.randn(2, 3, 40, 40)
+    expected = Classifier(model, class_names=list("abcde"), device="cpu").probabilities(images)
+
+    def broken(batch: torch.Tensor) -> torch.Tensor:  # as a kernel that does not compile for this GPU
+        raise RuntimeError("PTX for sm_120 is not supported\nmore detail")
+
+    chosen = Classifier(model, class_names=list("abcde"), device="cpu")  # fast=None, as on CUDA by default
+    chosen.runner = broken
+    with pytest.warns(RuntimeWarning, match=r"fast inference path failed on cpu \(RuntimeError: PTX for sm_120"):
+        torch.testing.assert_close(chosen.probabilities(images), expected)
+    assert chosen.runner is None  # from then on the model runs as it is
+    asked = Classifier(model, class_names=list("abcde"), device="cpu", fast=True)
+    asked.runner = broken
+    with pytest.raises(RuntimeError, match="sm_120"):  # asked for explicitly: the failure goes through
+        asked.probabilities(images)
+
+
 def test_classifier_fast_path_needs_an_efficientnet() -> None:
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     preprocessing = NETWORKS["lite0"]().preprocessing

@@ -46,7 +46,7 @@ from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, 
 from .data.transforms import eval_transforms
 from .description import Preprocessing
 from .device import AMP_DTYPES, autocast_context, check_amp, resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, EffnetError
 from .factory import create_model
 from .files import printable_path
 from .model import EfficientNet
@@ -198,7 +198,9 @@ class Classifier:
     :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices). ``fast``: run
     through :func:`effnet.accelerate.prepare_for_inference` (BatchNorm folded, fused kernels,
     CUDA graphs on CUDA; the precision is ``amp``'s, fp32 without it) and keep ``model`` as it
-    is; ``None``: on CUDA devices, for an EfficientNet.
+    is; ``None``: on CUDA devices, for an EfficientNet, and should the fast path fail there (a
+    kernel that does not compile for this GPU, a graph that cannot be captured), a warning says
+    so and the model runs as it is from then on; ``True`` lets such a failure through.
     """
 
     def __init__(self, model: nn.Module, class_names: Sequence[str] | None = None,
@@ -227,6 +229,7 @@ class Classifier:
         self.num_classes: int | None = num_classes or (len(class_names) if class_names is not None else None)
         self.amp = amp
         self.tta_flip = tta_flip
+        self.fast_fallback = fast is None
         if fast is None:
             fast = self.device.type == "cuda" and isinstance(model, EfficientNet)
         if fast and not isinstance(model, EfficientNet):
@@ -299,9 +302,8 @@ class Classifier:
         batch = batch.to(self.device, non_blocking=True)
         if self.tta_flip:
             batch = torch.cat([batch, batch.flip(3)])
-        if self.runner is not None:
-            logits = self.runner(batch)
-        else:
+        logits = self._fast_logits(batch) if self.runner is not None else None
+        if logits is None:
             with autocast_context(self.device, self.amp):
                 logits = self.model(batch)
         probabilities = logits.float().softmax(dim=1)
@@ -309,6 +311,20 @@ class Classifier:
             original, mirrored = probabilities.chunk(2)
             probabilities = (original + mirrored) / 2
         return probabilities.cpu()
+
+    def _fast_logits(self, batch: torch.Tensor) -> torch.Tensor | None:
+        """The fast path's logits; ``None`` once it failed where it was chosen by default."""
+        try:
+            return self.runner(batch)
+        except Exception as error:
+            if not self.fast_fallback or isinstance(error, EffnetError):
+                raise
+            reason = (str(error).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"the fast inference path failed on {self.device} ({type(error).__name__}: {reason}); "
+                          "running the model as it is from now on (pass fast=False, or --no-fast, to skip it)",
+                          RuntimeWarning, stacklevel=3)
+            self.runner = None
+            return None
 
     def _decode_on_device(self, batch: list[tuple[torch.Tensor | None, str | None]],
                           names: list[str]) -> list[tuple[torch.Tensor | None, str | None]]:

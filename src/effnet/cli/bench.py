@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ..bench.measure import TimingBudget
 from ..bench.peers import DEFAULT_MODELS, resolve
 from ..bench.report import format_rows, output_folder, write_report
@@ -43,10 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels-last", action="store_true", help="run in the channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile each network (compile time "
                         "is spent in warm-up, not timed)")
-    parser.add_argument("--fast", action="store_true",
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                         help="also time each of our networks through the fast inference path (BatchNorm folded, "
                              "fused kernels, CUDA graphs on CUDA, weights in --dtype; with --compile, compiled around "
-                             "the kernels): rows of source effnet-fast")
+                             "the kernels): rows of source effnet-fast (default: on CUDA devices)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="input size for every network instead of each one's native size")
     parser.add_argument("--iterations", type=int, default=30, help="timed calls per run at most (default 30)")
@@ -59,11 +61,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _fast_default(fast: bool | None, device: str) -> bool:
+    """--fast as given; unset: on for CUDA devices (an unknown device is BenchSettings' to refuse)."""
+    if fast is not None:
+        return fast
+    try:
+        return torch.device(device).type == "cuda"
+    except RuntimeError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     models = [resolve(name) for name in args.models]
     timing = TimingBudget(args.warmup, args.iterations, args.min_iterations, args.max_seconds)
     settings = BenchSettings(args.device, args.batch, args.dtype, args.channels_last, args.compile,
-                             args.resolution, timing, args.fast)
+                             args.resolution, timing, _fast_default(args.fast, args.device))
     out_dir = output_folder(args.out)
     rows = run_bench(models, settings, progress=True)
     print(format_rows(rows))
