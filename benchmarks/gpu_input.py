@@ -35,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -108,16 +108,21 @@ def time_training(batches: Iterator, steps: int, warmup: int, device: torch.devi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return steps * batch / timed(step, steps, warmup, device)
+
+
+def timed(run: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for ``steps`` calls of ``run`` after ``warmup`` untimed ones, synchronized on CUDA."""
     for _ in range(warmup):
-        step()
+        run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
-        step()
+        run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return steps * batch / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def feeds(folder: Path, device: torch.device, size: int, batch: int, workers: int) -> dict[str, Iterator]:
@@ -175,18 +180,7 @@ def time_augment(device: torch.device, batch: int, size: int, steps: int, warmup
     generator = torch.Generator(device).manual_seed(0)
     ways = {"batched_ms": lambda: batched(images, generator),
             "per_image_ms": lambda: torch.stack([preset(image) for image in images])}
-    result = {}
-    for name, run in ways.items():
-        for _ in range(warmup):
-            run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        for _ in range(steps):
-            run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        result[name] = 1000 * (time.perf_counter() - started) / steps
+    result = {name: 1000 * timed(run, steps, warmup, device) / steps for name, run in ways.items()}
     result["speedup"] = result["per_image_ms"] / result["batched_ms"]
     return result
 
