@@ -308,8 +308,9 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = images.shape
     planes = batch * channels
     levels = images.reshape(planes, -1).long()
-    offsets = torch.arange(planes, device=images.device)[:, None] * 256
-    hist = torch.bincount((levels + offsets).reshape(-1), minlength=planes * 256).view(planes, 256)
+    # scatter_add_, not bincount: bincount on CUDA reads the input's min and max on the host
+    hist = torch.zeros(planes, 256, dtype=torch.long, device=images.device)
+    hist.scatter_add_(1, levels, torch.ones_like(levels))
     cumulative = hist.cumsum(dim=1)
     last = cumulative.argmax(dim=1, keepdim=True)  # the highest level present
     step = (height * width - hist.gather(1, last)) // 255
