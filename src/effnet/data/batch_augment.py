@@ -396,14 +396,18 @@ def _normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -
     return torch.addcmul(shift, images, scale, out=out)
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the work queued there: on CUDA from
+    pinned memory, asynchronously (a plain copy to CUDA waits for everything queued before it)."""
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def _to_device(host: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """``host``'s tensors (float, bool or integers below 2**24) on ``device`` in one copy,
-    pinned and asynchronous on CUDA: nothing waits for the device (a plain copy of a host
-    tensor to CUDA waits for everything queued before it)."""
-    packed = torch.cat([tensor.reshape(-1).float() for tensor in host.values()])
-    if device.type == "cuda":
-        packed = packed.pin_memory()
-    packed = packed.to(device, non_blocking=True)
+    """``host``'s tensors (float, bool or integers below 2**24) on ``device`` in one
+    :func:`host_to_device` copy."""
+    packed = host_to_device(torch.cat([tensor.reshape(-1).float() for tensor in host.values()]), device)
     shipped, start = {}, 0
     for name, tensor in host.items():
         piece = packed[start:start + tensor.numel()].view(tensor.shape)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..errors import ConfigError
-from .batch_augment import batch_preset
+from .batch_augment import batch_preset, host_to_device
 from .datasets import ImageDataset
 from .images import ImageReadError, decode_image
 from .jpeg import JPEG_MAGIC, decode_jpegs
@@ -109,7 +109,7 @@ class DeviceBatchTransform:
 
     def decode(self, payloads: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | str]:
         """Each payload as a uint8 CHW image on the device, or the reason it cannot be read."""
-        images: list[torch.Tensor | str] = [p.to(self.device) if p.dim() == 3 else "" for p in payloads]
+        images: list[torch.Tensor | str] = [host_to_device(p, self.device) if p.dim() == 3 else "" for p in payloads]
         encoded = [i for i, p in enumerate(payloads) if p.dim() == 1]
         if not encoded:
             return images
@@ -127,7 +127,7 @@ class DeviceBatchTransform:
         except RuntimeError:
             pass
         try:  # what the device cannot decode, the CPU path may (e.g. CMYK or progressive quirks)
-            return pil_to_tensor(decode_image(payload.numpy().tobytes(), name)).to(self.device)
+            return host_to_device(pil_to_tensor(decode_image(payload.numpy().tobytes(), name)), self.device)
         except ImageReadError as error:
             return error.reason
 
@@ -147,10 +147,7 @@ class DeviceBatchTransform:
             batch = self.batched(chosen, self.generator)  # type: ignore[arg-type]
         else:
             batch = torch.stack([self.transform(image) for image in chosen])
-        labels = labels[order]
-        if self.device.type == "cuda":  # a plain copy would wait for the work queued on the device
-            labels = labels.pin_memory()
-        return batch.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
+        return batch.contiguous(memory_format=self.memory_format), host_to_device(labels[order], self.device)
 
 
 class DeviceDecodeLoader:
