@@ -85,3 +85,37 @@ def test_the_decoder_is_torchcodec_when_installed_and_warns_nothing(decoder, pic
     with warnings.catch_warnings():  # torchvision's deprecation notice is kept from the user
         warnings.simplefilter("error")
         jpeg.decode_jpegs([as_tensor(jpeg_bytes(picture))], torch.device("cpu"))
+
+
+def _exif_jpeg(tiff: bytes) -> torch.Tensor:
+    """A JPEG header with an APP0 segment, then an APP1 EXIF block holding ``tiff``."""
+    app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    app1 = b"Exif\x00\x00" + tiff
+    return as_tensor(b"\xff\xd8" + app0 + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + b"\xff\xda")
+
+
+@pytest.mark.parametrize("order", ["little", "big"])
+def test_the_exif_orientation_is_read_in_either_byte_order(order) -> None:
+    def tiff(tag: int, value: int) -> bytes:
+        entry = (tag.to_bytes(2, order) + (3).to_bytes(2, order) + (1).to_bytes(4, order)
+                 + value.to_bytes(2, order) + b"\x00\x00")
+        other = (0x010F).to_bytes(2, order) + (2).to_bytes(2, order) + (4).to_bytes(4, order) + b"abc\x00"
+        return ((b"II" if order == "little" else b"MM") + (42).to_bytes(2, order) + (8).to_bytes(4, order)
+                + (2).to_bytes(2, order) + other + entry + (0).to_bytes(4, order))
+
+    assert [jpeg.exif_orientation(_exif_jpeg(tiff(0x0112, value))) for value in range(1, 9)] == list(range(1, 9))
+    assert jpeg.exif_orientation(_exif_jpeg(tiff(0x0112, 9))) == 1  # not an orientation: left as it is
+    assert jpeg.exif_orientation(_exif_jpeg(tiff(0x0110, 6))) == 1  # no orientation entry
+    assert jpeg.exif_orientation(_exif_jpeg(tiff(0x0112, 6)[:20])) == 1  # cut short
+    assert jpeg.exif_orientation(as_tensor(b"\xff\xd8\xff\xda" + b"\x00" * 8)) == 1  # no metadata at all
+
+
+def test_orient_turns_as_pil_does(picture) -> None:
+    pixels = torch.from_numpy(np.array(picture)).permute(2, 0, 1)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        shown = picture.copy()
+        shown.info["exif"] = exif.tobytes()
+        expected = torch.from_numpy(np.array(ImageOps.exif_transpose(shown))).permute(2, 0, 1)
+        assert torch.equal(jpeg.orient(pixels, orientation), expected), orientation
