@@ -4,6 +4,7 @@ the CPU path, bad files replaced with a warning, and a training run that uses it
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,20 +108,27 @@ def test_prefetching_passes_errors_on_and_stops_when_the_caller_does(tmp_path) -
     plain = device_decode_loader(dataset, 2, False, CPU, num_workers=0)
     calls = []
 
-    class FailingThird(DeviceBatchTransform):
+    class Counted(DeviceBatchTransform):
+        fail_at = 0  # the call that raises (0: none)
+
         def __call__(self, payloads, labels, names):
             calls.append(names)
-            if len(calls) == 3:
+            if len(calls) == self.fail_at:
                 raise ConfigError("none of the 2 images of a batch could be decoded")
             return super().__call__(payloads, labels, names)
 
-    batches = iter(DeviceDecodeLoader(plain.loader, plain.transform, prefetch=True))
+    batches = iter(DeviceDecodeLoader(plain.loader, Counted(plain.transform.transform, CPU), prefetch=True))
     next(batches)
     batches.close()  # the caller stops early: the thread finishes the batch it was preparing, no more
+    assert len(calls) == 2
+    time.sleep(0.05)
+    assert len(calls) == 2
     assert len(list(DeviceDecodeLoader(plain.loader, plain.transform, prefetch=True))) == 5
-    failing = DeviceDecodeLoader(plain.loader, FailingThird(plain.transform.transform, CPU), prefetch=True)
+    calls.clear()
+    raising = Counted(plain.transform.transform, CPU)
+    raising.fail_at = 3
     with pytest.raises(ConfigError, match="could be decoded"):
-        list(failing)
+        list(DeviceDecodeLoader(plain.loader, raising, prefetch=True))
     assert len(calls) == 3  # the error surfaced where the third batch was asked for, nothing after it
 
 
