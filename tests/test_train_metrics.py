@@ -50,3 +50,9 @@ def test_distributed_shards_interleave_back_into_dataset_order() -> None:
     merged = Predictions.interleave(shards)
     for name in ("targets", "predicted", "confidence"):
         assert torch.equal(getattr(merged, name), getattr(whole, name))
+
+
+def test_the_confusion_matrix_counts_true_class_rows_and_predicted_columns() -> None:
+    batches = [(LOGITS[:3], TARGETS[:3]), (LOGITS[3:], TARGETS[3:])]
+    confusion = evaluate(nn.Identity(), batches, 3, torch.device("cpu")).confusion
+    assert confusion.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]  # predicted 0, 1, 0, 2, 1

@@ -110,7 +110,8 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
             hits = top == targets[:, None]
             sums[1] += hits[:, 0].sum()
             sums[2] += hits.any(dim=1).sum()
-            confusion += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes ** 2)
+            # scatter_add_, not bincount: bincount on CUDA reads its input's range back to the host
+            confusion.scatter_add_(0, targets * num_classes + top[:, 0], torch.ones_like(targets))
             if keep_predictions:
                 kept["targets"].append(targets.cpu())
                 kept["predicted"].append(top[:, 0].cpu())
