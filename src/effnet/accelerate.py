@@ -196,7 +196,8 @@ class CudaGraphRunner:
     On a module whose parameters are not on CUDA it is a plain call. Past ``max_shapes``
     captured shapes, new shapes run as plain calls too. A module in training mode, or an input
     that needs gradients, is refused: a graph replays a fixed forward without autograd. Calls
-    from several threads take turns.
+    from several threads take turns; a replay on another stream than the last one waits for it
+    (the graphs' buffers are shared).
     """
 
     def __init__(self, module: nn.Module, max_shapes: int = 8, warmup: int = 3) -> None:
@@ -208,6 +209,8 @@ class CudaGraphRunner:
         self._check_eval()
         self.graphs: dict[tuple[tuple[int, ...], torch.dtype], _Captured] = {}
         self._pool: tuple[int, int] | None = None
+        self._capture_stream: torch.cuda.Stream | None = None
+        self._last_stream: torch.cuda.Stream | None = None
         self._lock = threading.Lock()
 
     def _check_eval(self) -> None:
@@ -234,20 +237,30 @@ class CudaGraphRunner:
             if len(self.graphs) >= self.max_shapes:
                 return self.module(inputs)
             captured = self.graphs[key] = self._capture(inputs)
+        stream = torch.cuda.current_stream(self.device)
+        if self._last_stream is not None and self._last_stream != stream:
+            stream.wait_stream(self._last_stream)  # its replay and copy out done before the buffers are rewritten
+        self._last_stream = stream
         captured.inputs.copy_(inputs, non_blocking=True)
         captured.graph.replay()
         return captured.outputs.clone()
 
     def _capture(self, inputs: torch.Tensor) -> _Captured:
-        static = inputs.to(self.device, copy=True)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                self.module(static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            outputs = self.module(static)
+        # on the module's device and one stream of the runner's: torch.cuda.graph's default
+        # capture stream is on whichever device was current when it was first made
+        with torch.cuda.device(self.device):
+            static = inputs.to(self.device, copy=True)
+            if self._capture_stream is None:
+                self._capture_stream = torch.cuda.Stream(self.device)
+            stream = self._capture_stream
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(self.warmup):
+                    self.module(static)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads (a DataLoader's pinning thread) may use CUDA meanwhile
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
+                outputs = self.module(static)
         self._pool = graph.pool()
         return _Captured(graph, static, outputs)
