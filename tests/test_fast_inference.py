@@ -110,6 +110,7 @@ def test_every_mbconv_block_is_fused_and_folded() -> None:
     assert all(isinstance(block, FusedMBConvInference) for block in blocks)
     assert count_batchnorms(network) == 0
     assert network.stem.conv.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for block in blocks for p in block.se.parameters())  # no cast per call
     assert not any(p.requires_grad for p in network.parameters())
 
 

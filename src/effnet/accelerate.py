@@ -5,7 +5,7 @@ CUDA graphs.
 inference only, with the same logits (within the precision asked for):
 
 - BatchNorm folded into the convs (:func:`effnet.fuse.fold_batchnorm`), weights cast to
-  ``dtype``, activations channels_last;
+  ``dtype`` (the SE modules', which compute the gate in fp32, kept fp32), activations channels_last;
 - each MBConv block runs as :class:`FusedMBConvInference`: the expansion's bias and activation,
   the depthwise conv, its bias, its activation and the SE squeeze in one pass
   (:func:`effnet.kernels.dwconv_act_squeeze`) after the raw 1x1 expansion, and the SE gate
@@ -173,6 +173,9 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device | None = 
     fuse_mbconv_blocks(network)
     network.requires_grad_(False)
     network.to(device=device, dtype=dtype)
+    for block in network.modules():
+        if isinstance(block, FusedMBConvInference) and block.se is not None:
+            block.se.float()  # the gate is computed in fp32: its weights cast once, not at every call
     if channels_last:
         network.to(memory_format=torch.channels_last)
     prepared = PreparedModel(network, dtype, channels_last).eval()
