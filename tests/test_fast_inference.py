@@ -45,8 +45,15 @@ def _relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.fixture
 def interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton kernels on the CPU, with their eager fallback made to fail: a test passing here ran them."""
     pytest.importorskip("triton")
+    from effnet.kernels import dwconv
+
+    def no_fallback(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the eager fallback ran instead of the kernel")
+
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(dwconv, "dwconv_act_squeeze_reference", no_fallback)
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
@@ -86,10 +93,9 @@ def test_prepared_model_ignores_the_callers_autocast() -> None:
 
 
 @pytest.mark.parametrize("interpret", [False, True])
-def test_compiled_prepared_model_keeps_the_kernel_whole(monkeypatch: pytest.MonkeyPatch, interpret: bool) -> None:
+def test_compiled_prepared_model_keeps_the_kernel_whole(request: pytest.FixtureRequest, interpret: bool) -> None:
     if interpret:
-        pytest.importorskip("triton")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        request.getfixturevalue("interpreter")
     model = _trained_looking(NETWORKS["b0"]())
     images = torch.randn(2, 3, 29, 35)
     with torch.no_grad():
