@@ -255,15 +255,16 @@ class CudaGraphRunner:
             static = inputs.to(self.device, copy=True)
             if self._capture_stream is None:
                 self._capture_stream = torch.cuda.Stream(self.device)
-            stream = self._capture_stream
-            stream.wait_stream(torch.cuda.current_stream(self.device))
+            stream, caller = self._capture_stream, torch.cuda.current_stream(self.device)
+            stream.wait_stream(caller)
+            graph = torch.cuda.CUDAGraph()
+            # the outer context puts the caller's stream back even where a failed capture's exit does not
             with torch.cuda.stream(stream):
                 for _ in range(self.warmup):
                     self.module(static)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: other threads (a DataLoader's pinning thread) may use CUDA meanwhile
-            with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
-                outputs = self.module(static)
+                # thread_local: other threads (a DataLoader's pinning thread) may use CUDA meanwhile
+                with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
+                    outputs = self.module(static)
+            caller.wait_stream(stream)
         self._pool = graph.pool()
         return _Captured(graph, static, outputs)
