@@ -267,6 +267,26 @@ def test_a_default_fast_path_that_fails_falls_back_with_a_warning() -> None:
         asked.probabilities(images)
 
 
+def test_a_default_fast_path_that_cannot_be_prepared_falls_back_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import effnet.infer
+
+    def cannot_prepare(*args: object, **kwargs: object) -> None:  # as a device without memory for the copy
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    model = _trained_looking(NETWORKS["b0"]())
+    images = torch.randn(2, 3, 40, 40)
+    expected = Classifier(model, class_names=list("abcde"), device="cpu").probabilities(images)
+    monkeypatch.setattr(effnet.infer, "prepare_for_inference", cannot_prepare)
+    monkeypatch.setattr(effnet.infer, "_fast_by_default", lambda device, model: True)  # as on CUDA
+    with pytest.warns(RuntimeWarning, match=r"fast inference path failed on cpu \(OutOfMemoryError: CUDA out"):
+        chosen = Classifier(model, class_names=list("abcde"), device="cpu")
+    assert chosen.runner is None
+    torch.testing.assert_close(chosen.probabilities(images), expected)
+    with pytest.raises(torch.OutOfMemoryError):  # asked for explicitly: the failure goes through
+        Classifier(model, class_names=list("abcde"), device="cpu", fast=True)
+
+
 def test_classifier_fast_path_needs_an_efficientnet() -> None:
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     preprocessing = NETWORKS["lite0"]().preprocessing
