@@ -45,8 +45,15 @@ def _relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.fixture
 def interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton kernels on the CPU, with their eager fallback made to fail: a test passing here ran them."""
     pytest.importorskip("triton")
+    from effnet.kernels import dwconv
+
+    def no_fallback(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the eager fallback ran instead of the kernel")
+
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(dwconv, "dwconv_act_squeeze_reference", no_fallback)
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
@@ -86,10 +93,9 @@ def test_prepared_model_ignores_the_callers_autocast() -> None:
 
 
 @pytest.mark.parametrize("interpret", [False, True])
-def test_compiled_prepared_model_keeps_the_kernel_whole(monkeypatch: pytest.MonkeyPatch, interpret: bool) -> None:
+def test_compiled_prepared_model_keeps_the_kernel_whole(request: pytest.FixtureRequest, interpret: bool) -> None:
     if interpret:
-        pytest.importorskip("triton")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        request.getfixturevalue("interpreter")
     model = _trained_looking(NETWORKS["b0"]())
     images = torch.randn(2, 3, 29, 35)
     with torch.no_grad():
@@ -110,6 +116,7 @@ def test_every_mbconv_block_is_fused_and_folded() -> None:
     assert all(isinstance(block, FusedMBConvInference) for block in blocks)
     assert count_batchnorms(network) == 0
     assert network.stem.conv.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for block in blocks for p in block.se.parameters())  # no cast per call
     assert not any(p.requires_grad for p in network.parameters())
 
 
@@ -166,10 +173,20 @@ class _FakeGraph:
         self.replays += 1
 
 
-def test_graph_runner_replays_one_graph_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The replay logic, on the CPU: capture is faked, the bookkeeping around it is real."""
-    module = nn.Conv2d(3, 4, 3).eval()
-    runner = CudaGraphRunner(module, max_shapes=2)
+class _FakeStream:
+    """Stands for a CUDA stream: records the streams it was made to wait for."""
+
+    def __init__(self) -> None:
+        self.waited_for: list[_FakeStream] = []
+
+    def wait_stream(self, other: _FakeStream) -> None:
+        self.waited_for.append(other)
+
+
+def _faked_cuda_runner(monkeypatch: pytest.MonkeyPatch, module: nn.Module, **options: int) -> CudaGraphRunner:
+    """A runner that behaves as on a GPU, on the CPU: capture and streams are faked, the
+    bookkeeping around them is real. The current stream is ``torch.cuda.current_stream.stream``."""
+    runner = CudaGraphRunner(module, **options)
     runner.device = torch.device("cuda")  # as if the module were on a GPU
 
     def capture(inputs: torch.Tensor) -> _Captured:
@@ -177,7 +194,18 @@ def test_graph_runner_replays_one_graph_per_shape(monkeypatch: pytest.MonkeyPatc
         outputs = module(static).detach()
         return _Captured(_FakeGraph(module, static, outputs), static, outputs)
 
+    def current_stream(device: torch.device | None = None) -> _FakeStream:
+        return current_stream.stream
+
+    current_stream.stream = _FakeStream()
     monkeypatch.setattr(runner, "_capture", capture)
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    return runner
+
+
+def test_graph_runner_replays_one_graph_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = nn.Conv2d(3, 4, 3).eval()
+    runner = _faked_cuda_runner(monkeypatch, module, max_shapes=2)
     first, second = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     with torch.inference_mode():  # captured here, replayed outside it
         out_first = runner(first)
@@ -191,6 +219,23 @@ def test_graph_runner_replays_one_graph_per_shape(monkeypatch: pytest.MonkeyPatc
         third = torch.randn(1, 3, 9, 9)  # past max_shapes: a plain call
         torch.testing.assert_close(runner(third), module(third))
     assert len(runner.graphs) == 2
+    assert torch.cuda.current_stream().waited_for == []  # one stream: ordered already
+
+
+def test_graph_runner_orders_replays_on_other_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graphs' buffers are shared: a replay on a new stream waits for the last one's."""
+    module = nn.Conv2d(3, 4, 3).eval()
+    runner = _faked_cuda_runner(monkeypatch, module)
+    first, second = torch.cuda.current_stream(), _FakeStream()
+    runner(torch.randn(1, 3, 8, 8))
+    torch.cuda.current_stream.stream = second
+    runner(torch.randn(1, 3, 8, 8))
+    runner(torch.randn(2, 3, 8, 8))  # another graph, the same pool
+    torch.cuda.current_stream.stream = first
+    images = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(runner(images), module(images))
+    assert second.waited_for == [first]
+    assert first.waited_for == [second]
 
 
 def test_classifier_fast_path_gives_the_same_probabilities() -> None:
@@ -222,6 +267,26 @@ def test_a_default_fast_path_that_fails_falls_back_with_a_warning() -> None:
         asked.probabilities(images)
 
 
+def test_a_default_fast_path_that_cannot_be_prepared_falls_back_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import effnet.infer
+
+    def cannot_prepare(*args: object, **kwargs: object) -> None:  # as a device without memory for the copy
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    model = _trained_looking(NETWORKS["b0"]())
+    images = torch.randn(2, 3, 40, 40)
+    expected = Classifier(model, class_names=list("abcde"), device="cpu").probabilities(images)
+    monkeypatch.setattr(effnet.infer, "prepare_for_inference", cannot_prepare)
+    monkeypatch.setattr(effnet.infer, "_fast_by_default", lambda device, model: True)  # as on CUDA
+    with pytest.warns(RuntimeWarning, match=r"fast inference path failed on cpu \(OutOfMemoryError: CUDA out"):
+        chosen = Classifier(model, class_names=list("abcde"), device="cpu")
+    assert chosen.runner is None
+    torch.testing.assert_close(chosen.probabilities(images), expected)
+    with pytest.raises(torch.OutOfMemoryError):  # asked for explicitly: the failure goes through
+        Classifier(model, class_names=list("abcde"), device="cpu", fast=True)
+
+
 def test_classifier_fast_path_needs_an_efficientnet() -> None:
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     preprocessing = NETWORKS["lite0"]().preprocessing
@@ -242,3 +307,17 @@ def test_cuda_graphs_replay_the_prepared_model() -> None:
             expected = model(images)
         assert _relative_error(runner(images), expected) < 3e-2
     assert len(runner.graphs) == 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_graphs_on_a_device_that_is_not_the_current_one() -> None:
+    """Captured on the module's device (not an empty graph on the current one replaying nothing)."""
+    model = _trained_looking(create_model("efficientnet_b0", num_classes=5))
+    runner = prepare_for_inference(model, "cuda:1", dtype=torch.float32)
+    model = model.to("cuda:1")
+    with torch.cuda.device(0):
+        for _ in range(2):
+            images = torch.randn(2, 3, 64, 64, device="cuda:1")
+            with torch.no_grad():
+                expected = model(images)
+            assert _relative_error(runner(images), expected) < 1e-2  # TF32 convolutions

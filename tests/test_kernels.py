@@ -127,6 +127,21 @@ def test_dwconv_kernel_reads_nchw_and_skips_the_squeeze(interpreter: None) -> No
     torch.testing.assert_close(y, _layer_output(x, weight, bias, 2, True, "relu"), rtol=1e-5, atol=1e-5)
 
 
+def test_dwconv_kernel_reads_strided_weights_and_biases(interpreter: None) -> None:
+    """Taps and biases that are views (a transposed kernel, every other element) read as their values."""
+    x, weight, bias = _inputs(12, 7, 9, 3, torch.float32)
+    weight = weight.transpose(2, 3)
+    wide_bias, input_bias = torch.randn(24), torch.randn(24)[::2]
+    assert not (weight.is_contiguous() or wide_bias[::2].is_contiguous() or input_bias.is_contiguous())
+    padding = conv_padding(7, 9, 3, 1, False)
+    y, sums = dwconv_act_squeeze(x, weight, wide_bias[::2], 1, padding, "silu", input_bias=input_bias,
+                                 input_activation="relu")
+    hidden = torch.relu(x + input_bias.view(1, -1, 1, 1))
+    expected = _layer_output(hidden, weight, wide_bias[::2], 1, False, "silu")
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sums, expected.sum((2, 3)), rtol=1e-5, atol=1e-4)
+
+
 def test_dwconv_tiles_cover_many_blocks(interpreter: None) -> None:
     """More positions and channels than one tile: every tile stored, every partial sum added."""
     x, weight, bias = _inputs(40, 11, 13, 3, torch.float32)
@@ -209,11 +224,23 @@ def test_dwconv_kernel_on_cuda_matches_the_layer(kernel_size: int, stride: int, 
     torch.testing.assert_close(sums, y.float().sum((2, 3)), rtol=1e-4, atol=1e-2)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_dwconv_kernel_runs_on_the_tensors_device() -> None:
+    """Tensors on the second GPU while the first is current: the launch goes to the tensors' device."""
+    x, weight, bias = (t.to("cuda:1") for t in _inputs(32, 20, 20, 3, torch.float32))
+    padding = conv_padding(20, 20, 3, 1, False)
+    with torch.cuda.device(0):
+        y, sums = dwconv_act_squeeze(x, weight, bias, 1, padding, "silu")
+    expected = _layer_output(x.cpu(), weight.cpu(), bias.cpu(), 1, False, "silu")
+    torch.testing.assert_close(y.cpu(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sums.cpu(), expected.sum((2, 3)), rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize(("kernel_size", "stride", "input_bias"), [(3, 1, True), (5, 2, False)])
 def test_dwconv_kernel_compiles_for_hopper_without_spills(kernel_size: int, stride: int, input_bias: bool,
                                                            tmp_path) -> None:
     """The compiled path, checked without a GPU: Triton's front end and ptxas build the kernel for
-    sm_90 (H100/H200) with 16-byte loads, the squeeze's atomic add and no register spills."""
+    sm_90 (H100/H200) with 16-byte loads, the squeeze's relaxed atomic add and no register spills."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -236,6 +263,7 @@ def test_dwconv_kernel_compiles_for_hopper_without_spills(kernel_size: int, stri
                               options={"num_warps": 8})
     ptx = compiled.asm["ptx"]
     assert "ld.global.v4" in ptx and ("red.global" in ptx or "atom.global" in ptx)
+    assert "acq_rel" not in ptx  # a relaxed add: no fence nor L1 invalidation per program
     cubin = tmp_path / "kernel.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     usage = subprocess.run([os.path.join(tools, "cuobjdump"), "--dump-resource-usage", str(cubin)],

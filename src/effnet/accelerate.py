@@ -5,7 +5,7 @@ CUDA graphs.
 inference only, with the same logits (within the precision asked for):
 
 - BatchNorm folded into the convs (:func:`effnet.fuse.fold_batchnorm`), weights cast to
-  ``dtype``, activations channels_last;
+  ``dtype`` (the SE modules', which compute the gate in fp32, kept fp32), activations channels_last;
 - each MBConv block runs as :class:`FusedMBConvInference`: the expansion's bias and activation,
   the depthwise conv, its bias, its activation and the SE squeeze in one pass
   (:func:`effnet.kernels.dwconv_act_squeeze`) after the raw 1x1 expansion, and the SE gate
@@ -173,6 +173,9 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device | None = 
     fuse_mbconv_blocks(network)
     network.requires_grad_(False)
     network.to(device=device, dtype=dtype)
+    for block in network.modules():
+        if isinstance(block, FusedMBConvInference) and block.se is not None:
+            block.se.float()  # the gate is computed in fp32: its weights cast once, not at every call
     if channels_last:
         network.to(memory_format=torch.channels_last)
     prepared = PreparedModel(network, dtype, channels_last).eval()
@@ -196,7 +199,8 @@ class CudaGraphRunner:
     On a module whose parameters are not on CUDA it is a plain call. Past ``max_shapes``
     captured shapes, new shapes run as plain calls too. A module in training mode, or an input
     that needs gradients, is refused: a graph replays a fixed forward without autograd. Calls
-    from several threads take turns.
+    from several threads take turns; a replay on another stream than the last one waits for it
+    (the graphs' buffers are shared).
     """
 
     def __init__(self, module: nn.Module, max_shapes: int = 8, warmup: int = 3) -> None:
@@ -208,6 +212,8 @@ class CudaGraphRunner:
         self._check_eval()
         self.graphs: dict[tuple[tuple[int, ...], torch.dtype], _Captured] = {}
         self._pool: tuple[int, int] | None = None
+        self._capture_stream: torch.cuda.Stream | None = None
+        self._last_stream: torch.cuda.Stream | None = None
         self._lock = threading.Lock()
 
     def _check_eval(self) -> None:
@@ -234,20 +240,31 @@ class CudaGraphRunner:
             if len(self.graphs) >= self.max_shapes:
                 return self.module(inputs)
             captured = self.graphs[key] = self._capture(inputs)
+        stream = torch.cuda.current_stream(self.device)
+        if self._last_stream is not None and self._last_stream != stream:
+            stream.wait_stream(self._last_stream)  # its replay and copy out done before the buffers are rewritten
+        self._last_stream = stream
         captured.inputs.copy_(inputs, non_blocking=True)
         captured.graph.replay()
         return captured.outputs.clone()
 
     def _capture(self, inputs: torch.Tensor) -> _Captured:
-        static = inputs.to(self.device, copy=True)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                self.module(static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            outputs = self.module(static)
+        # on the module's device and one stream of the runner's: torch.cuda.graph's default
+        # capture stream is on whichever device was current when it was first made
+        with torch.cuda.device(self.device):
+            static = inputs.to(self.device, copy=True)
+            if self._capture_stream is None:
+                self._capture_stream = torch.cuda.Stream(self.device)
+            stream, caller = self._capture_stream, torch.cuda.current_stream(self.device)
+            stream.wait_stream(caller)
+            graph = torch.cuda.CUDAGraph()
+            # the outer context puts the caller's stream back even where a failed capture's exit does not
+            with torch.cuda.stream(stream):
+                for _ in range(self.warmup):
+                    self.module(static)
+                # thread_local: other threads (a DataLoader's pinning thread) may use CUDA meanwhile
+                with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
+                    outputs = self.module(static)
+            caller.wait_stream(stream)
         self._pool = graph.pool()
         return _Captured(graph, static, outputs)

@@ -231,12 +231,18 @@ class Classifier:
         self.tta_flip = tta_flip
         self.fast_fallback = fast is None
         if fast is None:
-            fast = self.device.type == "cuda" and isinstance(model, EfficientNet)
+            fast = _fast_by_default(self.device, model)
         if fast and not isinstance(model, EfficientNet):
             raise ConfigError(f"the fast path runs an effnet EfficientNet, not a {type(model).__name__}; "
                               "use fast=False")
-        self.runner: PreparedModel | CudaGraphRunner | None = prepare_for_inference(
-            model, self.device, AMP_DTYPES.get(amp, torch.float32)) if fast else None
+        self.runner: PreparedModel | CudaGraphRunner | None = None
+        if fast:
+            try:
+                self.runner = prepare_for_inference(model, self.device, AMP_DTYPES.get(amp, torch.float32))
+            except Exception as error:
+                if not self.fast_fallback:
+                    raise
+                self._fast_path_failed(error, stacklevel=3)  # e.g. no device memory left for the prepared copy
         self.transform = eval_transforms(preprocessing)
         self.device_decoder = DeviceBatchTransform(self.transform, self.device) \
             if decodes_on_device(decode, self.device) else None
@@ -319,12 +325,16 @@ class Classifier:
         except Exception as error:
             if not self.fast_fallback or isinstance(error, EffnetError):
                 raise
-            reason = (str(error).strip().splitlines() or [""])[0][:200]
-            warnings.warn(f"the fast inference path failed on {self.device} ({type(error).__name__}: {reason}); "
-                          "running the model as it is from now on (pass fast=False, or --no-fast, to skip it)",
-                          RuntimeWarning, stacklevel=3)
-            self.runner = None
+            self._fast_path_failed(error, stacklevel=5)  # past probabilities and its decorator
             return None
+
+    def _fast_path_failed(self, error: Exception, stacklevel: int) -> None:
+        """Warn that the fast path, chosen by default, failed; the model runs as it is from then on."""
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"the fast inference path failed on {self.device} ({type(error).__name__}: {reason}); "
+                      "running the model as it is from now on (pass fast=False, or --no-fast, to skip it)",
+                      RuntimeWarning, stacklevel=stacklevel)
+        self.runner = None
 
     def _decode_on_device(self, batch: list[tuple[torch.Tensor | None, str | None]],
                           names: list[str]) -> list[tuple[torch.Tensor | None, str | None]]:
@@ -386,6 +396,11 @@ class Classifier:
                     results[position] = Prediction(names[position], top, indices)
             yield from results
             start += len(batch)
+
+
+def _fast_by_default(device: torch.device, model: nn.Module) -> bool:
+    """Whether a :class:`Classifier` takes the fast path when not told: an EfficientNet on CUDA."""
+    return device.type == "cuda" and isinstance(model, EfficientNet)
 
 
 def _stored_num_classes(path: Path) -> int:

@@ -74,4 +74,5 @@ def dwconv_act_squeeze_kernel(
     if SQUEEZE:
         # the sum of what was stored (rounded to y's dtype), as the eager mean would see it
         partial = tl.reduce(tl.where(mask, out.to(tl.float32), 0.0), 0, tl.standard._sum_combine)
-        tl.atomic_add(sums_ptr + n * C + offs_c, partial, mask=mask_c)
+        # relaxed: nothing here reads the sums (acq_rel would fence and invalidate L1 per program)
+        tl.atomic_add(sums_ptr + n * C + offs_c, partial, mask=mask_c, sem="relaxed")

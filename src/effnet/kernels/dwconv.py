@@ -12,6 +12,8 @@ bias and activates.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -142,11 +144,16 @@ def _dwconv_act_squeeze_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     block_p = min(block_p, max(16, 1 << (out_h * out_w - 1).bit_length()))
     tiles = -(-out_h * out_w // block_p)
     grid = (batch * tiles, -(-channels // block_c))
-    jit(dwconv_act_squeeze_kernel)[grid](
-        x, bias if input_bias is None else input_bias, weight, bias, y, sums, channels, height, width, out_h, out_w,
-        tiles, *x.stride(), *y.stride(), STRIDE=stride, PAD_TOP=padding[0], PAD_LEFT=padding[2], K=kernel_size,
-        IN_BIAS=input_bias is not None, IN_ACT=activation_code(input_activation), ACT=activation_code(activation),
-        SQUEEZE=squeeze, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    # the kernel indexes the taps and biases as dense; x and y go by their strides
+    weight, bias = weight.contiguous(), bias.contiguous()
+    in_bias = bias if input_bias is None else input_bias.contiguous()  # a placeholder without IN_BIAS
+    # Triton launches on the current device's current stream, whatever device the tensors are on
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        jit(dwconv_act_squeeze_kernel)[grid](
+            x, in_bias, weight, bias, y, sums, channels, height, width, out_h, out_w, tiles, *x.stride(),
+            *y.stride(), STRIDE=stride, PAD_TOP=padding[0], PAD_LEFT=padding[2], K=kernel_size,
+            IN_BIAS=input_bias is not None, IN_ACT=activation_code(input_activation),
+            ACT=activation_code(activation), SQUEEZE=squeeze, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
     return y, sums
 
 
