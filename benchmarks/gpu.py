@@ -64,6 +64,7 @@ import torchvision  # noqa: E402
 import effnet  # noqa: E402
 from effnet.accelerate import prepare_for_inference  # noqa: E402
 from effnet.bench.peers import build_timm, build_torchvision, timm_available  # noqa: E402
+from effnet.errors import first_line  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_input  # noqa: E402
@@ -298,7 +299,7 @@ def time_loops(step, device: torch.device, opts: Options, seconds_per_step: floa
 
 
 def failure(error: BaseException) -> str:
-    message = (str(error).strip().splitlines() or [""])[0][:200]
+    message = first_line(error)
     if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in message.lower():
         return "out of memory"
     return f"error: {type(error).__name__}: {message}"

@@ -118,3 +118,10 @@ def test_library_errors_derive_from_effnet_error() -> None:
     bare = [f"{path.name}: {m.group(0)}" for path, text in _sources().items()
             for m in re.finditer(r"raise (ValueError|FileNotFoundError)\(", text)]
     assert bare == []
+
+
+def test_first_line_quotes_one_line_of_any_error():
+    from effnet.errors import first_line
+    assert first_line(RuntimeError("  CUDA error: out of memory\nCUDA kernel errors might be ...")) == \
+        "CUDA error: out of memory"
+    assert first_line(RuntimeError()) == "" and first_line(ValueError("x" * 500), limit=10) == "x" * 10

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AMP_MODES = (None, *AMP_DTYPES)
@@ -23,7 +23,7 @@ def resolve_device(device: str | torch.device | None = None, local_rank: int = 0
             resolved = torch.device("cuda", local_rank)
         torch.empty(0, device=resolved)
     except (RuntimeError, AssertionError) as error:
-        raise ConfigError(f"device {str(device)!r} cannot be used here ({str(error).splitlines()[0]}); "
+        raise ConfigError(f"device {str(device)!r} cannot be used here ({first_line(error)}); "
                           "use 'cpu', or 'auto' for the best one available") from None
     return resolved
 

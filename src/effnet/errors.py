@@ -11,6 +11,12 @@ message (see :mod:`effnet.cli`).
 from __future__ import annotations
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of ``error``'s message, at most ``limit`` characters ("" for none): how
+    another library's multi-line error is quoted inside one of ours."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 class EffnetError(Exception):
     """A problem the user can act on: bad input, an unusable file, an impossible setting."""
 

@@ -46,7 +46,7 @@ from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, 
 from .data.transforms import eval_transforms
 from .description import Preprocessing
 from .device import AMP_DTYPES, autocast_context, check_amp, resolve_device
-from .errors import ConfigError, EffnetError
+from .errors import ConfigError, EffnetError, first_line
 from .factory import create_model
 from .files import printable_path
 from .model import EfficientNet
@@ -330,7 +330,7 @@ class Classifier:
 
     def _fast_path_failed(self, error: Exception, stacklevel: int) -> None:
         """Warn that the fast path, chosen by default, failed; the model runs as it is from then on."""
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        reason = first_line(error)
         warnings.warn(f"the fast inference path failed on {self.device} ({type(error).__name__}: {reason}); "
                       "running the model as it is from now on (pass fast=False, or --no-fast, to skip it)",
                       RuntimeWarning, stacklevel=stacklevel)

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..accelerate import PreparedModel, prepare_for_inference
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .measure import LatencyStats, TimingBudget, count_macs, count_params, measure_calls, tensor_bytes
 from .peers import BenchModel
 
@@ -100,8 +100,7 @@ def failure_status(error: BaseException) -> str:
     """The status a row gets for ``error``: "out of memory", or the error in one line."""
     if is_out_of_memory(error):
         return OUT_OF_MEMORY
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"error: {type(error).__name__}: {first_line[:200]}"
+    return f"error: {type(error).__name__}: {first_line(error)}"
 
 
 def run_bench(models: Sequence[BenchModel], settings: BenchSettings = BenchSettings(),

@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError, first_line
 from ..factory import resolve_config
 from ..model import EfficientNet
 from ..registry import get_entry, list_models
@@ -172,7 +172,7 @@ def start_from_trained(path: str | Path, class_names: Sequence[str], zero_init_h
     except RuntimeError as error:
         raise ConfigError(f"the overrides {sorted(overrides)} change the architecture of the {trained.model_name} "
                           f"network in {path}, so its weights do not fit; drop them (the checkpoint's own "
-                          f"architecture is used): {str(error).splitlines()[0]}") from None
+                          f"architecture is used): {first_line(error)}") from None
     if model.class_names != list(class_names):
         prepare_for_finetuning(model, len(class_names), class_names, zero_init=zero_init_head)
     return model

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..description import CUSTOM_NAME, ModelDescription, Preprocessing
-from ..errors import InputFileError
+from ..errors import InputFileError, first_line
 from ..files import atomic_write
 from ..model import EfficientNet, EfficientNetConfig, StageSpec
 from .convert.base import assign_state_dict
@@ -151,8 +151,8 @@ def _read_pickle(path: Path, device: str) -> dict[str, Any]:
         if is_zip and "central directory" in str(error):
             raise CheckpointError(f"{path} is truncated: its zip archive has no end (an interrupted download or "
                                   "copy?); fetch or save it again") from None
-        detail = (str(error).splitlines() or [""])[0]
-        raise CheckpointError(f"{path} is a corrupt PyTorch checkpoint ({type(error).__name__}: {detail}); "
+        raise CheckpointError(f"{path} is a corrupt PyTorch checkpoint ({type(error).__name__}: "
+                              f"{first_line(error)}); "
                               "fetch or save it again") from None
     if not isinstance(loaded, dict):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
