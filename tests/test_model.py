@@ -209,6 +209,15 @@ def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistic
         torch.testing.assert_close(buffer, expected)
 
 
+def test_compiled_recompute_under_the_eager_backend_says_which_backends_work():
+    model = tiny(drop_path_rate=0.0, drop_rate=0.0).train()
+    model.set_memory_mode("recompute")
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with pytest.raises(effnet.errors.ConfigError, match="backend='eager'.*'inductor' or 'aot_eager'"):
+        compiled(torch.randn(2, 3, 32, 32))
+    assert all(int(m.num_batches_tracked) == 0 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
 def test_channels_last_matches_contiguous():
     model = effnet.create_model("efficientnet_b0").eval()
     x = torch.randn(2, 3, 128, 160)

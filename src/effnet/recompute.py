@@ -16,7 +16,11 @@ BatchNorm in training mode updates its running statistics as it runs, so a recom
 update them twice: during a recompute, the region's BatchNorm layers update scratch copies
 instead, and the statistics move once per step as without recomputing. Under
 ``torch.compile`` the compiler plans the recomputation itself (the policy tells it what to
-keep) and applies the statistics update once, in the forward graph.
+keep) and applies the statistics update once, in the forward graph. That holds for the
+backends that trace the backward through AOTAutograd (``inductor``, ``aot_eager``); the
+debugging backend ``eager`` runs each region through ``checkpoint`` with the BatchNorm
+statistics as inputs that the region modifies, which ``checkpoint`` refuses: the selective
+mode stops there with a :class:`~effnet.errors.ConfigError` that says so.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
     noop_context_fn,
 )
+
+from .errors import ConfigError
 
 _Context = contextlib.AbstractContextManager
 MEMORY_MODES = ("save", "recompute")
@@ -78,12 +84,23 @@ def _eager_contexts(region: nn.Module, selective: bool) -> tuple[_Context, _Cont
     return forward, _stacked(_scratch_running_stats(region), recompute)
 
 
+def _traced_contexts() -> tuple[_Context, _Context]:
+    """The selective contexts under ``torch.compile``, where AOTAutograd calls this while tracing;
+    a backend that runs the region eagerly instead (``eager``) calls it at run time."""
+    if not torch.compiler.is_compiling():
+        raise ConfigError(
+            "the recompute memory mode does not run under torch.compile(backend='eager'): that backend "
+            "runs each recomputed region with its BatchNorm statistics as inputs the region updates in "
+            "place, which torch.utils.checkpoint refuses. Compile with backend='inductor' or 'aot_eager', "
+            "or train with set_memory_mode('save') (run.activation_memory=save).")
+    return create_selective_checkpoint_contexts(_keep_convolutions)
+
+
 def run_recomputed(region: nn.Module, x: torch.Tensor, selective: bool) -> torch.Tensor:
     """``region(x)``, keeping for backward only its input and, if ``selective``, its
     convolution outputs; the rest is recomputed in backward (see the module docstring)."""
     if torch.compiler.is_compiling():
-        context_fn = partial(create_selective_checkpoint_contexts, _keep_convolutions) if selective \
-            else noop_context_fn
+        context_fn = _traced_contexts if selective else noop_context_fn
     else:
         context_fn = partial(_eager_contexts, region, selective)
     return checkpoint(region, x, use_reentrant=False, context_fn=context_fn, respect_saved_tensors_hooks=True)
