@@ -3,12 +3,12 @@
 The trainer reads the device (non-finite losses, stop signals) only once every few updates,
 so that the host never waits for the device in between. When a read finds a non-finite loss,
 updates made since the previous read may already hold it; :class:`TrainingSnapshot` holds the
-state as it was at that read (model, optimizer, EMA, schedule and grad scaler) and puts it
-back. Taking one copies tensors on the device into buffers kept from one snapshot to the next,
-without reading them on the host; an fp16 grad scaler's scale and growth tracker are copied the
-same way (its ``state_dict`` would read them, and with the fused AdamW and SGD steps fp16
-training reads the device nowhere else). The copies hold as much device memory again as the
-model, its EMA and the optimizer state.
+state as it was after the previous read's update (model, optimizer, EMA, schedule and grad
+scaler) and puts it back. Taking one copies tensors on the device into buffers kept from one
+snapshot to the next, without reading them on the host; an fp16 grad scaler's scale and growth
+tracker are copied the same way (its ``state_dict`` would read them, and with the fused AdamW
+and SGD steps fp16 training reads the device nowhere else). The copies take as much device
+memory again as the model, its EMA and the optimizer state.
 """
 
 from __future__ import annotations
