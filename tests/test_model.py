@@ -195,11 +195,12 @@ def test_unknown_memory_mode_is_refused():
         tiny().set_memory_mode("lean")
 
 
-def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistics():
+@pytest.mark.parametrize("full", [False, True], ids=["recompute", "grad-checkpointing"])
+def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistics(full):
     model = tiny(drop_path_rate=0.0, drop_rate=0.0).train().double()
     eager = copy.deepcopy(model)
     stored = copy.deepcopy(model)
-    model.set_memory_mode("recompute")
+    model.set_grad_checkpointing(True) if full else model.set_memory_mode("recompute")
     x = torch.randn(2, 3, 64, 64, dtype=torch.double)
     saved = []
     for net in (stored, model):  # the bytes the compiled step keeps for backward, without and with
@@ -207,7 +208,8 @@ def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistic
         loss = []
         saved.append(saved_bytes(lambda compiled=compiled, loss=loss: loss.append(compiled(x).sum())))
         loss[0].backward()
-    assert saved[1] <= 0.6 * saved[0]  # measured 0.51: the partitioner follows the policy
+    # measured 0.51 (recompute) and 0.26 (region inputs only): the partitioner follows the policy
+    assert saved[1] <= (0.3 if full else 0.6) * saved[0]
     eager(x).sum().backward()
     for expected, p in zip(eager.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, expected.grad)
@@ -215,9 +217,10 @@ def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistic
         torch.testing.assert_close(buffer, expected)
 
 
-def test_compiled_recompute_under_the_eager_backend_says_which_backends_work():
+@pytest.mark.parametrize("full", [False, True], ids=["recompute", "grad-checkpointing"])
+def test_compiled_recomputing_under_the_eager_backend_says_which_backends_work(full):
     model = tiny(drop_path_rate=0.0, drop_rate=0.0).train()
-    model.set_memory_mode("recompute")
+    model.set_grad_checkpointing(True) if full else model.set_memory_mode("recompute")
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with pytest.raises(effnet.errors.ConfigError, match="backend='eager'.*'inductor' or 'aot_eager'"):
         compiled(torch.randn(2, 3, 32, 32))
