@@ -10,12 +10,12 @@ TensorBoard scalars and the curves PNG. Faults are handled so that work is never
   at each epoch's end, so the host runs ahead of the device in between. A non-finite loss
   stops the run at the read that finds it, before that read's update and before anything is
   saved, leaving the last good checkpoint as it was (:class:`TrainingDiverged`). With
-  ``check_every`` 1 the bad update is never applied. Above 1 the updates since the previous
-  read were applied, the bad one possibly among them, so the trainer's model, optimizer, EMA,
-  schedule and scaler are put back as they were after the previous read's update
-  (:class:`~effnet.train.snapshot.TrainingSnapshot`, a copy kept on the device): up to
-  ``check_every - 1`` good updates are undone in memory (on disk, everything since the last
-  checkpoint is lost either way);
+  ``check_every`` 1 the bad update is never applied (the BatchNorm statistics have seen its
+  forward). Above 1 the updates since the previous read were applied, the bad one possibly
+  among them, so the trainer's model, optimizer, EMA, schedule and scaler are put back as
+  they were after the previous read's update (:class:`~effnet.train.snapshot.TrainingSnapshot`,
+  a copy kept on the device): up to ``check_every - 1`` good updates are undone in memory (on
+  disk, everything since the last checkpoint is lost either way);
 - SIGINT/SIGTERM are seen at the next read: the run makes the update, saves a resumable
   ``last.pt`` (mid-epoch) and returns with ``status == "interrupted"``; a second signal stops
   at once;
