@@ -110,6 +110,16 @@ def test_nan_found_at_a_later_check_restores_the_state_of_the_last_check(data, t
     assert_same_tensors(_training_state(late), expected)
 
 
+def test_nan_found_late_names_the_learning_rate_of_its_own_update(data, tmp_path) -> None:
+    # batch 6 is the second since the read before update 4: the state goes back to update 4's,
+    # and the message names the rate of update 6, as a run reading every update does
+    late, message = _diverge_from_batch(data, tmp_path, 4, 6)
+    at_once, at_once_message = _diverge_from_batch(data, tmp_path, 1, 6)
+    assert late.schedule.step_count == 4 and at_once.schedule.step_count == 5
+    lr = at_once.schedule.lr_at(5 / 6)
+    assert lr != late.schedule.lr and f"batch 6 (lr {lr:.4g})" in message and f"(lr {lr:.4g})" in at_once_message
+
+
 def test_nan_loss_before_any_checkpoint_writes_none(data, tmp_path) -> None:
     trainer = Trainer(tiny_config(data), run_dir=tmp_path / "run")
     _poison_outputs_from_epoch(trainer, 1)

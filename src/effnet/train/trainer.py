@@ -631,7 +631,10 @@ class Trainer:
         if bad is not None:
             if self.snapshot is not None:
                 self.snapshot.restore()
-            self._diverged(epoch, first_step + bad, losses[bad], first_step)
+            # the schedule is back at the update of losses[0]; groups of accum_steps follow from there
+            schedule = self.schedule
+            lr = schedule.lr_at((schedule.step_count + bad // self.config.run.accum_steps) / schedule.steps_per_epoch)
+            self._diverged(epoch, first_step + bad, losses[bad], first_step, lr)
         return values[-2] > 0, values[-1]
 
     def _set_trainable_groups(self, epoch: int) -> None:
@@ -673,8 +676,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.raw_model)
 
-    def _diverged(self, epoch: int, step: int, loss: torch.Tensor, checked: int) -> None:
-        """Report a non-finite loss at batch ``step``; the weights are those before batch ``checked``."""
+    def _diverged(self, epoch: int, step: int, loss: torch.Tensor, checked: int, lr: float) -> None:
+        """Report a non-finite loss at batch ``step``, trained at ``lr``; the weights are those
+        before batch ``checked``."""
         last = self.run_dir / LAST
         kept, then = ((f"the last good checkpoint {last} is kept", f"resume with --resume {self.run_dir} or start "
                        "again") if last.exists() else ("no checkpoint had been written yet", "start again"))
@@ -683,7 +687,7 @@ class Trainer:
         lost = (f" with the state it had before batch {checked + 1}, at the last check (the device is read every "
                 f"run.check_every={self.check_every} updates: up to {self.check_every - 1} good updates are lost)"
                 if self.snapshot is not None else "")
-        message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {self.schedule.lr:.4g}); "
+        message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {lr:.4g}); "
                    f"the run stopped{lost} and {kept}. Lower the learning rate (--set optimizer.lr=...), clip "
                    f"gradients (--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
         LOG.error(message)
