@@ -338,10 +338,18 @@ def test_snapshot_puts_back_an_fp16_scaler_state_copied_without_reading_the_devi
     assert (scaler.get_scale(), schedule.step_count, ema.updates, optimizer.state) == (8.0, 0, 0, {})
 
     update()
+    snapshot.take()  # the optimizer and scaler states appeared: new copies
     update()  # two good steps counted towards the growth (every 3)
+    copy_ = torch._foreach_copy_
+    dtypes = []
     with monkeypatch.context() as patch:  # the copy reads nothing on the host
         patch.setattr(torch.Tensor, "item", lambda self: pytest.fail("take() read a tensor"))
+        patch.setattr(torch, "_foreach_copy_", lambda into, out_of: dtypes.append({t.dtype for t in into})
+                      or copy_(into, out_of))
         snapshot.take()
+    # one multi-tensor copy per dtype (a mixed list is copied tensor by tensor): the floats, the
+    # BatchNorm counter, the scaler's growth tracker
+    assert sorted(map(sorted, dtypes), key=str) == [[torch.float32], [torch.int32], [torch.int64]]
     kept = state()
     assert (kept["scale"], kept["tracker"]) == (8.0, 2)
     update(poison=True)  # an inf gradient: the step is skipped, the scale halves, the count restarts

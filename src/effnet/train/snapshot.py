@@ -27,6 +27,18 @@ def _tensors(module: nn.Module) -> list[torch.Tensor]:
     return [t.detach() for t in (*module.parameters(), *module.buffers())]
 
 
+def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """``copy_`` pairwise, as one multi-tensor copy per device and dtype: ``_foreach_copy_`` copies
+    a list that mixes dtypes (floating parameters, BatchNorm's integer counters) one by one."""
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for target, source in zip(targets, sources, strict=True):
+        into, out_of = groups.setdefault((target.device, target.dtype), ([], []))
+        into.append(target)
+        out_of.append(source)
+    for into, out_of in groups.values():
+        torch._foreach_copy_(into, out_of)
+
+
 class TrainingSnapshot:
     """The model, optimizer, EMA, schedule and scaler states at the last :meth:`take`."""
 
@@ -73,7 +85,7 @@ class TrainingSnapshot:
         if layout != self._layout or counts != self._counts:  # the optimizer or scaler state appeared
             self._copies = [t.clone() for t in tensors]
         else:
-            torch._foreach_copy_(self._copies, tensors)
+            _copy(self._copies, tensors)
         self._counts, self._layout, self._values = counts, layout, copy.deepcopy(values)
         self._python = {"schedule": self.schedule.state_dict(),
                         "ema_updates": self.ema.updates if self.ema is not None else 0,
@@ -89,9 +101,7 @@ class TrainingSnapshot:
             self.optimizer.state[params[index]] = dict(values)
         for (index, key), saved in zip(self._layout, self._copies[modules + scaler:], strict=True):
             self.optimizer.state[params[index]][key] = saved.clone()
-        torch._foreach_copy_(self._module_tensors(), self._copies[:modules])
-        if scaler:
-            torch._foreach_copy_(self._scaler_tensors(), self._copies[modules:modules + scaler])
+        _copy(self._module_tensors() + (self._scaler_tensors() if scaler else []), self._copies[:modules + scaler])
         self.schedule.load_state_dict(self._python["schedule"])
         if self.ema is not None:
             self.ema.updates = self._python["ema_updates"]
