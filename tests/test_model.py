@@ -191,7 +191,7 @@ def test_recompute_mode_keeps_stochastic_depth_masks():
 
 
 def test_unknown_memory_mode_is_refused():
-    with pytest.raises(ValueError, match="unknown memory mode 'lean'.*save, recompute"):
+    with pytest.raises(effnet.errors.ConfigError, match="unknown memory mode 'lean'.*save, recompute"):
         tiny().set_memory_mode("lean")
 
 
