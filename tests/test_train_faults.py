@@ -24,6 +24,10 @@ from _train_helpers import (
     tiny_config,
     without_timing,
 )
+from effnet.train.config import ScheduleSettings
+from effnet.train.ema import ModelEMA
+from effnet.train.schedule import LRSchedule
+from effnet.train.snapshot import TrainingSnapshot
 from effnet.train.trainer import Trainer, TrainingDiverged, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -104,6 +108,16 @@ def test_nan_found_at_a_later_check_restores_the_state_of_the_last_check(data, t
     expected = _training_state(at_once)
     assert all(torch.isfinite(t).all() for t in expected.values() if t.is_floating_point())
     assert_same_tensors(_training_state(late), expected)
+
+
+def test_nan_found_late_names_the_learning_rate_of_its_own_update(data, tmp_path) -> None:
+    # batch 6 is the second since the read before update 4: the state goes back to update 4's,
+    # and the message names the rate of update 6, as a run reading every update does
+    late, message = _diverge_from_batch(data, tmp_path, 4, 6)
+    at_once, at_once_message = _diverge_from_batch(data, tmp_path, 1, 6)
+    assert late.schedule.step_count == 4 and at_once.schedule.step_count == 5
+    lr = at_once.schedule.lr_at(5 / 6)
+    assert lr != late.schedule.lr and f"batch 6 (lr {lr:.4g})" in message and f"(lr {lr:.4g})" in at_once_message
 
 
 def test_nan_loss_before_any_checkpoint_writes_none(data, tmp_path) -> None:
@@ -287,3 +301,66 @@ def test_unreadable_files_are_skipped_or_refused_with_strict(data, tmp_path, cap
         trainer = Trainer(tiny_config(messy), run_dir=tmp_path / "lenient")
     assert len(trainer.train_set) == 24
     assert "train: skipped 2 unusable file(s)" in caplog.text
+
+
+def test_snapshot_puts_back_an_fp16_scaler_state_copied_without_reading_the_device(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    schedule = LRSchedule(optimizer, ScheduleSettings(), 0.1, epochs=2, steps_per_epoch=4)
+    ema = ModelEMA(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=3)
+    snapshot = TrainingSnapshot(model, optimizer, schedule, ema, scaler)
+
+    def update(poison: bool = False) -> None:
+        loss = model(torch.randn(5, 3)).square().mean() * (float("inf") if poison else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        ema.update(model)
+
+    def state() -> dict:
+        return {**{f"model.{k}": v.clone() for k, v in model.state_dict().items()},
+                **{f"ema.{k}": v.clone() for k, v in ema.module.state_dict().items()},
+                **{f"optimizer.{i}.{k}": v.clone() for i, s in optimizer.state_dict()["state"].items()
+                   for k, v in s.items()},
+                "scale": scaler.get_scale(), "tracker": scaler._get_growth_tracker(),
+                "schedule": schedule.step_count, "ema_updates": ema.updates}
+
+    snapshot.take()  # before the scaler's first scale(): its initial values
+    initial = state()
+    for _ in range(2):
+        update()
+    snapshot.restore()
+    assert_same_state(state(), initial)  # the optimizer state is gone again
+    assert (scaler.get_scale(), schedule.step_count, ema.updates, optimizer.state) == (8.0, 0, 0, {})
+
+    update()
+    snapshot.take()  # the optimizer and scaler states appeared: new copies
+    update()  # two good steps counted towards the growth (every 3)
+    copy_ = torch._foreach_copy_
+    dtypes = []
+    with monkeypatch.context() as patch:  # the copy reads nothing on the host
+        patch.setattr(torch.Tensor, "item", lambda self: pytest.fail("take() read a tensor"))
+        patch.setattr(torch, "_foreach_copy_", lambda into, out_of: dtypes.append({t.dtype for t in into})
+                      or copy_(into, out_of))
+        snapshot.take()
+    # one multi-tensor copy per dtype (a mixed list is copied tensor by tensor): the floats, the
+    # BatchNorm counter, the scaler's growth tracker
+    assert sorted(map(sorted, dtypes), key=str) == [[torch.float32], [torch.int32], [torch.int64]]
+    kept = state()
+    assert (kept["scale"], kept["tracker"]) == (8.0, 2)
+    update(poison=True)  # an inf gradient: the step is skipped, the scale halves, the count restarts
+    update()
+    assert (scaler.get_scale(), scaler._get_growth_tracker(), schedule.step_count) == (4.0, 1, 4)
+    snapshot.restore()
+    assert_same_state(state(), kept)
+
+
+def assert_same_state(got: dict, expected: dict) -> None:
+    assert_same_tensors({k: v for k, v in got.items() if isinstance(v, torch.Tensor)},
+                        {k: v for k, v in expected.items() if isinstance(v, torch.Tensor)})
+    assert {k: v for k, v in got.items() if not isinstance(v, torch.Tensor)} == \
+        {k: v for k, v in expected.items() if not isinstance(v, torch.Tensor)}

@@ -16,13 +16,19 @@ BatchNorm in training mode updates its running statistics as it runs, so a recom
 update them twice: during a recompute, the region's BatchNorm layers update scratch copies
 instead, and the statistics move once per step as without recomputing. Under
 ``torch.compile`` the compiler plans the recomputation itself (the policy tells it what to
-keep) and applies the statistics update once, in the forward graph.
+keep) and applies the statistics update once, in the forward graph. That holds for the
+backends that trace the backward through AOTAutograd (``inductor``, ``aot_eager``); the
+debugging backend ``eager`` runs each region through ``checkpoint`` with the BatchNorm
+statistics as inputs that the region modifies, which ``checkpoint`` refuses: both ways stop
+there with a :class:`~effnet.errors.ConfigError` that says so. Under the compiler both pass a
+policy (full checkpointing one that recomputes everything, what ``checkpoint`` uses when given
+none), since Dynamo cannot take ``noop_context_fn`` as a ``context_fn``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
@@ -31,8 +37,9 @@ from torch.utils.checkpoint import (
     CheckpointPolicy,
     checkpoint,
     create_selective_checkpoint_contexts,
-    noop_context_fn,
 )
+
+from .errors import ConfigError
 
 _Context = contextlib.AbstractContextManager
 MEMORY_MODES = ("save", "recompute")
@@ -43,6 +50,12 @@ def _keep_convolutions(ctx: object, op: object, *args: object, **kwargs: object)
     """The selective policy: keep convolution outputs, recompute everything else."""
     return CheckpointPolicy.MUST_SAVE if op is torch.ops.aten.convolution.default \
         else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _recompute_all(ctx: object, op: object, *args: object, **kwargs: object) -> CheckpointPolicy:
+    """Full checkpointing as a policy: recompute everything (what ``checkpoint`` does under
+    ``torch.compile`` when given no policy)."""
+    return CheckpointPolicy.PREFER_RECOMPUTE
 
 
 @contextlib.contextmanager
@@ -78,12 +91,24 @@ def _eager_contexts(region: nn.Module, selective: bool) -> tuple[_Context, _Cont
     return forward, _stacked(_scratch_running_stats(region), recompute)
 
 
+def _traced_contexts(policy: Callable[..., CheckpointPolicy]) -> tuple[_Context, _Context]:
+    """The contexts under ``torch.compile``, where AOTAutograd calls this while tracing; a
+    backend that runs the region eagerly instead (``eager``) calls it at run time."""
+    if not torch.compiler.is_compiling():
+        raise ConfigError(
+            "recomputing activations (the recompute memory mode, or gradient checkpointing) does not run "
+            "under torch.compile(backend='eager'): that backend runs each recomputed region with its "
+            "BatchNorm statistics as inputs the region updates in place, which torch.utils.checkpoint "
+            "refuses. Compile with backend='inductor' or 'aot_eager', or train with set_memory_mode('save') "
+            "(run.activation_memory=save) and without gradient checkpointing.")
+    return create_selective_checkpoint_contexts(policy)
+
+
 def run_recomputed(region: nn.Module, x: torch.Tensor, selective: bool) -> torch.Tensor:
     """``region(x)``, keeping for backward only its input and, if ``selective``, its
     convolution outputs; the rest is recomputed in backward (see the module docstring)."""
     if torch.compiler.is_compiling():
-        context_fn = partial(create_selective_checkpoint_contexts, _keep_convolutions) if selective \
-            else noop_context_fn
+        context_fn = partial(_traced_contexts, _keep_convolutions if selective else _recompute_all)
     else:
         context_fn = partial(_eager_contexts, region, selective)
     return checkpoint(region, x, use_reentrant=False, context_fn=context_fn, respect_saved_tensors_hooks=True)

@@ -195,9 +195,11 @@ class RunSettings:
     convolution outputs only; BatchNorm, activations and SE are recomputed in backward: less
     memory for some compute, same gradients; see :mod:`effnet.recompute`).
     ``check_every``: read the device (non-finite losses, stop signals) once every this many
-    updates; ``None``: 8 on CUDA, 1 elsewhere. A non-finite loss is found within that many
-    updates, and the weights go back to the last check: up to ``check_every - 1`` good updates
-    are lost (none with 1, where the bad update is never applied).
+    updates and at each epoch's end; ``None``: 8 on CUDA, 1 elsewhere. A non-finite loss is
+    found within that many updates and stops the run; above 1, the trainer's state goes back
+    to what it was after the previous read's update (up to ``check_every - 1`` good updates
+    undone; with 1 the bad update is never applied), from a copy of the model, EMA and
+    optimizer state that the trainer then keeps on the device.
     """
 
     epochs: int = 10

@@ -6,13 +6,16 @@ accumulation, clipping, EMA), evaluates raw and EMA weights, writes ``last.pt`` 
 ``best.pt`` and ``model.safetensors`` when the best top-1 improves), the metrics CSV,
 TensorBoard scalars and the curves PNG. Faults are handled so that work is never lost:
 
-- the device is read (loss finite? stop signal?) once every ``run.check_every`` updates, so
-  the host runs ahead of the device in between; a non-finite loss is found within that many
-  updates, the model, optimizer, EMA, schedule and scaler go back to their state at the last
-  read (:class:`~effnet.train.snapshot.TrainingSnapshot`; up to ``check_every - 1`` good
-  updates are lost, none with 1, where the bad update is never applied) and the run stops
-  before anything is saved, leaving the last good checkpoint as it was
-  (:class:`TrainingDiverged`);
+- the device is read (loss finite? stop signal?) once every ``run.check_every`` updates and
+  at each epoch's end, so the host runs ahead of the device in between. A non-finite loss
+  stops the run at the read that finds it, before that read's update and before anything is
+  saved, leaving the last good checkpoint as it was (:class:`TrainingDiverged`). With
+  ``check_every`` 1 the bad update is never applied (the BatchNorm statistics have seen its
+  forward). Above 1 the updates since the previous read were applied, the bad one possibly
+  among them, so the trainer's model, optimizer, EMA, schedule and scaler are put back as
+  they were after the previous read's update (:class:`~effnet.train.snapshot.TrainingSnapshot`,
+  a copy kept on the device): up to ``check_every - 1`` good updates are undone in memory (on
+  disk, everything since the last checkpoint is lost either way);
 - SIGINT/SIGTERM are seen at the next read: the run makes the update, saves a resumable
   ``last.pt`` (mid-epoch) and returns with ``status == "interrupted"``; a second signal stops
   at once;
@@ -617,8 +620,9 @@ class Trainer:
         before the update that ends the group: whether any process got a stop signal, and the
         epoch's loss sum over all processes. ``losses`` are the micro-batch losses since the last
         check, the first being batch ``first_step`` of the epoch. When one is non-finite in any
-        process, the state goes back to the last check (the updates since then may hold it; with
-        ``check_every`` 1 none was made) and :class:`TrainingDiverged` is raised."""
+        process, the state goes back to what it was after the previous check's update (the updates
+        since then may hold it; with ``check_every`` 1 none was made) and :class:`TrainingDiverged`
+        is raised."""
         flags = torch.cat([(~torch.isfinite(torch.stack(losses))).double(),
                            torch.tensor([float(stop.requested)], dtype=torch.float64, device=loss_sum.device),
                            loss_sum.reshape(1)])
@@ -627,7 +631,10 @@ class Trainer:
         if bad is not None:
             if self.snapshot is not None:
                 self.snapshot.restore()
-            self._diverged(epoch, first_step + bad, losses[bad], first_step)
+            # the schedule is back at the update of losses[0]; groups of accum_steps follow from there
+            schedule = self.schedule
+            lr = schedule.lr_at((schedule.step_count + bad // self.config.run.accum_steps) / schedule.steps_per_epoch)
+            self._diverged(epoch, first_step + bad, losses[bad], first_step, lr)
         return values[-2] > 0, values[-1]
 
     def _set_trainable_groups(self, epoch: int) -> None:
@@ -669,8 +676,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.raw_model)
 
-    def _diverged(self, epoch: int, step: int, loss: torch.Tensor, checked: int) -> None:
-        """Report a non-finite loss at batch ``step``; the weights are those before batch ``checked``."""
+    def _diverged(self, epoch: int, step: int, loss: torch.Tensor, checked: int, lr: float) -> None:
+        """Report a non-finite loss at batch ``step``, trained at ``lr``; the weights are those
+        before batch ``checked``."""
         last = self.run_dir / LAST
         kept, then = ((f"the last good checkpoint {last} is kept", f"resume with --resume {self.run_dir} or start "
                        "again") if last.exists() else ("no checkpoint had been written yet", "start again"))
@@ -679,7 +687,7 @@ class Trainer:
         lost = (f" with the state it had before batch {checked + 1}, at the last check (the device is read every "
                 f"run.check_every={self.check_every} updates: up to {self.check_every - 1} good updates are lost)"
                 if self.snapshot is not None else "")
-        message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {self.schedule.lr:.4g}); "
+        message = (f"the loss became {what} at epoch {epoch + 1}, batch {step + 1} (lr {lr:.4g}); "
                    f"the run stopped{lost} and {kept}. Lower the learning rate (--set optimizer.lr=...), clip "
                    f"gradients (--set run.clip_grad=1.0) or use full precision (--set run.amp=null), then {then}.")
         LOG.error(message)
