@@ -44,15 +44,14 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()
         self.updates += 1
-        ema_floats, model_floats = [], []
-        pairs = zip(_tensors(self.module), _tensors(model), strict=True)
-        for ema_tensor, tensor in pairs:
-            if ema_tensor.is_floating_point():
-                ema_floats.append(ema_tensor)
-                model_floats.append(tensor.detach())
-            else:
-                ema_tensor.copy_(tensor)
+        ema_floats, model_floats, ema_counts, model_counts = [], [], [], []
+        for ema_tensor, tensor in zip(_tensors(self.module), _tensors(model), strict=True):
+            floating = ema_tensor.is_floating_point()
+            (ema_floats if floating else ema_counts).append(ema_tensor)
+            (model_floats if floating else model_counts).append(tensor.detach())
         torch._foreach_lerp_(ema_floats, model_floats, 1.0 - decay)
+        if ema_counts:  # BatchNorm's num_batches_tracked: copied, in one call rather than one each
+            torch._foreach_copy_(ema_counts, model_counts)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}
