@@ -13,7 +13,8 @@ Jobs, in this order:
   (``data.decode=gpu``) and timm's loader (benchmarks/gpu_input.py);
 - in their own processes: effnet's CUDA inference path (``ours_fast``: BatchNorm folded, fused
   Triton kernels, CUDA graphs; for B0 also with torch.compile around the kernels,
-  ``ours_fast_compiled``) for B0, B4 and B7 beside timm's compiled model; B0 training with
+  ``ours_fast_compiled``; each first checks its logits against the eager network's, see
+  :func:`check_prepared`) for B0, B4 and B7 beside timm's compiled model; B0 training with
   cheap activations recomputed in backward, compiled (``ours_lowmem``), beside timm's compiled
   training (with ``--compile-sources ...,ours,torchvision`` also the plain compiled B0 rows of
   ours and torchvision, left out by default to keep the run under 8 minutes).
@@ -98,6 +99,9 @@ EAGER_ROW_RESERVE_S = 20.0
 COMPILED_TIMING_S = 12.0
 """Time set aside to time one compiled row once it is ready."""
 MIN_COMPILE_WINDOW_S = 45.0
+FAST_PATH_TOLERANCE = 0.1
+"""Largest logit difference, relative to the largest logit, between the fast path and the eager
+network in bf16 before a fast row is timed: bf16 rounding stays far below; a broken kernel does not."""
 INPUT_RESERVE_S = 90.0
 """The input job starts only with this much of the budget left (a tenth of it at tiny sizes)."""
 
@@ -216,11 +220,27 @@ def runnable_for(row: Row, network: torch.nn.Module, images: torch.Tensor, opts:
     activations recomputed in backward), compiled."""
     if row.source.startswith("ours_fast"):
         backend = opts.compile_backend if row.source == "ours_fast_compiled" else None
-        return prepare_for_inference(network, images.device, dtype=torch.bfloat16,
-                                     cuda_graphs=images.device.type == "cuda", compile_backend=backend)
+        prepared = prepare_for_inference(network, images.device, dtype=torch.bfloat16,
+                                         cuda_graphs=images.device.type == "cuda", compile_backend=backend)
+        check_prepared(row, network, prepared, images)
+        return prepared
     if row.source == "ours_lowmem":
         network.set_memory_mode("recompute")
     return torch.compile(network, backend=opts.compile_backend) if row.compiled else network
+
+
+def check_prepared(row: Row, network: torch.nn.Module, prepared, images: torch.Tensor) -> None:
+    """A fast row times only a prepared network whose logits are the eager network's (bf16
+    autocast) within :data:`FAST_PATH_TOLERANCE` of the largest logit; else the row fails."""
+    with torch.no_grad():
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            expected = network(images).float()
+        got = prepared(images).float()
+    error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+    log(f"{row.key}: prepared logits against the eager network's: max error {error:.2e} of the largest logit")
+    if not error <= FAST_PATH_TOLERANCE:
+        raise RuntimeError(f"the prepared logits differ from the eager network's by {error:.3g} of the largest "
+                           f"logit (tolerance {FAST_PATH_TOLERANCE})")
 
 
 def make_step(row: Row, opts: Options, device: torch.device):

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import effnet
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
@@ -105,3 +108,13 @@ def test_aims_compare_speed_upwards_and_memory_downwards():
     assert all(aim["met"] for aim in gpu.aims(results))
     results[1].status = "out of memory"  # a row that did not run gives no ratio
     assert gpu.aims(results) == []
+
+
+def test_a_fast_row_whose_logits_are_wrong_fails_before_it_is_timed():
+    gpu = _script_module()
+    network = effnet.create_model("efficientnet_b0", width=0.25, depth=0.25, num_classes=5).eval()
+    images = torch.randn(2, 3, 32, 32)
+    row = gpu.Row("infer", "b0", True, "ours_fast")
+    gpu.check_prepared(row, network, gpu.prepare_for_inference(network, "cpu", dtype=torch.bfloat16), images)
+    with pytest.raises(RuntimeError, match="prepared logits differ from the eager network's by 1 of the largest"):
+        gpu.check_prepared(row, network, lambda x: torch.zeros(2, 5), images)
