@@ -143,6 +143,7 @@ def test_out_of_memory_is_reported_in_its_row_and_the_others_run(tmp_path):
     assert all(path.stat().st_size > 0 for path in written)
 
 
+@pytest.mark.cpu_kinds
 def test_fast_rows_follow_our_networks_only():
     ours = BenchModel("tiny_b0", "effnet", 32, 77.0, lambda: effnet.create_model("efficientnet_b0", width=0.25))
     peer = BenchModel("tiny_peer", "torchvision", 32, None, lambda: resolve("mobilenet_v2").build())

@@ -37,6 +37,7 @@ def run_script(tmp_path: Path, *args: str, env: dict | None = None, timeout: flo
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_kinds
 def test_smoke_runs_every_row_and_writes_json(tmp_path):
     # A budget far above the smoke's own 240 s: a slow or shared CI machine must not skip rows here
     # (skipping is test_budget_skips_rows_with_a_note's subject).

@@ -57,7 +57,7 @@ def interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.cpu_kinds)])
 def test_prepared_model_gives_the_original_logits(name: str, dtype: torch.dtype) -> None:
     model = _trained_looking(NETWORKS[name]())
     images = torch.randn(2, 3, 37, 45)
@@ -72,7 +72,8 @@ def test_prepared_model_gives_the_original_logits(name: str, dtype: torch.dtype)
 
 
 @pytest.mark.parametrize(("name", "dtype"), [("b0", torch.float32), ("lite0", torch.float32),
-                                             ("v2_b0", torch.float32), ("b0", torch.bfloat16)])
+                                             ("v2_b0", torch.float32),
+                                             pytest.param("b0", torch.bfloat16, marks=pytest.mark.cpu_kinds)])
 def test_prepared_model_with_triton_kernels_gives_the_original_logits(interpreter: None, name: str,
                                                                       dtype: torch.dtype) -> None:
     model = _trained_looking(NETWORKS[name]())
@@ -83,6 +84,7 @@ def test_prepared_model_with_triton_kernels_gives_the_original_logits(interprete
     assert _relative_error(logits, expected) < (1e-5 if dtype == torch.float32 else 3e-2)
 
 
+@pytest.mark.cpu_kinds
 def test_prepared_model_ignores_the_callers_autocast() -> None:
     model = _trained_looking(NETWORKS["b0"]())
     images = torch.randn(2, 3, 32, 32)

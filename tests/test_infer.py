@@ -172,6 +172,7 @@ def test_flip_tta_averages_image_and_mirror(tiny, files):
     assert not torch.allclose(plain.probabilities(x), expected, atol=1e-4)
 
 
+@pytest.mark.cpu_kinds
 @pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_amp_autocasts_the_model_and_stays_close(tiny, files, amp, dtype):
     model = tiny

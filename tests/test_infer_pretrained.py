@@ -45,6 +45,7 @@ def test_cat_and_espresso_from_arrays_and_files(lite0, photos):
     assert results[0].probability == pytest.approx(cat[0][1], abs=1e-4)
 
 
+@pytest.mark.cpu_kinds
 def test_flip_tta_and_bf16_keep_the_answer(lite0, photos):
     classifier = Classifier(lite0.model, amp="bf16", tta_flip=True)
     results = list(classifier.predict_batch([photos / "chelsea.png", photos / "coffee.png"]))

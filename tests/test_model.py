@@ -168,6 +168,7 @@ def test_recompute_mode_keeps_a_quarter_of_the_saved_bytes_and_the_same_training
     assert ratio <= 0.3  # measured 0.23: convolution outputs and region inputs only
 
 
+@pytest.mark.cpu_kinds
 def test_recompute_mode_in_channels_last_under_bf16_autocast():
     model = tiny(drop_path_rate=0.0, drop_rate=0.0).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)

@@ -204,6 +204,7 @@ def test_a_new_run_refuses_a_directory_holding_a_run(data, straight_run) -> None
         Trainer(tiny_config(data), run_dir=straight_run.run_dir)
 
 
+@pytest.mark.cpu_kinds
 def test_bf16_autocast_on_the_cpu(data, tmp_path) -> None:
     result = train(tiny_config(data, **{"run.amp": "bf16", "run.epochs": 1, "schedule.warmup_epochs": 0,
                                         "ema.enabled": False}), run_dir=tmp_path / "bf16")

@@ -91,13 +91,20 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
                 padding: tuple[int, int]) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast would cast inside conv2d and leave backward with mixed dtypes, which only
+            # oneDNN's native-bf16 kernels accept (AVX-512 BF16): cast here, once, for both passes.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding = stride, padding
-        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+        with torch.autocast(x.device.type, enabled=False):
+            return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype)  # autograd casts the returned gradients to the inputs' dtypes
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(

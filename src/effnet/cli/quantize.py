@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-float", default="",
                         help=f"comma-separated layer groups left in float: {', '.join(LAYER_GROUPS)} "
                              "(activations: ort-ptq only)")
-    parser.add_argument("--reduce-range", action="store_true",
-                        help="7-bit ranges, for x86 CPUs without VNNI (int16 saturation of u8s8 kernels)")
+    parser.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                        help="7-bit ranges, which x86 CPUs without VNNI need (their u8s8 kernels saturate in "
+                             "int16); default: on exactly when this CPU lacks VNNI")
     ort = parser.add_argument_group("ort-ptq")
     ort.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
     ort.add_argument("--calibrate-method", choices=CALIBRATION_METHODS, default="minmax",

@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..files import atomic_write
 from ..fuse import fold_batchnorm
 from ..layers import Conv2dSame, same_padding_amounts
+from .environment import int8_kernels_saturate
 from .export import DEFAULT_OPSET, METADATA_KEY, NAME_SCOPES_KEY, export_model, export_program, write_onnx
 from .runtime import Runner, onnx_runner
 
@@ -59,13 +60,14 @@ class OrtRecipe:
 
     ``per_channel``: one weight scale per output channel (depthwise convs need it).
     ``reduce_range``: 7-bit weights, avoiding the int16 saturation of u8s8 kernels on x86 CPUs
-    without VNNI. ``calibrate_method``: ``minmax`` (full observed range), ``entropy`` or
+    without VNNI; ``None`` (the default) chooses it for this CPU
+    (:func:`~effnet.deploy.environment.int8_kernels_saturate`). ``calibrate_method``: ``minmax`` (full observed range), ``entropy`` or
     ``percentile`` (clip outliers). ``activation_type``: ``uint8`` (asymmetric, the x86 default)
     or ``int8`` (symmetric). ``keep_float``: :data:`LAYER_GROUPS` left unquantized.
     """
 
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     calibrate_method: str = "minmax"
     activation_type: str = "uint8"
     keep_float: tuple[str, ...] = ()
@@ -79,6 +81,8 @@ class OrtRecipe:
             raise ConfigError(f"unknown activation type {self.activation_type!r}; "
                               f"choose one of {', '.join(ACTIVATION_TYPES)}")
         object.__setattr__(self, "keep_float", check_groups(self.keep_float))
+        if self.reduce_range is None:
+            object.__setattr__(self, "reduce_range", int8_kernels_saturate())
 
     def describe(self) -> str:
         parts = ["per-channel" if self.per_channel else "per-tensor", self.calibrate_method]
@@ -186,15 +190,19 @@ class Pt2eRecipe:
     """Settings of torchao PT2E quantization with the X86 Inductor quantizer.
 
     Weights are always per-channel symmetric int8, activations per-tensor uint8 calibrated by
-    histogram. ``reduce_range``: 7-bit activations for x86 CPUs without VNNI. ``keep_float``:
+    histogram. ``reduce_range``: 7-bit activations, for x86 CPUs without VNNI, whose oneDNN
+    kernels would saturate on full-range ones; ``None`` (the default) chooses it for this CPU.
+    ``keep_float``:
     :data:`LAYER_GROUPS` left unquantized (not ``activations``, which are fused into convs).
     """
 
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     keep_float: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", check_groups(self.keep_float))
+        if self.reduce_range is None:
+            object.__setattr__(self, "reduce_range", int8_kernels_saturate())
         if "activations" in self.keep_float:
             raise ConfigError("the PT2E path fuses activations into their convs and cannot keep them alone in "
                               "float; keep 'se', 'stem', 'head' or 'classifier' in float instead, or use ONNX Runtime")
