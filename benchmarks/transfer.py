@@ -36,7 +36,7 @@ from effnet.data.demo import write_demo_dataset  # noqa: E402
 from effnet.evaluation import evaluate_checkpoint  # noqa: E402
 from effnet.table import format_table  # noqa: E402
 from effnet.train import train  # noqa: E402
-from effnet.train.config import build_config  # noqa: E402
+from effnet.train.recipes import build_config  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 STARTS = {"ImageNet weights": True, "from scratch": False}

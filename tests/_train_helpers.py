@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from effnet.train.config import TrainConfig, build_config
+from effnet.train.config import TrainConfig
+from effnet.train.recipes import build_config
 
 TINY_MODEL = {"width": 0.25, "depth": 0.25}
 

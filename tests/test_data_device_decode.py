@@ -32,7 +32,7 @@ from effnet.evaluation import evaluate_checkpoint
 from effnet.infer import Classifier
 from effnet.testing import randomize_statistics
 from effnet.train import Trainer
-from effnet.train.config import build_config
+from effnet.train.recipes import build_config
 from effnet.weights.io import save_model
 
 PREPROCESSING = Preprocessing(resolution=32, crop_pct=0.875)

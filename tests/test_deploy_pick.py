@@ -9,7 +9,7 @@ import pytest
 
 from effnet.cli import main
 from effnet.deploy import pick as pick_module
-from effnet.deploy.pick import Candidate, Measurement, MeasurementCache, PickRow, PickSettings, mark
+from effnet.pick.search import Candidate, Measurement, MeasurementCache, PickRow, PickSettings, mark
 
 QUICK = ["--models", "efficientnet_lite0,efficientnet_lite1", "--runtimes", "onnxruntime,openvino",
          "--resolution", "32", "--max-seconds", "0.3"]

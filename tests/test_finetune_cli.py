@@ -16,8 +16,8 @@ import yaml
 from _train_helpers import TINY_MODEL, load, make_image_folder, single_thread, tiny_assignments  # noqa: F401
 from effnet import create_model
 from effnet.cli import main
-from effnet.train.config import build_config
 from effnet.train.finetune import layer_groups, start_settings
+from effnet.train.recipes import build_config
 from effnet.train.trainer import Trainer
 from effnet.weights import default_source
 from effnet.weights.io import save_model

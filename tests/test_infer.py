@@ -9,6 +9,7 @@ import io
 import json
 import warnings
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -16,15 +17,9 @@ from PIL import Image
 
 from effnet import Classifier, create_model
 from effnet.data import ImageReadError
-from effnet.infer import (
-    MissingClassNamesWarning,
-    Prediction,
-    collect_images,
-    format_for,
-    open_writer,
-    predict_files,
-    resolve_device,
-)
+from effnet.infer import MissingClassNamesWarning, Prediction, resolve_device
+from effnet.portable import PREDICTION_SCHEMA
+from effnet.predict import collect_images, format_for, open_writer, predict_files
 from effnet.registry import Preprocessing
 from effnet.weights.io import save_model
 
@@ -281,7 +276,7 @@ PREDICTIONS = [Prediction("a.png", (("cat", 0.75), ("dog", 0.25)), (0, 1)),
 
 def written(format_name: str) -> str:
     stream = io.StringIO()
-    writer = open_writer(format_name, stream)
+    writer = open_writer(format_name, stream, "tiny_b0")
     for prediction in PREDICTIONS:
         writer.write(prediction)
     writer.close()
@@ -293,11 +288,16 @@ def test_writers_keep_predictions_and_errors():
     assert [(r["path"], r["rank"], r["class_index"], r["class_name"], r["probability"], r["error"]) for r in rows] == [
         ("a.png", "1", "0", "cat", "0.750000", ""), ("a.png", "2", "1", "dog", "0.250000", ""),
         ("b.png", "", "", "", "", "not an image file")]
-    assert json.loads(written("json")) == [
-        {"path": "a.png", "error": None, "predictions": [
-            {"rank": 1, "class_index": 0, "class_name": "cat", "probability": 0.75},
-            {"rank": 2, "class_index": 1, "class_name": "dog", "probability": 0.25}]},
-        {"path": "b.png", "error": "not an image file", "predictions": []}]
+    ranked = [{"rank": 1, "class_index": 0, "class_name": "cat", "probability": 0.75},
+              {"rank": 2, "class_index": 1, "class_name": "dog", "probability": 0.25}]
+    records = json.loads(written("json"))
+    assert records == [
+        {"schema_version": 1, "path": "a.png", "model": "tiny_b0", "top_k": ranked, "error": None,
+         "predictions": ranked},  # the field's name before the schema, kept one release
+        {"schema_version": 1, "path": "b.png", "model": "tiny_b0", "top_k": [], "error": "not an image file",
+         "predictions": []}]
+    for record in records:
+        jsonschema.validate(record, PREDICTION_SCHEMA)
     table = written("table").splitlines()
     assert table[0].split() == ["image", "rank", "class", "probability"]
     assert table[2].split() == ["a.png", "1", "cat", "75.00%"] and table[3].split() == ["2", "dog", "25.00%"]

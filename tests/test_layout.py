@@ -23,11 +23,19 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
+def _import_nodes(tree: ast.Module) -> list[ast.AST]:
+    """Every node of a module except the body of a module-level ``__getattr__``: the deprecated
+    aliases there import their new home on first use, never while the module loads."""
+    skipped = {id(node) for top in tree.body if isinstance(top, ast.FunctionDef) and top.name == "__getattr__"
+               for node in ast.walk(top)}
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
+
+
 def _imports(name: str, path: Path) -> set[str]:
     """The ``effnet`` modules ``name`` imports (relative imports resolved)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _import_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "effnet"}
         elif isinstance(node, ast.ImportFrom):
@@ -125,3 +133,35 @@ def test_first_line_quotes_one_line_of_any_error():
     assert first_line(RuntimeError("  CUDA error: out of memory\nCUDA kernel errors might be ...")) == \
         "CUDA error: out of memory"
     assert first_line(RuntimeError()) == "" and first_line(ValueError("x" * 500), limit=10) == "x" * 10
+
+
+def _file_graph() -> dict[str, set[str]]:
+    """Module -> the effnet modules it imports (a package's ``__init__`` counts as its own file)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        if name == "effnet":
+            continue
+        # A module's own parent packages are being imported already when it runs (``from . import x``).
+        ancestors = {name.rsplit(".", n)[0] for n in range(1, name.count(".") + 1)}
+        graph[name] = {t for t in _imports(name, path) if t in modules and t != name and t not in ancestors}
+    return graph
+
+
+def test_no_import_cycle_between_files() -> None:
+    graph = _file_graph()
+    assert "effnet.train.trainer" in graph
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_no_source_file_over_600_lines() -> None:
+    long = {path.relative_to(PACKAGE).as_posix(): n for path, text in _sources().items()
+            if (n := text.count("\n")) > 600}
+    assert long == {}
+
+
+def test_the_variant_facts_live_in_the_catalogue() -> None:
+    """Stage tables and per-variant coefficients are defined in effnet/variants.py only."""
+    facts = re.compile(r"^\s*(StageSpec\(\d|_v1\(|_lite\(\d|_v2\(\"|[A-Z0-9_]*STAGES\b.*=)", re.M)
+    where = sorted({path.name for path, text in _sources().items() if facts.search(text)})
+    assert where == ["variants.py"]

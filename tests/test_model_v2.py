@@ -7,7 +7,8 @@ import effnet
 from _model_helpers import assert_checkpointing_keeps_gradients, assert_recomputing_keeps_training
 from effnet.bench.measure import count_macs, count_params
 from effnet.layers import Conv2dSame, FusedMBConv, MBConv
-from effnet.registry import V2_VARIANTS, default_train_size
+from effnet.registry import default_train_size
+from effnet.variants import variants
 
 # google/automl efficientnetv2 (as timm and torchvision build them), 1000 classes.
 PARAMS = {
@@ -76,7 +77,7 @@ def test_registry_sizes_and_preprocessing():
     assert (s.resolution, s.crop_pct, s.interpolation) == (384, 1.0, "bilinear")
     xl = effnet.get_entry("efficientnet_v2_xl").preprocessing
     assert (xl.resolution, xl.mean) == (512, (0.5, 0.5, 0.5))
-    assert {n: v.train_size for n, v in V2_VARIANTS.items()} == {
+    assert {v.name: v.train_resolution for v in variants("v2")} == {
         "efficientnet_v2_b0": 192, "efficientnet_v2_b1": 192, "efficientnet_v2_b2": 208, "efficientnet_v2_b3": 240,
         "efficientnet_v2_s": 300, "efficientnet_v2_m": 384, "efficientnet_v2_l": 384, "efficientnet_v2_xl": 384}
 

@@ -15,7 +15,7 @@ from effnet.cli import main
 from effnet.data import datasets
 from effnet.data.images import ImageReadError, load_image
 from effnet.errors import ConfigError
-from effnet.infer import collect_images
+from effnet.predict import collect_images
 from effnet.scaling import CompoundScaling
 
 

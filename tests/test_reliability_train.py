@@ -19,7 +19,7 @@ from _train_helpers import (
 )
 from effnet.cli import main
 from effnet.errors import ConfigError
-from effnet.train.config import build_config
+from effnet.train.recipes import build_config
 from effnet.train.rundir import LOCK_NAME, RunDirError, claim_run_dir
 from effnet.train.trainer import Trainer, TrainingDiverged
 

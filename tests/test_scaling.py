@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from effnet.scaling import PUBLISHED_VARIANTS, CompoundScaling, nearest_published, round_filters, round_repeats
+from effnet.scaling import CompoundScaling, round_filters, round_repeats
+from effnet.variants import VARIANTS, nearest_published
 
 
 @pytest.mark.parametrize(
@@ -51,20 +52,33 @@ def test_coefficients_are_overridable():
 
 def test_published_table_is_not_the_formula():
     rule = CompoundScaling()
-    b1 = PUBLISHED_VARIANTS["efficientnet_b1"]
+    b1 = VARIANTS["efficientnet_b1"]
     assert (b1.width, b1.depth, b1.resolution) == (1.0, 1.1, 240)
     assert (rule.width(1), rule.depth(1)) != (b1.width, b1.depth)
-    b7 = PUBLISHED_VARIANTS["efficientnet_b7"]
+    b7 = VARIANTS["efficientnet_b7"]
     assert not math.isclose(rule.depth(7), b7.depth, rel_tol=0.05)
 
 
 def test_published_table_holds_every_variant():
-    names = set(PUBLISHED_VARIANTS)
+    names = set(VARIANTS)
     expected = {f"efficientnet_b{i}" for i in range(9)} | {"efficientnet_l2"}
     expected |= {f"efficientnet_lite{i}" for i in range(5)}
+    expected |= {f"efficientnet_v2_{size}" for size in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}
     assert names == expected
-    crops = [PUBLISHED_VARIANTS[f"efficientnet_b{i}"].crop_pct for i in range(8)]
+    assert {v.family for v in VARIANTS.values()} == {"v1", "lite", "v2"}
+    crops = [VARIANTS[f"efficientnet_b{i}"].crop_pct for i in range(8)]
     assert crops == [0.875, 0.882, 0.890, 0.904, 0.922, 0.934, 0.942, 0.949]
+
+
+def test_old_names_of_the_tables_still_work_with_a_warning():
+    import effnet.registry
+    import effnet.scaling
+
+    with pytest.warns(DeprecationWarning, match="effnet.variants.VARIANTS"):
+        old = effnet.scaling.PUBLISHED_VARIANTS
+    assert set(old) == {v.name for v in VARIANTS.values() if v.family != "v2"}
+    with pytest.warns(DeprecationWarning, match="variants"):
+        assert len(effnet.registry.V2_VARIANTS) == 8
 
 
 def test_nearest_published():

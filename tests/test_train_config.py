@@ -9,8 +9,9 @@ import pytest
 
 from effnet.errors import ConfigError
 from effnet.registry import default_train_size, get_entry
-from effnet.train.config import (
-    TrainConfig,
+from effnet.train.config import TrainConfig
+from effnet.train.progressive import ProgressivePlan
+from effnet.train.recipes import (
     apply_overrides,
     build_config,
     load_recipe,
@@ -19,7 +20,6 @@ from effnet.train.config import (
     recipe_names,
     save_config,
 )
-from effnet.train.progressive import ProgressivePlan
 
 
 def test_shipped_recipes_load_and_validate() -> None:
@@ -124,6 +124,14 @@ def test_apply_overrides_reports_what_changed() -> None:
     assert parse_assignment("run.amp=") == ("run.amp", None)
 
 
+def test_a_config_saved_with_the_old_progressive_dropout_key_still_reads(tmp_path) -> None:
+    saved = build_config("paper_v2").to_dict()
+    saved["progressive"]["dropout"] = saved["progressive"].pop("drop_rate")
+    with pytest.warns(DeprecationWarning, match="progressive.drop_rate"):
+        config = TrainConfig.from_dict(saved)
+    assert config.progressive.drop_rate == (0.1, 0.3)
+
+
 @pytest.mark.parametrize("key", ["dropout", "drop_rate", "drop_path_rate"])
 def test_dropout_has_one_route(key) -> None:
     with pytest.raises(ConfigError, match=rf"model.overrides.{key}: set dropout with model.drop_rate"):
@@ -161,9 +169,9 @@ def test_paper_v2_recipe_grows_size_and_regularization_by_stage() -> None:
     assert (config.data.img_size, config.data.eval_img_size) == (300, 384)
     plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs, 0.2)
     stages = [plan.at(epoch) for epoch in (0, 100, 200, 349)]
-    assert [e.img_size for e in stages] == [128, 192, 256, 300]
+    assert [e.resolution for e in stages] == [128, 192, 256, 300]
     assert [e.ra_magnitude for e in stages] == [5, 7, 8, 10]
-    assert [e.dropout for e in stages] == pytest.approx([0.1, 0.1667, 0.2333, 0.3], abs=1e-3)
+    assert [e.drop_rate for e in stages] == pytest.approx([0.1, 0.1667, 0.2333, 0.3], abs=1e-3)
     assert all(e.mixup_alpha == 0.0 for e in stages)
 
 

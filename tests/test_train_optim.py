@@ -187,24 +187,25 @@ def test_ema_warmup_starts_with_a_low_decay() -> None:
 
 def test_linear_progressive_resizing() -> None:
     plan = ProgressivePlan(ProgressiveSettings(mode="linear", start_size=128, size_step=32), AugmentSettings(),
-                           final_size=224, epochs=5, dropout=0.2)
-    assert [plan.at(e).img_size for e in range(5)] == [128, 160, 192, 192, 224]  # 176 rounds up
-    assert {plan.at(e).dropout for e in range(5)} == {0.2}  # the model's own rate, every epoch
+                           resolution=224, epochs=5, drop_rate=0.2)
+    assert [plan.at(e).resolution for e in range(5)] == [128, 160, 192, 192, 224]  # 176 rounds up
+    assert {plan.at(e).drop_rate for e in range(5)} == {0.2}  # the model's own rate, every epoch
 
 
 def test_staged_progressive_learning_grows_regularization_with_size() -> None:
     settings = ProgressiveSettings(mode="staged", start_size=128, stages=4, ra_magnitude=(5, 10),
-                                   dropout=(0.1, 0.3), mixup_alpha=(0.0, 0.2))
-    plan = ProgressivePlan(settings, AugmentSettings(auto_augment="randaugment"), final_size=224, epochs=8, dropout=0.2)
+                                   drop_rate=(0.1, 0.3), mixup_alpha=(0.0, 0.2))
+    plan = ProgressivePlan(settings, AugmentSettings(auto_augment="randaugment"), resolution=224, epochs=8,
+                           drop_rate=0.2)
     stages = [plan.at(e) for e in range(0, 8, 2)]
-    assert [s.img_size for s in stages] == [128, 160, 192, 224]
-    assert [plan.at(e).img_size for e in range(8)] == [128, 128, 160, 160, 192, 192, 224, 224]
+    assert [s.resolution for s in stages] == [128, 160, 192, 224]
+    assert [plan.at(e).resolution for e in range(8)] == [128, 128, 160, 160, 192, 192, 224, 224]
     assert [s.ra_magnitude for s in stages] == [5, 7, 8, 10]
-    assert [round(s.dropout, 4) for s in stages] == [0.1, 0.1667, 0.2333, 0.3]
+    assert [round(s.drop_rate, 4) for s in stages] == [0.1, 0.1667, 0.2333, 0.3]
     assert [round(s.mixup_alpha, 4) for s in stages] == [0.0, 0.0667, 0.1333, 0.2]
 
 
 def test_progressive_start_above_the_final_size_means_no_resizing() -> None:
-    plan = ProgressivePlan(ProgressiveSettings(mode="linear", start_size=128), AugmentSettings(), final_size=64,
-                           epochs=3, dropout=0.2)
-    assert {plan.at(e).img_size for e in range(3)} == {64}
+    plan = ProgressivePlan(ProgressiveSettings(mode="linear", start_size=128), AugmentSettings(), resolution=64,
+                           epochs=3, drop_rate=0.2)
+    assert {plan.at(e).resolution for e in range(3)} == {64}

@@ -178,7 +178,7 @@ def test_the_device_is_read_once_every_check_every_updates(data, tmp_path, monke
 def test_staged_progressive_learning_applies_each_stage_mixup(data, tmp_path, monkeypatch) -> None:
     config = tiny_config(data, **{
         "progressive.mode": "staged", "progressive.start_size": 16, "progressive.size_step": 16,
-        "progressive.stages": 2, "progressive.dropout": [0.05, 0.25], "progressive.mixup_alpha": [0.1, 0.3],
+        "progressive.stages": 2, "progressive.drop_rate": [0.05, 0.25], "progressive.mixup_alpha": [0.1, 0.3],
         "augment.auto_augment": "randaugment", "augment.cutmix_alpha": 1.0, "run.clip_grad": 1.0})
     mixed = []
 

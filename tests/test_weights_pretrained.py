@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 import effnet
 from _weights_helpers import max_diff, odd_photo, photo, randomize_
 from effnet.registry import Preprocessing
-from effnet.scaling import PUBLISHED_VARIANTS
+from effnet.variants import variants
 from effnet.weights import default_source, get_source, imagenet_class_names, list_sources
 from effnet.weights.convert import LAYOUTS
 from effnet.weights.hub import url_filename
@@ -54,7 +54,7 @@ def test_lite0_package_file_loads_by_path_with_its_preprocessing() -> None:
 
 
 def test_every_published_variant_has_a_default_source() -> None:
-    for name in PUBLISHED_VARIANTS:
+    for name in [v.name for v in variants("v1") + variants("lite")]:
         source = default_source(name)
         assert source.model == name and source.layout in LAYOUTS
         assert source.url or source.local_path() is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.demo import write_demo_dataset
-from .train.config import build_config
+from .train.recipes import build_config
 from .train.reporting import TrainResult, mistakes_row
 from .train.trainer import train
 

@@ -7,12 +7,14 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .deprecation import warn_renamed
 from .description import CUSTOM_NAME, ModelDescription, Preprocessing
 from .model import EfficientNet, EfficientNetConfig
 from .registry import get_entry
 from .weights.pretrained import apply_checkpoint, check_architecture, resolve_checkpoint
 
-_ALIASES = {"drop_rate": "dropout", "act": "activation"}
+_ALIASES = {"act": "activation"}
+_RENAMED = {"dropout": "drop_rate"}  # deprecated names, kept for one release
 _CONFIG_FIELDS = tuple(f.name for f in fields(EfficientNetConfig))
 _INPUT_SIZE = "resolution"  # an override of the preprocessing, not of the architecture
 
@@ -27,7 +29,9 @@ def resolve_config(name: str | EfficientNetConfig, **overrides: Any) -> tuple[Ef
         config, preprocessing, display = entry.config, entry.preprocessing, name
     changes = {}
     for key, value in overrides.items():
-        field = _ALIASES.get(key, key)
+        if key in _RENAMED:
+            warn_renamed(f"create_model({key}=...)", f"{_RENAMED[key]}=...")
+        field = _ALIASES.get(key, _RENAMED.get(key, key))
         if field == _INPUT_SIZE:
             preprocessing = replace(preprocessing, resolution=value)
         elif field not in _CONFIG_FIELDS:

@@ -21,43 +21,36 @@ predict`` runs: files, folders and globs in, a table, CSV or JSON out.
 
 from __future__ import annotations
 
-import csv
-import glob
-import json
 import warnings
-from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .accelerate import CudaGraphRunner, PreparedModel, prepare_for_inference
-from .data.datasets import image_files_under
 from .data.device_decode import DeviceBatchTransform, decodes_on_device, read_jpeg_bytes
-from .data.images import IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, to_rgb
+from .data.images import ImageReadError, load_image, to_rgb
 from .data.transforms import eval_transforms
+from .deprecation import warn_renamed
 from .description import Preprocessing
 from .device import AMP_DTYPES, autocast_context, check_amp, resolve_device
 from .errors import ConfigError, EffnetError, first_line
 from .factory import create_model
 from .files import printable_path
 from .model import EfficientNet
-from .table import format_table
+from .portable import prediction_record
 from .weights.errors import CheckpointError, StateDictError
 from .weights.io import read_metadata
 from .weights.trained import load_trained_model, read_training_checkpoint
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
-FORMATS = ("table", "csv", "json")
-_GLOB_CHARS = frozenset("*?[")
 
 
 class MissingClassNamesWarning(UserWarning):
@@ -91,6 +84,12 @@ class Prediction:
         """``(rank, class_index, class_name, probability)`` for each of the top classes, rank 1 first."""
         for rank, ((name, probability), index) in enumerate(zip(self.top_k, self.indices, strict=True), start=1):
             yield rank, index, name, probability
+
+    def record(self, model: str | None, legacy: str | None = None) -> dict[str, Any]:
+        """This prediction as a record of :data:`effnet.portable.PREDICTION_SCHEMA` (``legacy``:
+        see :func:`effnet.portable.prediction_record`)."""
+        return prediction_record(self.source, model, [(index, name, probability) for _, index, name, probability
+                                                      in self.ranked()], self.error, legacy)
 
 
 def to_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
@@ -224,6 +223,7 @@ class Classifier:
             raise ConfigError(f"{len(class_names)} class names for a model with {num_classes} classes")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.model_name: str = description.name if description is not None else type(model).__name__
         self.preprocessing: Preprocessing = preprocessing
         self.class_names: list[str] | None = list(class_names) if class_names is not None else None
         self.num_classes: int | None = num_classes or (len(class_names) if class_names is not None else None)
@@ -247,9 +247,9 @@ class Classifier:
         self.device_decoder = DeviceBatchTransform(self.transform, self.device) \
             if decodes_on_device(decode, self.device) else None
         if self.class_names is None:
-            name = description.name if description is not None else type(model).__name__
-            warnings.warn(f"{name} has no class names: predictions name classes by index (class_0, class_1, ...). "
-                          "Pass class_names=[...], or save the checkpoint with its class names, to get names",
+            warnings.warn(f"{self.model_name} has no class names: predictions name classes by index (class_0, "
+                          "class_1, ...). Pass class_names=[...], or save the checkpoint with its class names, "
+                          "to get names",
                           MissingClassNamesWarning, stacklevel=2)
 
     # ------------------------------------------------------------ construction
@@ -435,217 +435,26 @@ def load_classifier(model_name: str | None = None, checkpoint: str | Path | None
                       "to read another library's weight file as that architecture")
 
 
-# ----------------------------------------------------------------- files in
-@dataclass
-class ImageList:
-    """The files found for a list of paths, folders and globs, and the arguments that gave none."""
-
-    files: list[Path] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)
-
-
-def collect_images(paths: Iterable[str | Path]) -> ImageList:
-    """Expand files, folders (recursively, image extensions only, hidden files skipped) and glob
-    patterns (``*``, ``?``, ``[...]``, ``**``; expanded here, for shells that do not) into a list
-    of files in argument order, without duplicates.
-
-    A file named explicitly is kept whatever its extension (it fails later if it is no image).
-    A missing path, a folder without images and a pattern matching nothing are listed in
-    ``problems`` as ``(argument, reason)``.
-    """
-    found = ImageList()
-    seen: set[Path] = set()
-    extensions = ", ".join(IMAGE_EXTENSIONS)
-
-    def unreadable(folder: Path, reason: str) -> None:
-        found.problems.append((printable_path(folder), f"folder cannot be read: {reason}"))
-
-    def add(files: Iterable[Path]) -> None:
-        for file in files:
-            if file not in seen:
-                seen.add(file)
-                found.files.append(file)
-
-    for argument in paths:
-        text = str(argument)
-        path = Path(text)
-        if path.is_file():
-            add([path])
-        elif path.is_dir():
-            images = image_files_under(path, unreadable)
-            if not images:
-                found.problems.append((text, f"folder with no images (looked for {extensions}, in subfolders too)"))
-            add(images)
-        elif _GLOB_CHARS & set(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            images = []
-            for match in map(Path, matches):
-                if match.is_dir():
-                    images += image_files_under(match, unreadable)
-                elif has_image_extension(match):
-                    images.append(match)
-            if not images:
-                reason = (f"matches no image files (looked for {extensions})" if matches
-                          else "matches no files")
-                found.problems.append((text, reason))
-            add(images)
-        else:
-            found.problems.append((text, "no such file or folder"))
-    return found
-
-
-# ---------------------------------------------------------------- results out
-def format_for(out: str | Path | None, format: str | None = None) -> str:
-    """The output format: ``format`` when given, else from ``out``'s suffix (.csv, .json), else table."""
-    if format is not None:
-        if format not in FORMATS:
-            raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-        return format
-    suffix = Path(out).suffix.lower().lstrip(".") if out is not None else ""
-    return suffix if suffix in ("csv", "json") else "table"
-
-
-class PredictionWriter(ABC):
-    """Writes predictions as they come; :meth:`close` finishes the output (call it even after an
-    interruption: what was predicted so far is kept)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-
-    @abstractmethod
-    def write(self, prediction: Prediction) -> None:
-        """Add one prediction to the output."""
-
-    def close(self) -> None:
-        self.stream.flush()
-
-
-class TableWriter(PredictionWriter):
-    """An aligned table (printed at the end: column widths need every row): image, rank, class,
-    probability; a failed file has its error in the class column."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        super().__init__(stream)
-        self.rows: list[list[object]] = []
-
-    def write(self, prediction: Prediction) -> None:
-        if not prediction.ok:
-            self.rows.append([prediction.source, "", f"error: {prediction.error}", ""])
-        for rank, _, name, probability in prediction.ranked():
-            self.rows.append([prediction.source if rank == 1 else "", rank, name, f"{probability:.2%}"])
-
-    def close(self) -> None:
-        if self.rows:
-            self.stream.write(format_table(["image", "rank", "class", "probability"], self.rows) + "\n")
-        super().close()
-
-
-class CsvWriter(PredictionWriter):
-    """One row per image and rank: path, rank, class_index, class_name, probability, error."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        super().__init__(stream)
-        self.csv = csv.writer(stream, lineterminator="\n")
-        self.csv.writerow(["path", "rank", "class_index", "class_name", "probability", "error"])
-
-    def write(self, prediction: Prediction) -> None:
-        if not prediction.ok:
-            self.csv.writerow([prediction.source, "", "", "", "", prediction.error])
-        for rank, index, name, probability in prediction.ranked():
-            self.csv.writerow([prediction.source, rank, index, name, f"{probability:.6f}", ""])
-        self.stream.flush()
-
-
-class JsonWriter(PredictionWriter):
-    """A JSON list, one object per image: ``{"path", "predictions": [{"rank", "class_index",
-    "class_name", "probability"}], "error"}``, streamed and closed even after an interruption."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        super().__init__(stream)
-        self.count = 0
-        stream.write("[")
-
-    def write(self, prediction: Prediction) -> None:
-        entry = {
-            "path": prediction.source,
-            "predictions": [{"rank": rank, "class_index": index, "class_name": name, "probability": probability}
-                            for rank, index, name, probability in prediction.ranked()],
-            "error": prediction.error,
-        }
-        self.stream.write(("," if self.count else "") + "\n  " + json.dumps(entry))
-        self.count += 1
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n]\n")
-        super().close()
-
-
-def open_writer(format: str, stream: IO[str]) -> PredictionWriter:
-    """A writer for ``format`` (``table``, ``csv`` or ``json``) on ``stream``."""
-    writers = {"table": TableWriter, "csv": CsvWriter, "json": JsonWriter}
-    if format not in writers:
-        raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    return writers[format](stream)
-
-
-@dataclass
-class PredictionSummary:
-    """How a run over files went: how many were classified, and the ones that failed."""
-
-    total: int
-    failed: list[Prediction] = field(default_factory=list)
-
-    @property
-    def succeeded(self) -> int:
-        return self.total - len(self.failed)
-
-    def describe(self) -> str:
-        """E.g. ``"3 of 120 files failed"``."""
-        return f"{len(self.failed)} of {self.total} file{'s' if self.total != 1 else ''} failed"
-
-
-def predict_files(classifier: Classifier, files: Sequence[str | Path], writer: PredictionWriter, *,
-                  top_k: int = 5, batch_size: int = 32, num_workers: int = 0, progress: bool | None = None,
-                  on_failure: Callable[[Prediction], None] | None = None) -> PredictionSummary:
-    """Classify ``files`` into ``writer`` with a progress bar on stderr (by default for more than
-    one file). Each failure is passed to ``on_failure`` as it happens (printed above the bar) and
-    the rest go on. The writer is not closed here."""
-    show = len(files) > 1 if progress is None else progress
-    summary = PredictionSummary(len(files))
-    with tqdm(total=len(files), disable=not show, unit="image", desc="predict", dynamic_ncols=True) as bar:
-        for prediction in classifier.predict_batch(files, batch_size=batch_size, num_workers=num_workers,
-                                                   top_k=top_k):
-            writer.write(prediction)
-            if not prediction.ok:
-                summary.failed.append(prediction)
-                if on_failure is not None:
-                    with bar.external_write_mode():
-                        on_failure(prediction)
-            bar.update(1)
-    return summary
-
-
-
 __all__ = [
-    "FORMATS",
     "Classifier",
-    "CsvWriter",
-    "ImageList",
-    "JsonWriter",
     "MissingClassNamesWarning",
     "Prediction",
-    "PredictionSummary",
-    "PredictionWriter",
-    "TableWriter",
     "class_name",
-    "collect_images",
-    "format_for",
     "load_classifier",
-    "open_writer",
-    "predict_files",
     "prepare_image",
     "resolve_device",
     "to_pil",
     "top_classes",
 ]
+
+_MOVED_TO_PREDICT = ("FORMATS", "CsvWriter", "ImageList", "JsonWriter", "PredictionSummary", "PredictionWriter",
+                     "TableWriter", "collect_images", "format_for", "open_writer", "predict_files")
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED_TO_PREDICT:  # moved with the rest of `effnet predict`'s file handling
+        import effnet.predict
+
+        warn_renamed(f"effnet.infer.{name}", f"effnet.predict.{name}")
+        return getattr(effnet.predict, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

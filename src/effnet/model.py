@@ -15,68 +15,13 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from .deprecation import warn_renamed
 from .description import ModelDescription, Preprocessing
 from .errors import ConfigError
 from .layers import ConvBnAct, FusedMBConv, LayerOptions, MBConv, PaddingMode
 from .recompute import MEMORY_MODES, run_recomputed
 from .scaling import round_filters, round_repeats
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage of a base network (B0, or an EfficientNetV2 size), before scaling.
-
-    ``fused`` makes its blocks Fused-MBConv (EfficientNetV2); ``se_ratio`` overrides the
-    config's SE ratio for this stage (``None``: the config's; V2's fused stages have 0).
-    """
-
-    repeats: int
-    kernel_size: int
-    stride: int
-    expand_ratio: int
-    out_channels: int
-    fused: bool = False
-    se_ratio: float | None = None
-
-
-B0_STAGES: tuple[StageSpec, ...] = (
-    StageSpec(1, 3, 1, 1, 16),
-    StageSpec(2, 3, 2, 6, 24),
-    StageSpec(2, 5, 2, 6, 40),
-    StageSpec(3, 3, 2, 6, 80),
-    StageSpec(3, 5, 1, 6, 112),
-    StageSpec(4, 5, 2, 6, 192),
-    StageSpec(1, 3, 1, 6, 320),
-)
-
-
-def _fused(repeats: int, stride: int, expand_ratio: int, out_channels: int) -> StageSpec:
-    return StageSpec(repeats, 3, stride, expand_ratio, out_channels, fused=True, se_ratio=0.0)
-
-
-V2_BASE_STAGES: tuple[StageSpec, ...] = (
-    _fused(1, 1, 1, 16), _fused(2, 2, 4, 32), _fused(2, 2, 4, 48),
-    StageSpec(3, 3, 2, 4, 96), StageSpec(5, 3, 1, 6, 112), StageSpec(8, 3, 2, 6, 192),
-)
-"""EfficientNetV2-B0..B3 (google/automl efficientnetv2, ``v2_base_block``)."""
-V2_S_STAGES: tuple[StageSpec, ...] = (
-    _fused(2, 1, 1, 24), _fused(4, 2, 4, 48), _fused(4, 2, 4, 64),
-    StageSpec(6, 3, 2, 4, 128), StageSpec(9, 3, 1, 6, 160), StageSpec(15, 3, 2, 6, 256),
-)
-V2_M_STAGES: tuple[StageSpec, ...] = (
-    _fused(3, 1, 1, 24), _fused(5, 2, 4, 48), _fused(5, 2, 4, 80),
-    StageSpec(7, 3, 2, 4, 160), StageSpec(14, 3, 1, 6, 176), StageSpec(18, 3, 2, 6, 304), StageSpec(5, 3, 1, 6, 512),
-)
-V2_L_STAGES: tuple[StageSpec, ...] = (
-    _fused(4, 1, 1, 32), _fused(7, 2, 4, 64), _fused(7, 2, 4, 96),
-    StageSpec(10, 3, 2, 4, 192), StageSpec(19, 3, 1, 6, 224), StageSpec(25, 3, 2, 6, 384),
-    StageSpec(7, 3, 1, 6, 640),
-)
-V2_XL_STAGES: tuple[StageSpec, ...] = (
-    _fused(4, 1, 1, 32), _fused(8, 2, 4, 64), _fused(8, 2, 4, 96),
-    StageSpec(16, 3, 2, 4, 192), StageSpec(24, 3, 1, 6, 256), StageSpec(32, 3, 2, 6, 512),
-    StageSpec(8, 3, 1, 6, 640),
-)
+from .variants import B0_STAGES, StageSpec
 
 
 @dataclass(frozen=True)
@@ -111,13 +56,14 @@ class EfficientNetConfig:
     and last stages keep their block counts. (Lite's ReLU6 and missing SE are the
     ``activation`` and ``se_ratio`` fields.) ``round_limit`` is the channel rounding rule of
     :func:`~effnet.scaling.round_filters` (0.9 for V1 and V2-S/M/L/XL, 0 for V2-B0..B3).
-    EfficientNetV2 is the same class with its own ``stages`` (see :data:`V2_S_STAGES`),
-    ``stem_channels`` and ``round_limit``.
+    EfficientNetV2 is the same class with its own ``stages`` (see
+    :data:`effnet.variants.V2_S_STAGES`), ``stem_channels`` and ``round_limit``.
+    The published networks' values come from :mod:`effnet.variants`.
     """
 
     width: float = 1.0
     depth: float = 1.0
-    dropout: float = 0.2
+    drop_rate: float = 0.2
     drop_path_rate: float = 0.2
     activation: str = "silu"
     se_ratio: float = 0.25
@@ -136,7 +82,7 @@ class EfficientNetConfig:
         checks = {
             "width": self.width > 0,
             "depth": self.depth > 0,
-            "dropout": 0.0 <= self.dropout < 1.0,
+            "drop_rate": 0.0 <= self.drop_rate < 1.0,
             "drop_path_rate": 0.0 <= self.drop_path_rate < 1.0,
             "se_ratio": 0.0 <= self.se_ratio <= 1.0,
             "in_chans": self.in_chans > 0,
@@ -150,7 +96,16 @@ class EfficientNetConfig:
         return LayerOptions(self.activation, self.padding, self.bn_momentum, self.bn_eps)
 
     def replace(self, **changes: object) -> EfficientNetConfig:
+        if "dropout" in changes:
+            warn_renamed("EfficientNetConfig.replace(dropout=...)", "drop_rate=...")
+            changes["drop_rate"] = changes.pop("dropout")
         return replace(self, **changes)
+
+    @property
+    def dropout(self) -> float:
+        """Deprecated name of :attr:`drop_rate`."""
+        warn_renamed("EfficientNetConfig.dropout", "EfficientNetConfig.drop_rate")
+        return self.drop_rate
 
     def round_channels(self, channels: int) -> int:
         return round_filters(channels, self.width, self.divisor, self.round_limit)
@@ -220,7 +175,7 @@ class EfficientNet(nn.Module):
         self.stages = nn.Sequential(*built)
         self.num_features = config.head_width
         self.head = ConvBnAct(stages[-1].out_channels, self.num_features, 1, options=options)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.drop_rate)
         self.num_classes = num_classes
         self.classifier: nn.Module = self._make_classifier(num_classes)
 
@@ -302,6 +257,15 @@ class EfficientNet(nn.Module):
             bound = 1.0 / math.sqrt(max(num_classes, 1))
             nn.init.uniform_(self.classifier.weight, -bound, bound)
             nn.init.zeros_(self.classifier.bias)
+
+    @torch.jit.ignore
+    def set_drop_rate(self, rate: float) -> None:
+        """Change the head's dropout rate (``config.drop_rate`` follows): how training schedules
+        that grow it per stage change it."""
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"drop_rate must be in [0, 1), got {rate}")
+        self.dropout.p = float(rate)
+        self.config = self.config.replace(drop_rate=float(rate))
 
     def zero_init_classifier(self) -> None:
         """Start the classifier at zero, so that first predictions are uniform."""

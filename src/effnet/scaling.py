@@ -1,7 +1,6 @@
-"""Compound scaling: the formula of the paper for any phi, and the published variant table.
-
-The two are kept apart on purpose: the published B1-B7 coefficients were tuned by hand
-and are *not* what the formula gives at integer phi.
+"""Compound scaling: the formula of the paper for any phi, and the rounding of channels and
+block counts it implies. The published variants, whose B1-B7 coefficients were tuned by hand,
+are listed in :mod:`effnet.variants`.
 """
 
 from __future__ import annotations
@@ -94,58 +93,12 @@ class CompoundScaling:
                               "a network with almost no channels or blocks; use a larger --phi")
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One published EfficientNet variant: its coefficients and reference eval crop."""
+def __getattr__(name: str) -> object:
+    if name == "PUBLISHED_VARIANTS":  # moved to the variant catalogue
+        from .deprecation import warn_renamed
+        from .variants import VARIANTS
 
-    name: str
-    width: float
-    depth: float
-    resolution: int
-    dropout: float
-    crop_pct: float = 0.875
-    lite: bool = False
-
-
-def _b(name: str, width: float, depth: float, resolution: int, dropout: float, crop_pct: float) -> Variant:
-    return Variant(f"efficientnet_{name}", width, depth, resolution, dropout, crop_pct)
-
-
-def _lite(index: int, width: float, depth: float, resolution: int, dropout: float) -> Variant:
-    return Variant(f"efficientnet_lite{index}", width, depth, resolution, dropout, 0.875, lite=True)
-
-
-PUBLISHED_VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        _b("b0", 1.0, 1.0, 224, 0.2, 0.875),
-        _b("b1", 1.0, 1.1, 240, 0.2, 0.882),
-        _b("b2", 1.1, 1.2, 260, 0.3, 0.890),
-        _b("b3", 1.2, 1.4, 300, 0.3, 0.904),
-        _b("b4", 1.4, 1.8, 380, 0.4, 0.922),
-        _b("b5", 1.6, 2.2, 456, 0.4, 0.934),
-        _b("b6", 1.8, 2.6, 528, 0.5, 0.942),
-        _b("b7", 2.0, 3.1, 600, 0.5, 0.949),
-        _b("b8", 2.2, 3.6, 672, 0.5, 0.954),
-        _b("l2", 4.3, 5.3, 800, 0.5, 0.96),
-        _lite(0, 1.0, 1.0, 224, 0.2),
-        _lite(1, 1.0, 1.1, 240, 0.2),
-        _lite(2, 1.1, 1.2, 260, 0.3),
-        _lite(3, 1.2, 1.4, 300, 0.3),
-        _lite(4, 1.4, 1.8, 380, 0.3),
-    )
-}
-"""The published table (B0-B8, L2, Lite0-4), exactly as the reference defines it."""
-
-
-def nearest_published(width: float, depth: float, resolution: int, lite: bool = False) -> Variant:
-    """The published variant closest to the given coefficients (log-distance)."""
-
-    def distance(v: Variant) -> float:
-        return (
-            math.log(v.width / width) ** 2
-            + math.log(v.depth / depth) ** 2
-            + math.log(v.resolution / resolution) ** 2
-        )
-
-    return min((v for v in PUBLISHED_VARIANTS.values() if v.lite == lite), key=distance)
+        warn_renamed("effnet.scaling.PUBLISHED_VARIANTS", "effnet.variants.VARIANTS (V2 included; "
+                     "effnet.variants.variants('v1') + variants('lite') for this table)")
+        return {name: v for name, v in VARIANTS.items() if v.family != "v2"}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import build_config
 from ..train.finetune import STRATEGIES, start_settings
+from ..train.recipes import build_config
 from .train import add_run_arguments, run_overrides, train_and_report
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..deploy.pick import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
+from ..pick.search import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..deploy.pick import PickSettings, pick
-    from ..deploy.pick_report import format_result, write_outputs
+    from ..pick.report import format_result, write_outputs
+    from ..pick.search import PickSettings, pick
 
     if args.threads:
         torch.set_num_threads(args.threads)

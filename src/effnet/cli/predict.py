@@ -11,7 +11,8 @@ from ..data.device_decode import DECODE_MODES
 from ..device import AMP_DTYPES
 from ..errors import ConfigError
 from ..files import atomic_open, check_output_file
-from ..infer import FORMATS, Prediction, collect_images, format_for, load_classifier, open_writer, predict_files
+from ..infer import Prediction, load_classifier
+from ..predict import FORMATS, collect_images, format_for, open_writer, predict_files
 
 PREFIX = "effnet predict: "
 OUTPUT_SUFFIXES = (".csv", ".json", ".txt", ".tsv", ".log", "")
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in caught:
         print(f"{PREFIX}warning: {warning.message}", file=sys.stderr)
     with atomic_open(out) if out else contextlib.nullcontext(sys.stdout) as stream:
-        writer = open_writer(output_format, stream)
+        writer = open_writer(output_format, stream, classifier.model_name)
         try:
             summary = predict_files(classifier, images.files, writer, top_k=args.top_k, batch_size=args.batch_size,
                                     num_workers=args.workers, progress=False if args.no_progress else None,

@@ -6,8 +6,9 @@ import argparse
 
 from ..bench.measure import summarize
 from ..registry import entry_for_phi
-from ..scaling import CompoundScaling, nearest_published
+from ..scaling import CompoundScaling
 from ..table import format_table
+from ..variants import nearest_published
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ import shlex
 
 from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.quantize import LAYER_GROUPS, QatSettings
-from ..deploy.ship import REMEDIES, TARGETS
+from ..ship.plan import REMEDIES, TARGETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.pipeline import load_deployable
-    from ..deploy.ship import ShipOptions, ship
+    from ..ship import ShipOptions, ship
 
     progress = logging.getLogger("effnet")
     if not progress.handlers:

@@ -9,7 +9,8 @@ from ..device import AMP_DTYPES
 from ..files import check_output_folder
 from ..table import format_table
 from ..train.checkpoint import ResumePoint
-from ..train.config import OPTIMIZERS, TrainConfig, recipe_names
+from ..train.config import OPTIMIZERS, TrainConfig
+from ..train.recipes import recipe_names
 from ..train.reporting import result_rows
 from ..train.trainer import config_for_run, train
 

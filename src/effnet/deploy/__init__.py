@@ -10,10 +10,11 @@
   measurements and the runtimes behind them.
 - :mod:`.pipeline`: what ``effnet export`` and ``effnet quantize`` run.
 - :mod:`.openvino`: OpenVINO as a CPU runtime (fp32, bf16 and INT8, precision always explicit).
-- :mod:`.ship` (report in :mod:`.ship_report`): ``effnet ship``, a checkpoint to a verified
-  deployment folder with a standalone ``predict.py`` (:mod:`.standalone_predict`).
-- :mod:`.pick` (report in :mod:`.pick_report`): ``effnet pick``, the most accurate candidate
-  within a budget, measured on this machine; :mod:`.environment` keys its cache.
+- :mod:`.environment`: the CPU and library versions a measurement depends on.
+
+The two workflows built on these blocks are packages of their own: :mod:`effnet.ship` (a
+checkpoint to a verified deployment folder) and :mod:`effnet.pick` (the most accurate
+candidate within a budget, measured on this machine).
 """
 
 from ..fuse import fold_batchnorm

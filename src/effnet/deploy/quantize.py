@@ -61,9 +61,10 @@ class OrtRecipe:
     ``per_channel``: one weight scale per output channel (depthwise convs need it).
     ``reduce_range``: 7-bit weights, avoiding the int16 saturation of u8s8 kernels on x86 CPUs
     without VNNI; ``None`` (the default) chooses it for this CPU
-    (:func:`~effnet.deploy.environment.int8_kernels_saturate`). ``calibrate_method``: ``minmax`` (full observed range), ``entropy`` or
-    ``percentile`` (clip outliers). ``activation_type``: ``uint8`` (asymmetric, the x86 default)
-    or ``int8`` (symmetric). ``keep_float``: :data:`LAYER_GROUPS` left unquantized.
+    (:func:`~effnet.deploy.environment.int8_kernels_saturate`). ``calibrate_method``: ``minmax``
+    (full observed range), ``entropy`` or ``percentile`` (clip outliers). ``activation_type``:
+    ``uint8`` (asymmetric, the x86 default) or ``int8`` (symmetric). ``keep_float``:
+    :data:`LAYER_GROUPS` left unquantized.
     """
 
     per_channel: bool = True

@@ -1,8 +1,9 @@
-"""Training configuration: typed sections, YAML recipes and ``section.key=value`` overrides.
+"""Training configuration: typed sections, their checks, and setting one ``section.key`` by name.
 
-A recipe (``src/effnet/recipes/<name>.yaml``, or any YAML path) sets some fields; the rest keep
-the defaults below. Overrides from the command line go on top, and the fully resolved config
-is what a run saves and what a resumed run reads back.
+A recipe (:mod:`effnet.train.recipes`) sets some fields; the rest keep the defaults below.
+Overrides from the command line go on top, and the fully resolved config is what a run saves
+and what a resumed run reads back. Renamed keys (:data:`RENAMED_SETTINGS`) are still read, with
+a deprecation warning, so configs saved before a rename keep working.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ..data.device_decode import DECODE_MODES
 from ..data.transforms import AUTO_AUGMENTS as auto_augment_policies
+from ..deprecation import warn_renamed
 from ..description import Preprocessing
 from ..device import AMP_MODES
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError
 from ..recompute import MEMORY_MODES
 
 LOG = logging.getLogger("effnet.train")
@@ -168,7 +166,7 @@ class ProgressiveSettings:
     size_step: int = 32
     stages: int = 4
     ra_magnitude: tuple[float, float] = (5.0, 10.0)
-    dropout: tuple[float, float] = (0.1, 0.3)
+    drop_rate: tuple[float, float] = (0.1, 0.3)
     mixup_alpha: tuple[float, float] = (0.0, 0.2)
 
 
@@ -354,8 +352,8 @@ class TrainConfig:
                              "depth with model.drop_path_rate (one setting each)")
         if self.progressive.mode == "staged" and self.model.drop_rate is not None:
             raise ConfigError(f"model.drop_rate={self.model.drop_rate} and progressive.mode=staged both set the "
-                             f"dropout; staged learning grows it per stage (progressive.dropout="
-                             f"{list(self.progressive.dropout)}): unset model.drop_rate")
+                             f"dropout rate; staged learning grows it per stage (progressive.drop_rate="
+                             f"{list(self.progressive.drop_rate)}): unset model.drop_rate")
         if self.progressive.mode == "staged" and self.augment.auto_augment != "randaugment":
             raise ConfigError("progressive.mode=staged grows the RandAugment magnitude with the image size; "
                              "set augment.auto_augment=randaugment")
@@ -369,86 +367,6 @@ class TrainConfig:
                     "epoch(s) instead (--set schedule.warmup_epochs=... to choose)", self.schedule.warmup_epochs,
                     self.run.epochs, shortened)
         self.schedule.warmup_epochs = shortened
-
-
-def recipe_names() -> list[str]:
-    """The recipes shipped with the package."""
-    return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
-
-
-def _recipe_dir() -> Any:
-    return resources.files("effnet") / "recipes"
-
-
-def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
-    """A recipe's raw settings, by shipped name (``seed``, ``paper``, ...) or YAML path."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise InputFileError(f"recipe file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"recipe file {path} is not UTF-8 text ({error})") from None
-        name = path.stem
-    else:
-        resource = _recipe_dir() / f"{name_or_path}.yaml"
-        if not resource.is_file():
-            raise ConfigError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())} "
-                             "(or give a path to a .yaml file)")
-        text = resource.read_text()
-        name = str(name_or_path)
-    data = read_yaml(text, f"recipe {name_or_path}") or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {name_or_path} must be a YAML mapping of sections")
-    data.setdefault("recipe", name)
-    return data
-
-
-def build_config(recipe: str | Path = "seed", overrides: dict[str, Any] | None = None,
-                 assignments: list[str] | None = None) -> TrainConfig:
-    """Recipe, then ``overrides`` (``{"run.epochs": 5}``), then ``section.key=value`` strings."""
-    config = TrainConfig.from_dict(load_recipe(recipe), source=f"recipe {recipe}")
-    apply_overrides(config, overrides or {}, assignments or [])
-    return config
-
-
-def apply_overrides(config: TrainConfig, overrides: dict[str, Any], assignments: list[str]) -> list[str]:
-    """Apply dotted overrides in place and validate; returns the keys whose value changed.
-
-    ``overrides`` entries whose value is ``None`` mean "not given" and are skipped (command-line
-    flags left out); ``assignments`` always apply, so ``--set run.amp=null`` clears a setting.
-    """
-    changed = []
-    items = [(k, v) for k, v in overrides.items() if v is not None]
-    items += [parse_assignment(text) for text in assignments]
-    for key, value in items:
-        before = get_value(config, key)
-        set_value(config, key, value, "override")
-        if get_value(config, key) != before:
-            changed.append(key)
-    config.validate()
-    return changed
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``"optimizer.lr=0.01"`` -> ``("optimizer.lr", 0.01)``; the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optimizer.lr=0.01")
-    return key.strip(), read_yaml(raw, f"--set {text!r}") if raw.strip() else None
-
-
-def read_yaml(text: str, where: str) -> Any:
-    """``text`` parsed as YAML; a syntax error becomes a :class:`ConfigError` naming ``where`` and
-    the line and column."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or type(error).__name__
-        raise ConfigError(f"{where} is not valid YAML{position}: {problem}") from None
 
 
 def get_value(config: TrainConfig, key: str) -> Any:
@@ -468,7 +386,14 @@ def set_value(config: TrainConfig, key: str, value: Any, source: str = "override
     setattr(target, name, _coerce(value, hint, f"{source}: {key}"))
 
 
+RENAMED_SETTINGS = {"progressive.dropout": "progressive.drop_rate"}
+"""Old setting names still read (with a deprecation warning) -> their current names."""
+
+
 def _resolve(config: TrainConfig, key: str, source: str) -> tuple[Any, str, Any]:
+    if key in RENAMED_SETTINGS:
+        warn_renamed(f"the setting {key} ({source})", RENAMED_SETTINGS[key], stacklevel=5)
+        key = RENAMED_SETTINGS[key]
     parts = key.split(".")
     if parts[0] not in SECTIONS or len(parts) < 2:
         raise ConfigError(f"{source}: unknown setting {key!r}; settings look like SECTION.KEY with SECTION one of "
@@ -539,15 +464,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def save_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML (sections in order)."""
-    path = Path(path)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return path
-
-
-def read_config(path: str | Path) -> TrainConfig:
-    """Read a saved ``config.yaml`` back."""
-    return TrainConfig.from_dict(read_yaml(Path(path).read_text(), str(path)), source=str(path))

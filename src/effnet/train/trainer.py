@@ -74,7 +74,7 @@ from . import checkpoint as ckpt
 from . import finetune
 from .checkpoint import ResumePoint
 from .checks import check_batch_for_batchnorm, check_class_count
-from .config import TrainConfig, apply_overrides, build_config
+from .config import TrainConfig
 from .distributed import (
     DistContext,
     all_gather_objects,
@@ -88,6 +88,7 @@ from .ema import ModelEMA
 from .metrics import EvalResult, Predictions, evaluate, find_mistakes
 from .optim import build_optimizer, scaled_lr
 from .progressive import EpochSettings, ProgressivePlan
+from .recipes import apply_overrides, build_config
 from .reporting import (
     LOG,
     TensorBoardLog,
@@ -341,7 +342,7 @@ class Trainer:
         self.ema = ModelEMA(model, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
 
         self.plan = ProgressivePlan(config.progressive, config.augment, config.data.img_size, config.run.epochs,
-                                    model.config.dropout)
+                                    model.config.drop_rate)
         check_batch_for_batchnorm(config.data.batch_size, len(self.train_set), self.plan.smallest_size(),
                                   model.feature_info[-1].stride)
         self.decode_on_device = decodes_on_device(config.data.decode, device)
@@ -385,11 +386,11 @@ class Trainer:
 
     def _loader_for(self, settings: EpochSettings) -> DataLoader | DeviceDecodeLoader:
         """The training loader for an epoch's size and magnitude (rebuilt when they change)."""
-        key = (settings.img_size, settings.ra_magnitude)
+        key = (settings.resolution, settings.ra_magnitude)
         if self._train_loader is None or key != self._loader_key:
             a = self.config.augment
             self.train_set.transform = train_transforms(
-                self.raw_model.preprocessing, resolution=settings.img_size, scale=a.scale, hflip=a.hflip,
+                self.raw_model.preprocessing, resolution=settings.resolution, scale=a.scale, hflip=a.hflip,
                 color_jitter=a.color_jitter, auto_augment=a.auto_augment, ra_magnitude=settings.ra_magnitude,
                 ra_num_ops=a.ra_num_ops, re_prob=a.re_prob, degrees=a.degrees, shear=a.shear, fill=a.fill,
                 for_tensors=self.decode_on_device)
@@ -454,7 +455,7 @@ class Trainer:
             self._fresh = False
             for stale in remove_stale_temps(self.run_dir):
                 LOG.warning("removed %s, left by a save that did not finish", stale.name)
-            from .config import save_config
+            from .recipes import save_config
 
             atomic_write(self.run_dir / "config.yaml", lambda temp: save_config(config, temp))
         handler = setup_logging(self.run_dir if context.is_main else None, context.is_main)
@@ -522,7 +523,7 @@ class Trainer:
                             "; ".join(changes))
 
     def _size_text(self) -> str:
-        sizes = sorted({self.plan.at(e).img_size for e in range(self.config.run.epochs)})
+        sizes = sorted({self.plan.at(e).resolution for e in range(self.config.run.epochs)})
         return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}..{sizes[-1]} ({self.config.progressive.mode})"
 
     # ---------------------------------------------------------- one epoch
@@ -533,7 +534,7 @@ class Trainer:
         config, context, run = self.config, self.context, self.state
         loader = self._start_epoch(epoch, settings)
         mix = self._mixer(settings)
-        bar = progress_bar(len(loader), f"epoch {epoch + 1}/{config.run.epochs} @{settings.img_size}px",
+        bar = progress_bar(len(loader), f"epoch {epoch + 1}/{config.run.epochs} @{settings.resolution}px",
                            config.run.progress and context.is_main)
         bar.update(run.step_in_epoch)
         started = time.perf_counter()
@@ -584,7 +585,7 @@ class Trainer:
         loader = self._loader_for(settings)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        self.raw_model.dropout.p = settings.dropout
+        self.raw_model.set_drop_rate(settings.drop_rate)
         if run.mid_epoch and run.epoch_rng is not None:
             self._set_rng(run.epoch_rng[context.rank])
         else:
@@ -700,7 +701,7 @@ class Trainer:
         sums = run.sums
         images = all_reduce_sum(torch.tensor([sums.loss, float(sums.images)], dtype=torch.float64), context)
         row: dict[str, Any] = {
-            "epoch": epoch + 1, "img_size": settings.img_size, "lr": self.schedule.lr,
+            "epoch": epoch + 1, "img_size": settings.resolution, "lr": self.schedule.lr,
             "train_loss": float(images[0] / max(images[1], 1)),
         }
         evals = {"model": self._evaluate(self.raw_model)}
@@ -733,7 +734,7 @@ class Trainer:
             plot_curves(run.history, self.run_dir / "curves.png")
             ema_text = f", EMA {row['ema_val_top1']:.2f}%" if "ema_val_top1" in row else ""
             LOG.info("epoch %d/%d @%dpx: train loss %.4f, val loss %.4f, top-1 %.2f%%%s, top-5 %.2f%%, "
-                     "%.1f img/s, %.0fs%s", epoch + 1, config.run.epochs, settings.img_size, row["train_loss"],
+                     "%.1f img/s, %.0fs%s", epoch + 1, config.run.epochs, settings.resolution, row["train_loss"],
                      row["val_loss"], row["val_top1"], ema_text, row["val_top5"], row["train_img_per_s"],
                      row["epoch_time_s"], " (best)" if improved and config.run.keep == "best" else "")
         barrier(context)

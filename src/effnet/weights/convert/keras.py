@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...registry import IMAGENET_STD
+from ...description import IMAGENET_STD
 from ..errors import CheckpointError
 from .base import TF_TRAINED, Architecture, Layout, param_key
 

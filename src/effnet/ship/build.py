@@ -9,7 +9,7 @@ only shipped if it loses at most ``max_drop`` top-1 points. The folder holds:
 - ``manifest.json`` (runtime, model file, name, target, precision, input size, measured top-1),
   ``labels.json`` (class names), ``preprocessing.json``;
 - ``predict.py``, a standalone classifier needing only the runtime, numpy and Pillow;
-- ``report.md`` and ``report.html`` (see :mod:`.ship_report`), ``confusion.png``.
+- ``report.md`` and ``report.html`` (see :mod:`effnet.ship.report`), ``confusion.png``.
 
 Nothing appears in the destination until every check has passed.
 """
@@ -20,166 +20,37 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError, EffnetError, InputFileError
+from ..deploy.calibration import calibration_images, labelled_loader, unlabelled_loader
+from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
+from ..deploy.environment import library_versions
+from ..deploy.export import artifact_metadata, export_model, input_shape
+from ..deploy.quantize import OrtRecipe, Pt2eRecipe, quantize_aware_train, quantize_onnx, save_pt2e
+from ..deploy.runtime import Runner, load_runner, onnx_runner
+from ..deploy.verify import FP32_TOLERANCE, ExportVerificationError, compare_to_reference
+from ..errors import ConfigError, InputFileError
 from ..files import atomic_write, publish
 from ..model import EfficientNet
-from .calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, labelled_loader, unlabelled_loader
-from .compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
-from .export import artifact_metadata, export_model, input_shape
-from .quantize import OrtRecipe, Pt2eRecipe, QatSettings, check_groups, quantize_aware_train, quantize_onnx, save_pt2e
-from .runtime import Runner, load_runner, onnx_runner
-from .verify import FP32_TOLERANCE, ExportVerificationError, compare_to_reference
+from .plan import (
+    FP32_FALLBACK,
+    Attempt,
+    Evaluation,
+    Recipe,
+    ShipOptions,
+    ShipRefused,
+    ShipResult,
+    Target,
+    recipes,
+    target,
+)
+from .report import write_reports
 
-logger = logging.getLogger("effnet.deploy")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a shipped model runs: its runtime, the precision it computes in, and its file."""
-
-    name: str
-    runtime: str
-    precision: str
-    model_file: str
-
-    @property
-    def int8(self) -> bool:
-        return self.precision == "int8"
-
-
-TARGETS = {target.name: target for target in (
-    Target("onnxruntime", "onnxruntime", "fp32", "model.onnx"),
-    Target("onnxruntime-int8", "onnxruntime", "int8", "model.onnx"),
-    Target("openvino", "openvino", "fp32", "model.xml"),
-    Target("openvino-bf16", "openvino", "bf16", "model.xml"),
-    Target("openvino-int8", "openvino", "int8", "model.xml"),
-    Target("torchscript", "torchscript", "fp32", "model.ts"),
-)}
-FP32_FALLBACK = {"onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino", "openvino-bf16": "openvino"}
-REMEDIES = ("keep-float-stem", "qat", "fp32")
-"""What ``auto_remedy`` tries, in order, after the target as asked: the stem in float (Lite0's folded
-stem weights amplify the input's quantization noise), quantization-aware training with the stem in
-float, and the target's fp32 sibling."""
-
-
-def target(name: str) -> Target:
-    if name not in TARGETS:
-        raise ConfigError(f"unknown ship target {name!r}; choose one of {', '.join(TARGETS)}")
-    return TARGETS[name]
-
-
-@dataclass(frozen=True)
-class ShipOptions:
-    """How ``effnet ship`` runs. ``keep_float``: layer groups left in float in an INT8 target;
-    ``command``: the command line recorded in the report."""
-
-    target: str = "onnxruntime-int8"
-    max_drop: float = 1.0
-    auto_remedy: bool = False
-    remedies: tuple[str, ...] = REMEDIES
-    keep_float: tuple[str, ...] = ()
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
-    qat: QatSettings = field(default_factory=QatSettings)
-    batch_size: int = 32
-    threads: int | None = None
-    measure_speed: bool = True
-    command: str = ""
-
-    def __post_init__(self) -> None:
-        target(self.target)
-        if self.max_drop < 0:
-            raise ConfigError(f"--max-drop is the top-1 points that may be lost, 0 or more; got {self.max_drop}")
-        unknown = sorted(set(self.remedies) - set(REMEDIES))
-        if unknown:
-            raise ConfigError(f"unknown remedy {', '.join(unknown)}; choose from {', '.join(REMEDIES)}")
-        object.__setattr__(self, "keep_float", check_groups(self.keep_float))
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One way of building the shipped model: a target, the layer groups kept in float, and the
-    INT8 method (``ptq``, ``qat``; ``none`` for float targets)."""
-
-    target: Target
-    keep_float: tuple[str, ...] = ()
-    method: str = "none"
-
-    def describe(self) -> str:
-        parts = [self.target.name]
-        if self.method == "qat":
-            parts.append("QAT")
-        if self.keep_float:
-            parts.append("float " + "+".join(self.keep_float))
-        return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """A recipe built and measured on the evaluation images, and whether it met ``max_drop``."""
-
-    recipe: Recipe
-    accuracy: Accuracy
-    drop_points: float
-    accepted: bool
-
-
-class ShipRefused(EffnetError, ValueError):
-    """Every recipe tried lost more top-1 than allowed; nothing was shipped."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Per-image results on the evaluation set: labels, files, reference and shipped logits."""
-
-    class_names: list[str]
-    files: list[Path]
-    targets: np.ndarray
-    reference: np.ndarray
-    shipped: np.ndarray
-
-
-@dataclass(frozen=True)
-class ShipResult:
-    """The shipped folder and everything measured on the way."""
-
-    out_dir: Path
-    model_name: str
-    recipe: Recipe
-    attempts: list[Attempt]
-    reference: DeploymentRow
-    shipped: DeploymentRow
-    evaluation: Evaluation
-    manifest: dict
-
-    def describe(self) -> str:
-        accuracy, reference = self.shipped.accuracy, self.reference.accuracy
-        return (f"shipped {self.model_name} as {self.recipe.describe()} to {self.out_dir}: top-1 "
-                f"{100 * accuracy.top1:.2f}% (fp32 {100 * reference.top1:.2f}%, drop "
-                f"{self.attempts[-1].drop_points:.2f} points), agreement {100 * accuracy.agreement:.2f}%")
-
-
-def recipes(options: ShipOptions) -> list[Recipe]:
-    """The target as asked, then (with ``auto_remedy``) each applicable remedy, in order."""
-    asked = target(options.target)
-    tried = [Recipe(asked, options.keep_float if asked.int8 else (), "ptq" if asked.int8 else "none")]
-    if not options.auto_remedy:
-        return tried
-    stem = tuple(dict.fromkeys((*options.keep_float, "stem")))
-    for remedy in options.remedies:
-        if remedy == "keep-float-stem" and asked.int8 and "stem" not in options.keep_float:
-            tried.append(Recipe(asked, stem, "ptq"))
-        elif remedy == "qat" and asked.int8:
-            tried.append(Recipe(asked, tuple(g for g in stem if g != "activations"), "qat"))
-        elif remedy == "fp32" and asked.name in FP32_FALLBACK:
-            tried.append(Recipe(TARGETS[FP32_FALLBACK[asked.name]]))
-    return tried
+logger = logging.getLogger("effnet.ship")
 
 
 def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path, out_dir: str | Path,
@@ -190,8 +61,6 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
     quantize; ``eval_dir`` is a class-folder dataset with the model's classes. Raises
     :class:`ShipRefused` if no recipe tried stays within ``options.max_drop``.
     """
-    from .ship_report import write_reports
-
     model.eval()
     out_dir = Path(out_dir)
     _check_destination(out_dir)
@@ -199,7 +68,7 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
     if any(r.target.int8 for r in plan) and calib_dir is None:
         raise ConfigError(f"target {options.target} quantizes to INT8 and needs calibration images: pass --calib DIR")
     if any(r.target.runtime == "openvino" for r in plan):
-        from .openvino import bf16_supported
+        from ..deploy.openvino import bf16_supported
 
         if any(r.target.precision == "bf16" for r in plan) and not bf16_supported():
             raise ConfigError("target openvino-bf16 is unavailable: this CPU has no bf16 (AVX-512 BF16 or AMX); "
@@ -291,7 +160,7 @@ def _build(recipe: Recipe, model: EfficientNet, fp32_onnx: Path, calibration: to
         quantize_onnx(fp32_onnx, onnx_path, calibration, OrtRecipe(keep_float=recipe.keep_float))
     if target.runtime == "onnxruntime":
         return onnx_runner(onnx_path, options.threads, name=f"onnxruntime {target.precision}")
-    from .openvino import convert_onnx, openvino_runner
+    from ..deploy.openvino import convert_onnx, openvino_runner
 
     xml = convert_onnx(onnx_path, folder / target.model_file)
     onnx_path.unlink()
@@ -313,8 +182,6 @@ def _class_names(model: EfficientNet) -> list[str]:
 
 
 def _manifest(model: EfficientNet, recipe: Recipe, accuracy: Accuracy, reference: Accuracy) -> dict:
-    from .environment import library_versions
-
     target = recipe.target
     manifest = {
         "runtime": target.runtime, "model_file": target.model_file, "model_name": model.model_name,

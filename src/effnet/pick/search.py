@@ -37,13 +37,13 @@ import torch
 from ..bench.measure import LatencyStats, resident_memory, tensor_bytes, time_interleaved
 from ..bench.peers import published_top1
 from ..bench.runner import failure_status
+from ..deploy.compare import collect_logits
+from ..deploy.environment import cpu_description, library_versions
+from ..deploy.runtime import Runner, onnx_runner, torch_runner
 from ..errors import ConfigError
 from ..factory import create_model
 from ..files import atomic_write
 from ..registry import get_entry, list_models
-from .compare import collect_logits
-from .environment import cpu_description, library_versions
-from .runtime import Runner, onnx_runner, torch_runner
 
 logger = logging.getLogger("effnet.deploy")
 
@@ -291,7 +291,7 @@ class _Builder:
     def calibration(self, name: str) -> torch.Tensor:
         """Checkpoints: images from ``calib_dir``; random weights: seeded noise (only timing matters)."""
         if self.settings.checkpoints:
-            from .calibration import calibration_images
+            from ..deploy.calibration import calibration_images
 
             return calibration_images(self.settings.calib_dir, self.model(name).preprocessing)
         size = self.resolution(name)
@@ -299,7 +299,7 @@ class _Builder:
 
     def top1(self, name: str, runner: Runner) -> float:
         """Top-1 (%) of ``runner`` on the evaluation folder, in the model's own preprocessing."""
-        from .calibration import labelled_loader
+        from ..deploy.calibration import labelled_loader
 
         model = self.model(name)
         logits, targets = collect_logits({"candidate": runner},
@@ -310,8 +310,8 @@ class _Builder:
     def _file(self, name: str, kind: str) -> Path:
         if (name, kind) in self._files:
             return self._files[(name, kind)]
-        from .export import export_model
-        from .quantize import OrtRecipe, quantize_onnx
+        from ..deploy.export import export_model
+        from ..deploy.quantize import OrtRecipe, quantize_onnx
 
         path = self.work / f"{len(self._files)}.{kind}"
         if kind == "onnx":
@@ -319,7 +319,7 @@ class _Builder:
         elif kind == "int8.onnx":
             quantize_onnx(self._file(name, "onnx"), path, self.calibration(name), OrtRecipe())
         else:
-            from .openvino import convert_onnx
+            from ..deploy.openvino import convert_onnx
 
             source = self._file(name, "int8.onnx" if kind == "int8.xml" else "onnx")
             path = convert_onnx(source, path)
@@ -337,7 +337,7 @@ class _Builder:
         if candidate.runtime.startswith("onnxruntime"):
             path = self._file(name, "int8.onnx" if candidate.precision == "int8" else "onnx")
             return onnx_runner(path, threads, name=candidate.runtime), path.stat().st_size / 1e6
-        from .openvino import openvino_runner
+        from ..deploy.openvino import openvino_runner
 
         path = self._file(name, "int8.xml" if candidate.precision == "int8" else "xml")
         runner = openvino_runner(path, "bf16" if candidate.precision == "bf16" else "fp32", threads,
@@ -383,7 +383,7 @@ def measure_candidate(runner: Runner, batch: np.ndarray, reference: Runner, refe
 def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) -> PickResult:
     """Measure (or read from the cache) every candidate that may meet the budget; mark the Pareto
     front of (latency, top-1) and pick the most accurate candidate within the budget."""
-    from .openvino import bf16_supported
+    from ..deploy.openvino import bf16_supported
 
     cache = MeasurementCache(settings.cache_dir or default_cache_dir(), settings.threads, settings.max_seconds)
     bf16 = "openvino-bf16" not in settings.runtimes or bf16_supported()

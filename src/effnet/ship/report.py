@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..deploy.compare import row_cells, row_headers
+from ..deploy.environment import describe_cpu
 from ..files import atomic_write
 from ..table import format_markdown
 from ..train.reporting import plot_confusion
-from .compare import row_cells, row_headers
-from .environment import describe_cpu
-from .ship import ShipOptions, ShipResult
+from .plan import ShipOptions, ShipResult
 
 MISTAKES_SHOWN = 10
 ATTEMPT_HEADERS = ["recipe", "top-1 %", "drop (points)", "agreement %", "SQNR dB", "shipped"]

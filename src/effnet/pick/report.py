@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..deploy.environment import describe_cpu
 from ..files import atomic_write
 from ..table import format_markdown, format_table
-from .environment import describe_cpu
-from .pick import REFERENCE, PickResult, PickRow
+from .search import REFERENCE, PickResult, PickRow
 
 HEADERS = ("", "model", "runtime", "precision", "batch", "res", "top-1 %", "p50 ms", "p90 ms", "x ref", "img/s",
            "mem MiB", "file MB", "status")

@@ -1,0 +1,252 @@
+"""What runs without PyTorch: image decoding, the eval preprocessing and the prediction record.
+
+This module imports only the standard library, numpy and Pillow, so that every consumer
+without PyTorch (a shipped folder's ``predict.py``, which gets a copy of this file beside it;
+the torch-free server; edge targets) prepares images and reports predictions exactly as effnet
+does. :mod:`effnet.data.images` reads files with the same functions, and
+:func:`preprocess` is tested against :func:`effnet.data.transforms.eval_transforms`.
+
+Decoding (:func:`load_image`, :func:`decode_image`):
+
+- EXIF orientation is applied (a phone photo comes out the way it is displayed).
+- Transparency (RGBA, LA, palette with a transparent colour) is composited on white.
+- 16-bit and 32-bit integer greyscale is scaled from 0-65535 to 0-255 (rounding to nearest);
+  float greyscale (``F``) is read as 0-1. Values outside those ranges are clipped.
+- Greyscale, bilevel, palette, CMYK and YCbCr go through Pillow's conversion to RGB.
+- Images with more than ``max_pixels`` pixels are refused before decoding (decompression
+  bombs), and so are images whose resized copy would have more (very thin images).
+
+A prediction is one record of :data:`PREDICTION_SCHEMA` (version :data:`SCHEMA_VERSION`),
+made by :func:`prediction_record`.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Pillow's default warning threshold: about 0.25 GiB of RGBA pixels."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+READ_ERROR_KINDS = ("empty", "not_an_image", "too_many_pixels", "corrupt", "missing", "unreadable")
+RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+WHITE = (255, 255, 255)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an image: unreadable, corrupt, truncated or too large.
+
+    ``kind`` is one of :data:`READ_ERROR_KINDS`; ``reason`` says it in words.
+    """
+
+    def __init__(self, path: Path, reason: str, kind: str = "corrupt") -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.kind = kind
+
+
+def has_image_extension(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_error(path: Path, error: BaseException) -> ImageReadError:
+    """The :class:`ImageReadError` for an exception raised while opening or decoding ``path``."""
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageReadError(path, f"refused as a possible decompression bomb ({error})", "too_many_pixels")
+    if isinstance(error, Image.UnidentifiedImageError):
+        return ImageReadError(path, "not an image file (Pillow cannot identify it)", "not_an_image")
+    if isinstance(error, FileNotFoundError):
+        return ImageReadError(path, "file not found", "missing")
+    if isinstance(error, OSError) and error.errno is not None:  # the file system refused, not the decoder
+        return ImageReadError(path, f"cannot read the file: {_os_reason(error)}", "unreadable")
+    text = str(error) or type(error).__name__
+    return ImageReadError(path, f"corrupt or truncated image ({text})", "corrupt")
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied (make it readable, or remove it)"
+    if error.errno == errno.ELOOP:
+        return "a symbolic link loop (the link points back to itself)"
+    if isinstance(error, IsADirectoryError):
+        return "it is a folder"
+    return error.strerror or str(error)
+
+
+def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> Image.Image:
+    """Open ``path`` (or the in-memory file ``data`` named ``path``) without decoding its pixels,
+    refusing empty files and more than ``max_pixels`` pixels."""
+    if (len(data) if data is not None else path.stat().st_size) == 0:
+        raise ImageReadError(path, "empty file (0 bytes)", "empty")
+    image = Image.open(io.BytesIO(data) if data is not None else path)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageReadError(path, f"refused as a possible decompression bomb: {width}x{height} = "
+                                   f"{width * height:,} pixels exceeds the limit of {max_pixels:,} (max_pixels)",
+                             "too_many_pixels")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``image`` following the rules in the module docstring."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode == "F":
+        values = np.asarray(image).astype(np.float64) * (255.0 if mode == "F" else 255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _decode(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:
+    try:
+        with open_image(path, max_pixels, data) as image:
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except ImageReadError:
+        raise
+    except Exception as error:  # Pillow raises many types (OSError, SyntaxError, struct.error ...) on bad files
+        raise read_error(path, error) from error
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an 8-bit RGB PIL image; raises :class:`ImageReadError` on any bad file."""
+    return _decode(Path(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`load_image` for a file held in memory (an upload); ``name`` labels its errors."""
+    return _decode(Path(name), max_pixels, data)
+
+
+def resize_size(preprocessing: Mapping[str, Any]) -> int:
+    """The short side images are resized to before the center crop: ``resolution / crop_pct``."""
+    return int(math.floor(preprocessing["resolution"] / preprocessing["crop_pct"]))
+
+
+def resized_shape(width: int, height: int, preprocessing: Mapping[str, Any]) -> tuple[int, int]:
+    """``(width, height)`` after resizing the short side to :func:`resize_size` (aspect kept)."""
+    target = resize_size(preprocessing)
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(target * long / short)
+    return (target, new_long) if width <= height else (new_long, target)
+
+
+def check_resized_pixels(path: Path, width: int, height: int, preprocessing: Mapping[str, Any],
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse an image whose resized copy would exceed ``max_pixels`` (a 1 x 100,000 pixel image
+    becomes 256 x 25,600,000), before any work is spent on it."""
+    new_width, new_height = resized_shape(width, height, preprocessing)
+    if new_width * new_height > max_pixels:
+        raise ImageReadError(path, f"{width}x{height} pixels would be resized to {new_width}x{new_height} "
+                                   f"({new_width * new_height:,} pixels, more than the limit of {max_pixels:,}): "
+                                   "the image is too thin to classify; crop it first", "too_many_pixels")
+
+
+def preprocess(image: Image.Image, preprocessing: Mapping[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS,
+               name: str = "<image>") -> np.ndarray:
+    """One 8-bit RGB image as a float32 ``(3, H, W)`` array, as effnet's eval transform makes it:
+    resize the short side to ``resolution / crop_pct`` with the preprocessing's interpolation,
+    center-crop ``resolution``, scale to [0, 1], normalize by mean and std.
+
+    ``preprocessing`` is a model's preprocessing as a mapping (``preprocessing.json``).
+    """
+    resolution = preprocessing["resolution"]
+    width, height = image.size
+    check_resized_pixels(Path(name), width, height, preprocessing, max_pixels)
+    new_width, new_height = resized_shape(width, height, preprocessing)
+    if (new_width, new_height) != (width, height):
+        image = image.resize((new_width, new_height), resample=RESAMPLE[preprocessing["interpolation"]])
+    top = int(round((new_height - resolution) / 2.0))
+    left = int(round((new_width - resolution) / 2.0))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) * np.float32(1.0 / 255.0)
+    mean = np.asarray(preprocessing["mean"], dtype=np.float32)
+    std = np.asarray(preprocessing["std"], dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(N, classes)`` logits, in float64 then back to float32."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ predictions
+SCHEMA_VERSION = 1
+_RANKED = {
+    "type": "object",
+    "required": ["rank", "class_index", "class_name", "probability"],
+    "properties": {
+        "rank": {"type": "integer", "minimum": 1},
+        "class_index": {"type": "integer", "minimum": 0},
+        "class_name": {"type": "string"},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "additionalProperties": False,
+}
+PREDICTION_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "effnet prediction",
+    "description": "One input's top classes, or why it could not be classified.",
+    "type": "object",
+    "required": ["schema_version", "path", "model", "top_k", "error"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "path": {"type": "string", "description": "the input: a file path, or an upload's file name"},
+        "model": {"type": ["string", "null"], "description": "the model's name"},
+        "top_k": {"type": "array", "items": _RANKED, "description": "the top classes, most probable first"},
+        "error": {"type": ["string", "null"], "description": "why the input was not classified (top_k empty)"},
+        "predictions": {"type": "array", "items": _RANKED, "deprecated": True,
+                        "description": "the same list as top_k (effnet predict --format json before version 1)"},
+        "file": {"type": "string", "deprecated": True,
+                 "description": "the same as path (effnet serve's /v1/predict before version 1)"},
+    },
+    "additionalProperties": False,
+}
+"""The JSON form of one prediction, the same for ``effnet predict --format json``, the server's
+``/v1/predict``, a shipped folder's ``predict.py --format json`` and bulk (Ray) output."""
+
+
+def prediction_record(path: str, model: str | None, ranked: Sequence[tuple[int, str, float]] = (),
+                      error: str | None = None, legacy: str | None = None) -> dict[str, Any]:
+    """One prediction as a :data:`PREDICTION_SCHEMA` object.
+
+    ``ranked``: ``(class_index, class_name, probability)`` of the top classes, best first.
+    ``legacy``: also write a producer's field names from before the schema (``"predict"``: a
+    ``predictions`` copy of ``top_k``; ``"serve"``: a ``file`` copy of ``path``), deprecated.
+    """
+    top_k = [{"rank": rank, "class_index": int(index), "class_name": str(name), "probability": float(probability)}
+             for rank, (index, name, probability) in enumerate(ranked, start=1)]
+    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "path": path, "model": model, "top_k": top_k,
+                              "error": error}
+    if legacy == "predict":
+        record["predictions"] = top_k
+    elif legacy == "serve":
+        record["file"] = path
+    return record
+
+
+def top_classes(probabilities: np.ndarray, labels: Sequence[str], top_k: int) -> list[tuple[int, str, float]]:
+    """The ``top_k`` ``(class_index, class_name, probability)`` of one row of probabilities, best
+    first (ties: the lower index first)."""
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[:top_k]
+    return [(int(i), labels[i], float(probabilities[i])) for i in order]

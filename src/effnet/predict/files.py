@@ -1,0 +1,72 @@
+"""The files ``effnet predict`` classifies: files, folders (recursively) and glob patterns."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.datasets import image_files_under
+from ..data.images import IMAGE_EXTENSIONS, has_image_extension
+from ..files import printable_path
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class ImageList:
+    """The files found for a list of paths, folders and globs, and the arguments that gave none."""
+
+    files: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def collect_images(paths: Iterable[str | Path]) -> ImageList:
+    """Expand files, folders (recursively, image extensions only, hidden files skipped) and glob
+    patterns (``*``, ``?``, ``[...]``, ``**``; expanded here, for shells that do not) into a list
+    of files in argument order, without duplicates.
+
+    A file named explicitly is kept whatever its extension (it fails later if it is no image).
+    A missing path, a folder without images and a pattern matching nothing are listed in
+    ``problems`` as ``(argument, reason)``.
+    """
+    found = ImageList()
+    seen: set[Path] = set()
+    extensions = ", ".join(IMAGE_EXTENSIONS)
+
+    def unreadable(folder: Path, reason: str) -> None:
+        found.problems.append((printable_path(folder), f"folder cannot be read: {reason}"))
+
+    def add(files: Iterable[Path]) -> None:
+        for file in files:
+            if file not in seen:
+                seen.add(file)
+                found.files.append(file)
+
+    for argument in paths:
+        text = str(argument)
+        path = Path(text)
+        if path.is_file():
+            add([path])
+        elif path.is_dir():
+            images = image_files_under(path, unreadable)
+            if not images:
+                found.problems.append((text, f"folder with no images (looked for {extensions}, in subfolders too)"))
+            add(images)
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            images = []
+            for match in map(Path, matches):
+                if match.is_dir():
+                    images += image_files_under(match, unreadable)
+                elif has_image_extension(match):
+                    images.append(match)
+            if not images:
+                reason = (f"matches no image files (looked for {extensions})" if matches
+                          else "matches no files")
+                found.problems.append((text, reason))
+            add(images)
+        else:
+            found.problems.append((text, "no such file or folder"))
+    return found
