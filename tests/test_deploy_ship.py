@@ -17,12 +17,12 @@ from PIL import Image
 
 from _deploy_helpers import tiny_model, write_images
 from effnet.cli import main
-from effnet.deploy import ship as ship_module
 from effnet.deploy.export import export_model
 from effnet.deploy.openvino import bf16_supported
 from effnet.deploy.runtime import onnx_runner
 from effnet.description import Preprocessing
 from effnet.infer import load_classifier
+from effnet.ship import build as ship_module
 from effnet.weights.io import save_model
 
 CLASSES = ["0", "1", "2"]
@@ -77,8 +77,8 @@ def test_onnxruntime_folder_predicts_without_torch_like_effnet_predict(data, tmp
     assert ship_cli(data, "onnxruntime", out) == 0
     assert capsys.readouterr().out.startswith("shipped efficientnet_b0 as onnxruntime to")
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion.png", "labels.json", "manifest.json", "model.onnx", "predict.py", "preprocessing.json",
-        "report.html", "report.md"]
+        "confusion.png", "effnet_portable.py", "labels.json", "manifest.json", "model.onnx", "predict.py",
+        "preprocessing.json", "report.html", "report.md"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert MANIFEST_KEYS <= set(manifest)
     assert (manifest["runtime"], manifest["model_file"], manifest["precision"], manifest["input_size"]) == (

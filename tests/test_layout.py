@@ -123,7 +123,8 @@ def test_no_model_identity_patched_on_or_guessed() -> None:
 
 
 def test_library_errors_derive_from_effnet_error() -> None:
-    bare = [f"{path.name}: {m.group(0)}" for path, text in _sources().items()
+    # portable.py runs outside effnet too (copied into shipped folders): it defines its own errors.
+    bare = [f"{path.name}: {m.group(0)}" for path, text in _sources().items() if path.name != "portable.py"
             for m in re.finditer(r"raise (ValueError|FileNotFoundError)\(", text)]
     assert bare == []
 
@@ -165,3 +166,17 @@ def test_the_variant_facts_live_in_the_catalogue() -> None:
     facts = re.compile(r"^\s*(StageSpec\(\d|_v1\(|_lite\(\d|_v2\(\"|[A-Z0-9_]*STAGES\b.*=)", re.M)
     where = sorted({path.name for path, text in _sources().items() if facts.search(text)})
     assert where == ["variants.py"]
+
+
+def test_the_portable_module_needs_neither_pytorch_nor_the_rest_of_effnet() -> None:
+    """effnet/portable.py is copied into shipped folders and used by torch-free consumers."""
+    path = PACKAGE / "portable.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." if node.level else (node.module or "").split(".")[0])
+    allowed = {"__future__", "errno", "io", "json", "math", "collections", "pathlib", "typing", "numpy", "PIL",
+               "onnxruntime", "openvino", "torch"}  # torch: only to run a shipped TorchScript file
+    assert imported <= allowed, imported - allowed

@@ -4,11 +4,38 @@ Every error the library raises on purpose derives from :class:`EffnetError` and 
 wrong (with the path or value) and what to do. Each also derives from the built-in type a
 Python caller would expect (``ValueError`` for a bad value, ``FileNotFoundError`` for a
 missing file, ``OSError`` for a file that cannot be written), so ``except ValueError`` keeps
-working. The command line maps :class:`EffnetError` to its ``exit_code`` (2) and a one-line
-message (see :mod:`effnet.cli`).
+working. The command line maps :class:`EffnetError` to its ``exit_code`` (:attr:`ExitCode.REFUSED`) and a
+one-line message (see :mod:`effnet.cli`); :class:`ExitCode` is the table every command uses.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The exit codes of every ``effnet`` command."""
+
+    OK = 0
+    PARTLY_DONE = 1
+    REFUSED = 2
+    NOTHING_FITS = 3
+    INTERNAL_ERROR = 70
+    INTERRUPTED = 130
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "done",
+    ExitCode.PARTLY_DONE: "done, but some inputs failed (each reported)",
+    ExitCode.REFUSED: "refused: bad input or settings, nothing done",
+    ExitCode.NOTHING_FITS: "effnet pick: no candidate within the budget",
+    ExitCode.INTERNAL_ERROR: "internal error (a bug: please report it)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM), outputs closed whole",
+}
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
@@ -20,7 +47,7 @@ def first_line(error: BaseException, limit: int = 200) -> str:
 class EffnetError(Exception):
     """A problem the user can act on: bad input, an unusable file, an impossible setting."""
 
-    exit_code: int = 2
+    exit_code: int = ExitCode.REFUSED
 
 
 class ConfigError(EffnetError, ValueError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -250,3 +251,70 @@ def top_classes(probabilities: np.ndarray, labels: Sequence[str], top_k: int) ->
     first (ties: the lower index first)."""
     order = np.argsort(-np.asarray(probabilities), kind="stable")[:top_k]
     return [(int(i), labels[i], float(probabilities[i])) for i in order]
+
+
+CSV_COLUMNS = ("path", "rank", "class_index", "class_name", "probability", "error")
+"""The CSV form of predictions: one row per image and rank (one row with ``error`` for a failure)."""
+
+
+def csv_rows(record: Mapping[str, Any]) -> list[list[Any]]:
+    """The :data:`CSV_COLUMNS` rows of one :func:`prediction_record`."""
+    if record["error"] is not None:
+        return [[record["path"], "", "", "", "", record["error"]]]
+    return [[record["path"], c["rank"], c["class_index"], c["class_name"], f"{c['probability']:.6f}", ""]
+            for c in record["top_k"]]
+
+
+# ------------------------------------------------------------------------------ shipped models
+class ShippedFolderError(ValueError):
+    """A ship folder that cannot be run: an unknown runtime or a broken manifest."""
+
+
+class ShippedModel:
+    """The network of a folder written by ``effnet ship``, in its own runtime: float32
+    ``(N, 3, H, W)`` batches in, logits out. ``manifest``, ``labels`` and ``preprocessing``
+    are the folder's JSON files. Runtimes: ``onnxruntime``, ``openvino``, ``torchscript`` (the
+    only one that needs PyTorch)."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+        folder = Path(folder)
+        self.folder = folder
+        self.manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+        self.labels: list[str] = json.loads((folder / "labels.json").read_text())
+        self.preprocessing: dict[str, Any] = json.loads((folder / "preprocessing.json").read_text())
+        self.name: str = self.manifest.get("model_name", folder.name)
+        path = folder / self.manifest["model_file"]
+        runtime = self.manifest["runtime"]
+        if runtime == "onnxruntime":
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            self._run = lambda batch: session.run(None, {name: batch})[0]
+        elif runtime == "openvino":
+            import openvino
+
+            config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.manifest["inference_precision"]}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            request = openvino.Core().compile_model(str(path), "CPU", config).create_infer_request()
+            self._run = lambda batch: request.infer({0: batch})[0].copy()
+        elif runtime == "torchscript":
+            import torch
+
+            module = torch.jit.load(str(path), map_location="cpu").eval()
+
+            def run(batch: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return module(torch.from_numpy(batch)).float().numpy()
+
+            self._run = run
+        else:
+            raise ShippedFolderError(f"{folder / 'manifest.json'}: unknown runtime {runtime!r} (this copy knows "
+                                     "onnxruntime, openvino and torchscript)")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)

@@ -11,6 +11,8 @@ from ..bench.measure import TimingBudget
 from ..bench.peers import DEFAULT_MODELS, resolve
 from ..bench.report import format_rows, output_folder, write_report
 from ..bench.runner import DTYPES, BenchSettings, run_bench
+from ..errors import ExitCode
+from . import add_command
 
 
 def _names(text: str) -> list[str]:
@@ -31,8 +33,8 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench", help="measure params, MACs, latency, throughput and memory on this machine",
+    parser = add_command(
+        subparsers, "bench",
         description="Measure each network at each batch size (random weights: nothing is downloaded), "
                     "print a table and write bench.csv, bench.md and accuracy plots to --out.")
     parser.add_argument("--models", type=_names, default=list(DEFAULT_MODELS),
@@ -81,4 +83,4 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(rows))
     for path in write_report(rows, out_dir):
         print(f"wrote {path}")
-    return 1 if any(row.status.startswith("error") for row in rows) else 0
+    return ExitCode.PARTLY_DONE if any(row.status.startswith("error") for row in rows) else ExitCode.OK

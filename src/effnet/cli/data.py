@@ -7,10 +7,11 @@ import argparse
 from ..data.datasets import build_datasets
 from ..data.demo import write_demo_dataset
 from ..table import format_table
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="datasets: write the demo digits, inspect a data folder")
+    parser = add_command(subparsers, "data")
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     demo = commands.add_parser("demo", help="write 5,000 MNIST digits as PNG class folders (4,000 train, 1,000 val)")

@@ -7,11 +7,12 @@ import argparse
 from ..demo import DEMO_ROOT, demo_rows, run_demo
 from ..table import format_table
 from ..train.metrics import per_class_rows
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="the main job: demo digits -> train -> evaluate (a few minutes on 2 CPU cores)",
+    parser = add_command(
+        subparsers, "demo",
         description="Write 5,000 MNIST digits as PNG folders, train on 4,000 with the demo recipe, keep the "
                     "final weights and evaluate them on the 1,000 held out.")
     parser.add_argument("--out", default=str(DEMO_ROOT), help=f"folder for the data and runs (default {DEMO_ROOT})")

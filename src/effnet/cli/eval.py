@@ -10,14 +10,15 @@ from ..files import check_output_folder
 from ..table import format_table
 from ..train.metrics import confusion_rows, mistake_rows, per_class_rows, summary_rows
 from ..train.reporting import save_evaluation
+from . import add_command
 
 CONFUSION_PRINT_LIMIT = 20
 MISTAKES_PRINTED = 10
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint on an image folder (top-1/5, per class, confusion matrix)",
+    parser = add_command(
+        subparsers, "eval",
         description="Evaluate a run's .pt, an effnet .safetensors or a run directory on DATA: its val/ "
                     "folder (or val.csv), the --val-split held out in training, or every image of a folder of "
                     "class folders or a path,label CSV. Classes are matched to the model's by name.")

@@ -9,11 +9,12 @@ from ..deploy.pipeline import default_output, load_deployable
 from ..deploy.runtime import FORMATS, SUFFIXES
 from ..deploy.verify import FP32_TOLERANCE
 from ..files import check_output_file
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX, TorchScript or torch.export (.pt2), verified in its runtime",
+    parser = add_command(
+        subparsers, "export",
         description="Export a model and check it: the file is loaded back in its own runtime (ONNX Runtime, "
                     "torch.jit.load, torch.export.load) and compared with eager PyTorch on several batch sizes. "
                     "If the logits differ by more than the tolerance, nothing is written.")

@@ -6,12 +6,13 @@ import argparse
 
 from ..train.finetune import STRATEGIES, start_settings
 from ..train.recipes import build_config
+from . import add_command
 from .train import add_run_arguments, run_overrides, train_and_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "finetune", help="fine-tune a pretrained model or a trained run on an image folder",
+    parser = add_command(
+        subparsers, "finetune",
         description="Give a pretrained model (or one of our trained models) a new head for the classes of --data "
                     "and train it with the finetune recipe; flags and --set override the recipe. The run is "
                     "resumable with `effnet train --resume RUN_DIR`.")

@@ -8,10 +8,11 @@ from ..bench.measure import summarize
 from ..errors import ConfigError
 from ..registry import list_models
 from ..table import format_table
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="list the models with params, GMACs and resolution")
+    parser = add_command(subparsers, "models")
     parser.add_argument("--filter", default=None, help="only names containing this text (e.g. lite)")
     parser.set_defaults(func=run)
 

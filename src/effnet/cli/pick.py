@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..pick.search import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
+from . import add_command
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -14,8 +15,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "pick", help="measure variants x runtimes here and pick the most accurate within a latency budget",
+    parser = add_command(
+        subparsers, "pick",
         description="Measure every candidate (variant x runtime x precision) on this machine, interleaved with a "
                     "reference (torchvision's B0 in ONNX Runtime fp32), skipping larger siblings of a variant "
                     "already over the budget and reusing cached measurements; print the table with the Pareto "

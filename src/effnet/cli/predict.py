@@ -9,10 +9,11 @@ import warnings
 
 from ..data.device_decode import DECODE_MODES
 from ..device import AMP_DTYPES
-from ..errors import ConfigError
+from ..errors import ConfigError, ExitCode
 from ..files import atomic_open, check_output_file
 from ..infer import Prediction, load_classifier
 from ..predict import FORMATS, collect_images, format_for, open_writer, predict_files
+from . import add_command
 
 PREFIX = "effnet predict: "
 OUTPUT_SUFFIXES = (".csv", ".json", ".txt", ".tsv", ".log", "")
@@ -20,8 +21,8 @@ OUTPUT_SUFFIXES = (".csv", ".json", ".txt", ".tsv", ".log", "")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "predict", help="classify image files, folders and globs (top-k classes as a table, CSV or JSON)",
+    parser = add_command(
+        subparsers, "predict",
         description="Classify images with a pretrained model (--model NAME), one of our checkpoints "
                     "(--checkpoint: an effnet .safetensors, a run's best.pt or a run directory), or another "
                     "library's weight file read as an architecture (--model NAME --checkpoint FILE). Folders "
@@ -84,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
     if summary.failed or images.problems:
         if summary.failed:
             print(f"{PREFIX}{summary.describe()}", file=sys.stderr)
-        return 1
+        return ExitCode.PARTLY_DONE
     return 0

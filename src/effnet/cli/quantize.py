@@ -10,11 +10,12 @@ from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.pipeline import INT8_SUFFIXES, QUANT_METHODS, QuantizeOptions, default_output, load_deployable
 from ..deploy.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS, LAYER_GROUPS, OrtRecipe, Pt2eRecipe, QatSettings
 from ..files import check_output_file
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "quantize", help="INT8 quantization (ONNX Runtime or PT2E, PTQ or QAT) with its accuracy cost measured",
+    parser = add_command(
+        subparsers, "quantize",
         description="Quantize a checkpoint to INT8 with images from --calib and print fp32 against INT8: file "
                     "size, batch-1 latency, batch-32 throughput, top-1 on --eval, agreement with fp32 and "
                     "logit SQNR.")

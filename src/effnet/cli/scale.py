@@ -9,10 +9,11 @@ from ..registry import entry_for_phi
 from ..scaling import CompoundScaling
 from ..table import format_table
 from ..variants import nearest_published
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("scale", help="the network the compound-scaling formula gives for phi")
+    parser = add_command(subparsers, "scale")
     parser.add_argument("--phi", type=float, required=True, help="compound coefficient (any real number)")
     parser.add_argument("--alpha", type=float, default=1.2, help="depth base (default 1.2)")
     parser.add_argument("--beta", type=float, default=1.1, help="width base (default 1.1)")

@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from ..errors import ConfigError
 from ..serve import RUNTIMES, ModelSource, ServeOptions
+from . import add_command
 
 MAX_PORT = 65535
 
@@ -16,8 +17,8 @@ DEFAULTS = {field.name: field.default for field in fields(ServeOptions)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve", help="serve a classifier over HTTP: POST /v1/predict, a web page at /, /metrics, /healthz",
+    parser = add_command(
+        subparsers, "serve",
         description="Serve a model over HTTP with uvicorn. Requests arriving together run as one batch (up to "
                     "--max-batch images, waiting at most --max-wait-ms for them). Images are prepared with the "
                     "model's own preprocessing, as effnet predict does. SIGTERM stops taking requests and answers "

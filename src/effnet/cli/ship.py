@@ -9,11 +9,12 @@ import shlex
 from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.quantize import LAYER_GROUPS, QatSettings
 from ..ship.plan import REMEDIES, TARGETS
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "ship", help="turn a checkpoint into a verified deployment folder (model, predict.py, report)",
+    parser = add_command(
+        subparsers, "ship",
         description="Fold BatchNorm, export, quantize where asked, verify (top-1 on --eval against fp32, "
                     "agreement, logit SQNR), benchmark, and write one folder: the model file, manifest.json, "
                     "labels.json, preprocessing.json, a standalone predict.py (only the runtime, numpy and "

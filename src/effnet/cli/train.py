@@ -13,6 +13,7 @@ from ..train.config import OPTIMIZERS, TrainConfig
 from ..train.recipes import recipe_names
 from ..train.reporting import result_rows
 from ..train.trainer import config_for_run, train
+from . import add_command
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_help: str, lr_help: str) -> None:
@@ -58,8 +59,8 @@ def train_and_report(config: TrainConfig, args: argparse.Namespace, resume: Resu
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train", help="train a model on an image folder (resumable; DDP under torchrun)",
+    parser = add_command(
+        subparsers, "train",
         description="Train from an image folder with a recipe; flags and --set override the recipe. "
                     "Under `torchrun --nproc-per-node N` the same command runs DDP.")
     parser.add_argument("--data", help="class folders, train/ + val/, or a path,label CSV")

@@ -10,6 +10,7 @@ from typing import IO
 
 from ..errors import ConfigError
 from ..infer import Prediction
+from ..portable import CSV_COLUMNS, csv_rows
 from ..table import format_table
 
 FORMATS = ("table", "csv", "json")
@@ -61,18 +62,16 @@ class TableWriter(PredictionWriter):
 
 
 class CsvWriter(PredictionWriter):
-    """One row per image and rank: path, rank, class_index, class_name, probability, error."""
+    """One row per image and rank (:data:`effnet.portable.CSV_COLUMNS`: path, rank, class_index,
+    class_name, probability, error)."""
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
         self.csv = csv.writer(stream, lineterminator="\n")
-        self.csv.writerow(["path", "rank", "class_index", "class_name", "probability", "error"])
+        self.csv.writerow(CSV_COLUMNS)
 
     def write(self, prediction: Prediction) -> None:
-        if not prediction.ok:
-            self.csv.writerow([prediction.source, "", "", "", "", prediction.error])
-        for rank, index, name, probability in prediction.ranked():
-            self.csv.writerow([prediction.source, rank, index, name, f"{probability:.6f}", ""])
+        self.csv.writerows(csv_rows(prediction.record(None)))
         self.stream.flush()
 
 

@@ -4,8 +4,9 @@
 serve`` uses uvicorn, see :mod:`effnet.serve.server`). Endpoints:
 
 - ``POST /v1/predict``: images as multipart files or one raw image body; ``top_k`` as a query
-  parameter or form field (default 5). Answers ``{"model", "runtime", "predictions": [{"file",
-  "top_k": [{"rank", "class_index", "class_name", "probability"}]}], "time_ms"}``.
+  parameter or form field (default 5). Answers ``{"model", "runtime", "predictions": [...],
+  "time_ms"}`` with one record of :data:`effnet.portable.PREDICTION_SCHEMA` per image (and
+  ``file``, the deprecated name of its ``path``).
 - ``GET /v1/model``: name, runtime, classes, preprocessing and limits.
 - ``GET /healthz``: 200 once the model is loaded and warmed up, 503 before.
 - ``GET /metrics``: Prometheus text (see :mod:`effnet.serve.metrics`).
@@ -32,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..infer import top_classes
+from ..portable import prediction_record
 from .batching import Batcher, QueueFullError
 from .metrics import RequestMetrics, ServeMetrics
 from .options import ServeOptions
@@ -123,9 +125,8 @@ class Service:
         predictions = []
         for upload, row in zip(uploads, rows, strict=True):
             top, indices = top_classes(row, top_k, self.predictor.class_names)
-            predictions.append({"file": upload.name, "top_k": [
-                {"rank": rank, "class_index": index, "class_name": name, "probability": probability}
-                for rank, ((name, probability), index) in enumerate(zip(top, indices, strict=True), start=1)]})
+            ranked = [(index, name, probability) for (name, probability), index in zip(top, indices, strict=True)]
+            predictions.append(prediction_record(upload.name, self.predictor.name, ranked, legacy="serve"))
         return {"model": self.predictor.name, "runtime": self.predictor.runtime, "predictions": predictions,
                 "time_ms": round((time.perf_counter() - start) * 1000, 2)}
 

@@ -8,7 +8,8 @@ only shipped if it loses at most ``max_drop`` top-1 points. The folder holds:
 - the model file (``model.onnx``, ``model.xml`` + ``model.bin``, or ``model.ts``);
 - ``manifest.json`` (runtime, model file, name, target, precision, input size, measured top-1),
   ``labels.json`` (class names), ``preprocessing.json``;
-- ``predict.py``, a standalone classifier needing only the runtime, numpy and Pillow;
+- ``predict.py``, a standalone classifier needing only the runtime, numpy and Pillow, with
+  ``effnet_portable.py`` (a copy of :mod:`effnet.portable`: effnet's decoding and preprocessing);
 - ``report.md`` and ``report.html`` (see :mod:`effnet.ship.report`), ``confusion.png``.
 
 Nothing appears in the destination until every check has passed.
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .. import portable
 from ..deploy.calibration import calibration_images, labelled_loader, unlabelled_loader
 from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
 from ..deploy.environment import library_versions
@@ -121,8 +123,10 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         _write_json(out_dir / "manifest.json", manifest)
         _write_json(out_dir / "labels.json", evaluation.class_names)
         _write_json(out_dir / "preprocessing.json", model.preprocessing.to_dict())
-        predict_source = Path(__file__).with_name("standalone_predict.py").read_text()
-        atomic_write(out_dir / "predict.py", lambda temp: temp.write_text(predict_source))
+        for source, name in ((Path(__file__).with_name("standalone_predict.py"), "predict.py"),
+                             (Path(portable.__file__), "effnet_portable.py")):
+            text = source.read_text()
+            atomic_write(out_dir / name, lambda temp, text=text: temp.write_text(text))
         write_reports(result, options, eval_dir)
     return result
 
@@ -185,7 +189,8 @@ def _manifest(model: EfficientNet, recipe: Recipe, accuracy: Accuracy, reference
     target = recipe.target
     manifest = {
         "runtime": target.runtime, "model_file": target.model_file, "model_name": model.model_name,
-        "target": target.name, "precision": target.precision, "input_size": model.preprocessing.resolution,
+        "target": target.name, "precision": target.precision, "resolution": model.preprocessing.resolution,
+        "input_size": model.preprocessing.resolution,  # the old name of resolution, kept for one release
         "num_classes": model.num_classes, "keep_float": list(recipe.keep_float),
         "quantization": {"ptq": "onnxruntime QDQ static", "qat": "PT2E QAT"}.get(recipe.method),
         "top1": accuracy.top1, "fp32_top1": reference.top1, "agreement": accuracy.agreement,

@@ -93,7 +93,7 @@ def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path
                       if name.startswith("model."))
     shipped = result.shipped.accuracy
     summary = (f"{result.model_name} shipped as **{result.recipe.describe()}** (runtime {manifest['runtime']}, "
-               f"precision {manifest['precision']}, input {manifest['input_size']} px). Top-1 on "
+               f"precision {manifest['precision']}, input {manifest['resolution']} px). Top-1 on "
                f"{shipped.count} images of `{eval_dir}`: {100 * shipped.top1:.2f}% against "
                f"{100 * result.reference.accuracy.top1:.2f}% in fp32 (drop {result.attempts[-1].drop_points:.2f} "
                f"points, limit {options.max_drop:g}); {100 * shipped.agreement:.2f}% of the predictions equal "

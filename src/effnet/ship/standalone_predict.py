@@ -1,168 +1,124 @@
 """Classify images with the model shipped in this folder (written by ``effnet ship``).
 
-    python predict.py IMAGE_OR_FOLDER [...] [--top-k 5] [--batch-size 32]
+    python predict.py IMAGE_OR_FOLDER [...] [--top-k 5] [--format csv|json] [--batch-size 32]
 
-Prints ``path,label,probability`` (CSV, the top-1 class) or, with ``--top-k N``, N ranked
-``label:probability`` pairs per image. Needs only numpy, Pillow and the runtime named in
-``manifest.json`` (onnxruntime, openvino, or torch for TorchScript), never effnet: the
-preprocessing below repeats effnet's evaluation transform (decode to 8-bit RGB with EXIF
-orientation and transparency on white, resize the short side to ``resolution / crop_pct``,
-center-crop ``resolution``, scale to [0, 1], normalize), so the top-1 equals ``effnet predict``.
+Prints CSV (``path,rank,class_index,class_name,probability,error``, one row per image and rank,
+plus ``label``, the old name of ``class_name``, kept for one release) or, with ``--format json``,
+one JSON record per image (``schema_version``, ``path``, ``model``, ``top_k``, ``error``), the
+same as ``effnet predict``. Needs only numpy, Pillow and the runtime named in ``manifest.json``
+(onnxruntime, openvino, or torch for TorchScript), never effnet: ``effnet_portable.py`` beside
+this script is effnet's own decoding and eval preprocessing, so the top-1 equals
+``effnet predict``. A file that cannot be classified gets its error and the others go on (exit
+code 1); a closed pipe (``| head``) ends the output quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+sys.path.insert(0, str(HERE))
+
+import effnet_portable as portable  # noqa: E402  (beside this script)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: 16/32-bit and float greyscale scaled, transparency composited on white."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in SIXTEEN_BIT_MODES or mode == "F":
-        values = np.asarray(image).astype(np.float64) * (255.0 if mode == "F" else 255.0 / 65535.0)
-        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
-
-
-def preprocess(image: Image.Image, settings: dict) -> np.ndarray:
-    """One image as a float32 (3, H, W) array, exactly as effnet's evaluation transform makes it."""
-    resolution = settings["resolution"]
-    short_target = int(math.floor(resolution / settings["crop_pct"]))
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = short_target, int(short_target * long / short)
-    new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), resample=RESAMPLE[settings["interpolation"]])
-    top = int(round((new_height - resolution) / 2.0))
-    left = int(round((new_width - resolution) / 2.0))
-    image = image.crop((left, top, left + resolution, top + resolution))
-    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) * np.float32(1.0 / 255.0)
-    mean = np.asarray(settings["mean"], dtype=np.float32)
-    std = np.asarray(settings["std"], dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
-
-
-class Model:
-    """The network of a ship folder in its runtime: float32 (N, 3, H, W) in, logits out."""
-
-    def __init__(self, folder: Path = HERE, threads: int | None = None) -> None:
-        self.manifest = json.loads((folder / "manifest.json").read_text())
-        self.labels = json.loads((folder / "labels.json").read_text())
-        self.preprocessing = json.loads((folder / "preprocessing.json").read_text())
-        path = folder / self.manifest["model_file"]
-        runtime = self.manifest["runtime"]
-        if runtime == "onnxruntime":
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            name = session.get_inputs()[0].name
-            self._run = lambda batch: session.run(None, {name: batch})[0]
-        elif runtime == "openvino":
-            import openvino
-
-            config = {"INFERENCE_PRECISION_HINT": self.manifest["inference_precision"]}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            request = openvino.Core().compile_model(str(path), "CPU", config).create_infer_request()
-            self._run = lambda batch: request.infer({0: batch})[0].copy()
-        elif runtime == "torchscript":
-            import torch
-
-            module = torch.jit.load(str(path), map_location="cpu").eval()
-
-            def run(batch: np.ndarray) -> np.ndarray:
-                with torch.inference_mode():
-                    return module(torch.from_numpy(batch)).float().numpy()
-
-            self._run = run
-        else:
-            raise SystemExit(f"unknown runtime {runtime!r} in manifest.json")
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
-
-
-def image_files(paths: list[str]) -> list[Path]:
-    """The files named, and every image under the folders named (sorted, hidden entries skipped)."""
+def image_files(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files named, and every image under the folders named (sorted, hidden entries skipped);
+    and ``(argument, reason)`` for each argument that gave nothing."""
     files: list[Path] = []
+    problems: list[tuple[str, str]] = []
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and portable.has_image_extension(p)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            files += found
+            if not found:
+                problems.append((name, "folder with no images"))
+        elif path.exists() or path.is_symlink():
+            files.append(path)  # checked when read: a FIFO or a device is refused there
         else:
-            files.append(path)
-    return files
+            problems.append((name, "no such file or folder"))
+    return files, problems
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+def prepare(path: Path, preprocessing: dict) -> np.ndarray:
+    """One file as the model's input, or :class:`portable.ImageReadError`."""
+    if not path.is_file():  # never open a FIFO (it would block) or a device (it never ends)
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe, device or socket)"
+        raise portable.ImageReadError(path, f"cannot read it: {kind}", "unreadable")
+    return portable.preprocess(portable.load_image(path), preprocessing, name=str(path))
 
 
-def classify(paths: list[Path], model: Model, top_k: int = 1,
-             batch_size: int = 32) -> list[tuple[Path, list[tuple[str, float]]]]:
-    """The ``top_k`` (label, probability) pairs of every image, in the order given."""
-    results = []
+def classify(paths: list[Path], model: portable.ShippedModel, top_k: int = 1, batch_size: int = 32):
+    """Yield one :func:`portable.prediction_record` per path, in the order given."""
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        batch = np.stack([preprocess(load_image(p), model.preprocessing) for p in chunk])
-        probabilities = softmax(model(batch))
-        for path, row in zip(chunk, probabilities, strict=True):
-            ranked = np.argsort(-row, kind="stable")[:top_k]
-            results.append((path, [(model.labels[i], float(row[i])) for i in ranked]))
-    return results
+        inputs, errors = [], {}
+        for path in chunk:
+            try:
+                inputs.append(prepare(path, model.preprocessing))
+            except portable.ImageReadError as error:
+                errors[path] = error.reason
+        probabilities = iter(portable.softmax(model(np.stack(inputs)))) if inputs else iter(())
+        for path in chunk:
+            if path in errors:
+                yield portable.prediction_record(str(path), model.name, error=errors[path])
+            else:
+                ranked = portable.top_classes(next(probabilities), model.labels, top_k)
+                yield portable.prediction_record(str(path), model.name, ranked)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with the model shipped beside this script.")
     parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the runtime (default: all)")
+    parser.add_argument("--top-k", type=positive, default=1, help="classes per image (default 1)")
+    parser.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    parser.add_argument("--batch-size", type=positive, default=32)
+    parser.add_argument("--threads", type=positive, default=None, help="CPU threads of the runtime (default: all)")
     args = parser.parse_args(argv)
-    files = image_files(args.paths)
+    files, problems = image_files(args.paths)
+    for name, reason in problems:
+        print(f"predict.py: {name}: {reason}", file=sys.stderr)
     if not files:
         parser.error("no images found")
-    model = Model(HERE, args.threads)
-    print("path,label,probability" if args.top_k == 1 else "path,ranked")
-    for path, ranked in classify(files, model, args.top_k, args.batch_size):
-        if args.top_k == 1:
-            print(f"{path},{ranked[0][0]},{ranked[0][1]:.6f}")
+    model = portable.ShippedModel(HERE, args.threads)
+    failed = 0
+    try:
+        if args.format == "csv":
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow([*portable.CSV_COLUMNS, "label"])
         else:
-            print(f"{path}," + " ".join(f"{label}:{p:.6f}" for label, p in ranked))
-    return 0
+            sys.stdout.write("[")
+        for count, record in enumerate(classify(files, model, args.top_k, args.batch_size)):
+            if record["error"] is not None:
+                failed += 1
+                print(f"predict.py: {record['path']}: {record['error']}", file=sys.stderr)
+            if args.format == "csv":
+                writer.writerows(row + [row[3]] for row in portable.csv_rows(record))
+            else:
+                sys.stdout.write(("," if count else "") + "\n  " + json.dumps(record))
+        if args.format == "json":
+            sys.stdout.write("\n]\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped (e.g. `| head`): end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 1 if failed or problems else 0
 
 
 if __name__ == "__main__":

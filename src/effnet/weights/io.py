@@ -53,6 +53,8 @@ def config_to_dict(config: EfficientNetConfig) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any]) -> EfficientNetConfig:
     data = dict(data)
     data.pop("resolution", None)  # files before 0.2 kept the input size in the config; the description has it
+    if "dropout" in data and "drop_rate" not in data:  # the name of the head's dropout rate before 0.2
+        data["drop_rate"] = data.pop("dropout")
     known = {f.name for f in fields(EfficientNetConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
