@@ -15,14 +15,16 @@ setup() {
     "$PYTHON" -m venv "$VENV"
   fi
   local stamp="$VENV/.effnet-setup" want
-  want="$(cat pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
+  want="$(cat pyproject.toml packages/*/pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  # The PyTorch pair first, from pip (it takes them from the local disk), then the package.
+  # The PyTorch pair first, from pip (it takes them from the local disk), then effnet with its
+  # torch-free runtime distribution (packages/effnet-runtime), in one command so that pip takes
+  # that dependency from this repository, not from an index.
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  "$VENV/bin/python" -m pip install --quiet -e ./packages/effnet-runtime -e '.[dev]'
   echo "$want" > "$stamp"
 }
 

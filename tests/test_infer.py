@@ -13,12 +13,12 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from effnet_runtime.portable import PREDICTION_SCHEMA
 from PIL import Image
 
 from effnet import Classifier, create_model
 from effnet.data import ImageReadError
 from effnet.infer import MissingClassNamesWarning, Prediction, resolve_device
-from effnet.portable import PREDICTION_SCHEMA
 from effnet.predict import collect_images, format_for, open_writer, predict_files
 from effnet.registry import Preprocessing
 from effnet.weights.io import save_model

@@ -168,15 +168,32 @@ def test_the_variant_facts_live_in_the_catalogue() -> None:
     assert where == ["variants.py"]
 
 
-def test_the_portable_module_needs_neither_pytorch_nor_the_rest_of_effnet() -> None:
-    """effnet/portable.py is copied into shipped folders and used by torch-free consumers."""
-    path = PACKAGE / "portable.py"
+def _top_level_imports(path: Path) -> set[str]:
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add("." if node.level else (node.module or "").split(".")[0])
-    allowed = {"__future__", "errno", "io", "json", "math", "collections", "pathlib", "typing", "numpy", "PIL",
-               "onnxruntime", "openvino", "torch"}  # torch: only to run a shipped TorchScript file
-    assert imported <= allowed, imported - allowed
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            imported.add((node.module or "").split(".")[0])
+    return imported
+
+
+def test_the_runtime_distribution_needs_neither_pytorch_nor_effnet() -> None:
+    """effnet_runtime (packages/effnet-runtime) runs where PyTorch is not installed; its portable
+    module is also copied into shipped folders."""
+    import effnet_runtime
+
+    runtime = Path(effnet_runtime.__file__).resolve().parent
+    found = {path.name: _top_level_imports(path) for path in runtime.rglob("*.py")}
+    assert "portable.py" in found
+    for name, imported in found.items():
+        assert "effnet" not in imported, name
+        # torch only where a shipped TorchScript file is run
+        assert "torch" not in imported or name == "portable.py", name
+        assert "torchvision" not in imported, name
+
+
+def test_effnet_and_effnet_runtime_have_one_version() -> None:
+    import effnet_runtime
+
+    assert effnet.__version__ == effnet_runtime.__version__

@@ -1,4 +1,4 @@
-"""effnet.portable: the torch-free preprocessing equals effnet's eval transform, the prediction
+"""effnet_runtime.portable: the torch-free preprocessing equals effnet's eval transform, the prediction
 record follows its schema, and the module runs where PyTorch and effnet cannot be imported."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from effnet_runtime import portable
 from PIL import Image
 
-import effnet.portable as portable
 from effnet.data.images import load_image
 from effnet.data.transforms import eval_transforms
 from effnet.description import INCEPTION_MEAN, INCEPTION_STD, Preprocessing

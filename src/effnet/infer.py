@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from effnet_runtime.portable import prediction_record
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -45,7 +46,6 @@ from .errors import ConfigError, EffnetError, first_line
 from .factory import create_model
 from .files import printable_path
 from .model import EfficientNet
-from .portable import prediction_record
 from .weights.errors import CheckpointError, StateDictError
 from .weights.io import read_metadata
 from .weights.trained import load_trained_model, read_training_checkpoint
@@ -86,8 +86,8 @@ class Prediction:
             yield rank, index, name, probability
 
     def record(self, model: str | None, legacy: str | None = None) -> dict[str, Any]:
-        """This prediction as a record of :data:`effnet.portable.PREDICTION_SCHEMA` (``legacy``:
-        see :func:`effnet.portable.prediction_record`)."""
+        """This prediction as a record of :data:`effnet_runtime.portable.PREDICTION_SCHEMA` (``legacy``:
+        see :func:`effnet_runtime.portable.prediction_record`)."""
         return prediction_record(self.source, model, [(index, name, probability) for _, index, name, probability
                                                       in self.ranked()], self.error, legacy)
 

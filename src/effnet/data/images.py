@@ -1,7 +1,7 @@
 """Reading image files safely: every mode becomes 8-bit RGB, bad files raise one error type.
 
 One loader for training, evaluation and inference, so a picture is decoded the same way
-everywhere; it lives in :mod:`effnet.portable` (no PyTorch), whose docstring lists the rules
+everywhere; it lives in :mod:`effnet_runtime.portable` (no PyTorch), whose docstring lists the rules
 (EXIF orientation, transparency on white, 16-bit greyscale scaled, decompression bombs
 refused), so that consumers without PyTorch decode exactly the same way. Pillow's own limit
 (``PIL.Image.MAX_IMAGE_PIXELS``; it warns above it and refuses above twice it) applies as well,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..portable import (
+from effnet_runtime.portable import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     READ_ERROR_KINDS,

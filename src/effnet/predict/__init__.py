@@ -3,7 +3,7 @@
 :func:`~effnet.predict.files.collect_images` expands files, folders and globs;
 :func:`~effnet.predict.run.predict_files` classifies them with an :class:`effnet.Classifier`
 into a writer of :mod:`effnet.predict.writers` (table, CSV, or JSON records of the prediction
-schema, :data:`effnet.portable.PREDICTION_SCHEMA`).
+schema, :data:`effnet_runtime.portable.PREDICTION_SCHEMA`).
 """
 
 from .files import ImageList, collect_images

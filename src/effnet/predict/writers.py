@@ -1,4 +1,4 @@
-"""Prediction outputs: an aligned table, CSV, or JSON records of :data:`effnet.portable.PREDICTION_SCHEMA`."""
+"""Prediction outputs: an aligned table, CSV, or JSON records of :data:`effnet_runtime.portable.PREDICTION_SCHEMA`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO
 
+from effnet_runtime.portable import CSV_COLUMNS, csv_rows
+
 from ..errors import ConfigError
 from ..infer import Prediction
-from ..portable import CSV_COLUMNS, csv_rows
 from ..table import format_table
 
 FORMATS = ("table", "csv", "json")
@@ -62,7 +63,7 @@ class TableWriter(PredictionWriter):
 
 
 class CsvWriter(PredictionWriter):
-    """One row per image and rank (:data:`effnet.portable.CSV_COLUMNS`: path, rank, class_index,
+    """One row per image and rank (:data:`effnet_runtime.portable.CSV_COLUMNS`: path, rank, class_index,
     class_name, probability, error)."""
 
     def __init__(self, stream: IO[str]) -> None:
@@ -76,7 +77,7 @@ class CsvWriter(PredictionWriter):
 
 
 class JsonWriter(PredictionWriter):
-    """A JSON list, one record of :data:`effnet.portable.PREDICTION_SCHEMA` per image (``path``,
+    """A JSON list, one record of :data:`effnet_runtime.portable.PREDICTION_SCHEMA` per image (``path``,
     ``model``, ``top_k``, ``error``; and ``predictions``, the deprecated name of ``top_k``),
     streamed and closed even after an interruption."""
 

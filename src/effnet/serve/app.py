@@ -5,7 +5,7 @@ serve`` uses uvicorn, see :mod:`effnet.serve.server`). Endpoints:
 
 - ``POST /v1/predict``: images as multipart files or one raw image body; ``top_k`` as a query
   parameter or form field (default 5). Answers ``{"model", "runtime", "predictions": [...],
-  "time_ms"}`` with one record of :data:`effnet.portable.PREDICTION_SCHEMA` per image (and
+  "time_ms"}`` with one record of :data:`effnet_runtime.portable.PREDICTION_SCHEMA` per image (and
   ``file``, the deprecated name of its ``path``).
 - ``GET /v1/model``: name, runtime, classes, preprocessing and limits.
 - ``GET /healthz``: 200 once the model is loaded and warmed up, 503 before.
@@ -29,11 +29,11 @@ from importlib import resources
 from typing import Any
 
 import torch
+from effnet_runtime.portable import prediction_record
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..infer import top_classes
-from ..portable import prediction_record
 from .batching import Batcher, QueueFullError
 from .metrics import RequestMetrics, ServeMetrics
 from .options import ServeOptions

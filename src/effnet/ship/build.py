@@ -9,7 +9,7 @@ only shipped if it loses at most ``max_drop`` top-1 points. The folder holds:
 - ``manifest.json`` (runtime, model file, name, target, precision, input size, measured top-1),
   ``labels.json`` (class names), ``preprocessing.json``;
 - ``predict.py``, a standalone classifier needing only the runtime, numpy and Pillow, with
-  ``effnet_portable.py`` (a copy of :mod:`effnet.portable`: effnet's decoding and preprocessing);
+  ``effnet_portable.py`` (a copy of :mod:`effnet_runtime.portable`: effnet's decoding and preprocessing);
 - ``report.md`` and ``report.html`` (see :mod:`effnet.ship.report`), ``confusion.png``.
 
 Nothing appears in the destination until every check has passed.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from effnet_runtime import portable
 from torch.utils.data import DataLoader
 
-from .. import portable
 from ..deploy.calibration import calibration_images, labelled_loader, unlabelled_loader
 from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
 from ..deploy.environment import library_versions

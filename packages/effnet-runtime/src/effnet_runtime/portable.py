@@ -4,7 +4,8 @@ This module imports only the standard library, numpy and Pillow, so that every c
 without PyTorch (a shipped folder's ``predict.py``, which gets a copy of this file beside it;
 the torch-free server; edge targets) prepares images and reports predictions exactly as effnet
 does. :mod:`effnet.data.images` reads files with the same functions, and
-:func:`preprocess` is tested against :func:`effnet.data.transforms.eval_transforms`.
+:func:`preprocess` is tested against :func:`effnet.data.transforms.eval_transforms`. It is part
+of the ``effnet-runtime`` distribution, which effnet depends on.
 
 Decoding (:func:`load_image`, :func:`decode_image`):
 
