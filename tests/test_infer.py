@@ -13,7 +13,6 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from effnet_runtime.portable import PREDICTION_SCHEMA
 from PIL import Image
 
 from effnet import Classifier, create_model
@@ -22,6 +21,7 @@ from effnet.infer import MissingClassNamesWarning, Prediction, resolve_device
 from effnet.predict import collect_images, format_for, open_writer, predict_files
 from effnet.registry import Preprocessing
 from effnet.weights.io import save_model
+from effnet_runtime.portable import PREDICTION_SCHEMA
 
 CLASSES = ["cat", "dog", "fish", "bird"]
 SIZE = 32

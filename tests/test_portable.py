@@ -13,12 +13,12 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from effnet_runtime import portable
 from PIL import Image
 
 from effnet.data.images import load_image
 from effnet.data.transforms import eval_transforms
 from effnet.description import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
+from effnet_runtime import portable
 
 PREPROCESSINGS = [Preprocessing(32, 0.875), Preprocessing(40, 1.0, "bilinear", INCEPTION_MEAN, INCEPTION_STD),
                   Preprocessing(24, 0.9, "nearest")]

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from effnet_runtime.portable import prediction_record
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from effnet_runtime.portable import prediction_record
 
 from .accelerate import CudaGraphRunner, PreparedModel, prepare_for_inference
 from .data.device_decode import DeviceBatchTransform, decodes_on_device, read_jpeg_bytes

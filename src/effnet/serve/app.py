@@ -29,9 +29,10 @@ from importlib import resources
 from typing import Any
 
 import torch
-from effnet_runtime.portable import prediction_record
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from effnet_runtime.portable import prediction_record
 
 from ..infer import top_classes
 from .batching import Batcher, QueueFullError

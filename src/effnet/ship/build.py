@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from effnet_runtime import portable
 from torch.utils.data import DataLoader
+
+from effnet_runtime import portable
 
 from ..deploy.calibration import calibration_images, labelled_loader, unlabelled_loader
 from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
