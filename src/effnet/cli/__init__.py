@@ -62,8 +62,8 @@ COMMANDS: dict[str, Command] = {
     "pick": Command("measure variants x runtimes here and pick the most accurate within a latency budget",
                     "effnet pick --max-latency-ms 10 --out runs/pick"),
 }
-RUNTIME_PACKAGES = ("effnet-runtime", "torch", "torchvision", "onnxruntime", "openvino", "timm", "executorch", "ai-edge-litert",
-                    "ray", "tritonclient")
+RUNTIME_PACKAGES = ("effnet-runtime", "torch", "torchvision", "onnxruntime", "openvino", "timm", "executorch",
+                    "ai-edge-litert", "ray", "tritonclient")
 """Packages whose versions ``effnet --version`` lists when they are installed."""
 
 
