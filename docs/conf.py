@@ -1,9 +1,9 @@
 """Sphinx configuration for effnet's documentation.
 
 Build (``tests/test_docs.py`` runs the same): ``python -m sphinx -W -n --keep-going -b html docs build/docs``.
-The API reference, ``api/``, is written at the start of every build from the package as it is
-(one page per module, found by walking ``effnet``), so it follows modules as they move; it is
-not committed.
+The API reference, ``api/``, is written at the start of every build from the packages as they
+are (one page per module, found by walking ``effnet`` and ``effnet_runtime``), so it follows
+modules as they move; it is not committed.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from pathlib import Path
 from sphinx.ext.autodoc.mock import mock
 
 HERE = Path(__file__).resolve().parent
-if (HERE.parent / "src" / "effnet").is_dir():  # document this checkout's package, installed or not
-    sys.path.insert(0, str(HERE.parent / "src"))
+# Document this checkout's packages, installed or not: effnet and its torch-free runtime.
+for source in (HERE.parent / "packages" / "effnet-runtime" / "src", HERE.parent / "src"):
+    if source.is_dir():
+        sys.path.insert(0, str(source))
+PACKAGES = ("effnet", "effnet_runtime")
 
 project = "effnet"
 author = "effnet contributors"
@@ -45,15 +48,21 @@ autodoc_inherit_docstrings = False  # torch.nn.Module's docstrings are not effne
 # functions, and must not be mocked: torch itself probes for some of them.
 SERVE_EXTRA = ("fastapi", "starlette", "uvicorn", "prometheus_client")
 autodoc_mock_imports = [name for name in SERVE_EXTRA if importlib.util.find_spec(name) is None]
+# A shipped folder's predict.py (effnet.ship.standalone_predict) imports the copy of
+# effnet_runtime.portable that lies beside it as effnet_portable: here, the original.
+sys.modules.setdefault("effnet_portable", importlib.import_module("effnet_runtime.portable"))
 
 # The build runs offline (no intersphinx), so names from other packages cannot be linked:
 # references into the standard library and the packages effnet builds on are not warned about.
-# effnet's own names never are: a reference to one that does not exist fails the build.
+# Our own names never are: a reference to one that does not exist fails the build.
 EXTERNAL = sorted(set(sys.stdlib_module_names) | {
     "torch", "torchvision", "numpy", "PIL", "safetensors", "yaml", "tqdm", "matplotlib", "platformdirs",
     *SERVE_EXTRA, "multipart", "onnx", "onnxruntime", "onnxscript", "openvino", "torchao", "h5py", "torchcodec",
     "timm", "triton"})
 nitpick_ignore_regex = [(r"py:.*", rf"({'|'.join(EXTERNAL)})(\..+)?")]
+# pathlib.Path as written: a signature whose hints cannot be evaluated (one of them imported
+# only under TYPE_CHECKING) keeps the annotations' text.
+nitpick_ignore = [("py:class", "Path")]
 
 
 # --- the API reference -------------------------------------------------------------------------
@@ -63,10 +72,12 @@ def _public(name: str) -> bool:
 
 
 def _modules() -> dict[str, list[str]]:
-    """Every public module of effnet -> its public direct submodules (packages imported to look inside)."""
-    import effnet
-
-    names = ["effnet"] + [info.name for info in pkgutil.walk_packages(effnet.__path__, "effnet.") if _public(info.name)]
+    """Every public module of our packages -> its public direct submodules (packages are imported
+    to look inside)."""
+    names = []
+    for package in PACKAGES:
+        path = importlib.import_module(package).__path__
+        names += [package] + [info.name for info in pkgutil.walk_packages(path, f"{package}.") if _public(info.name)]
     return {name: [sub for sub in names if sub.rpartition(".")[0] == name] for name in names}
 
 
@@ -80,7 +91,7 @@ def _reexports(module: object) -> dict[str, str]:
         value = getattr(module, name)
         owner, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
         if isinstance(owner, str) and isinstance(qualname, str):
-            if owner.startswith("effnet"):
+            if owner.partition(".")[0] in PACKAGES:
                 found[name] = f"{owner}.{qualname}" if _public(owner) else f"{module.__name__}.{name}"
             continue
         # A constant has no __module__: the submodule that documents it (a docstring after it).
@@ -138,12 +149,17 @@ def _plain_defaults(app, what, name, obj, options, signature, return_annotation)
 
 
 def _resolve_reexport(app, env, node, contnode):
-    """``effnet.X`` or ``effnet.data.X`` (and ``effnet.X.method``), X a name the package re-exports
-    (its ``__all__``), links to where X is documented: the public spelling keeps working when the
-    defining module moves. A name that does not exist stays unresolved and fails the build."""
+    """A name a package re-exports (its ``__all__``) links to where it is documented: ``effnet.X``,
+    ``effnet.data.X``, ``effnet.X.method``, or plain ``X`` in the docstrings of the package that
+    re-exports it. The public spelling keeps working when the defining module moves; a name that
+    does not exist stays unresolved and fails the build."""
     target = node.get("reftarget", "").removeprefix("~")
-    if node.get("refdomain") != "py" or not target.startswith("effnet."):
+    if node.get("refdomain") != "py":
         return None
+    if target.partition(".")[0] not in PACKAGES:
+        if not node.get("py:module"):
+            return None
+        target = f"{node['py:module']}.{target}"
     parts = target.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         package = ".".join(parts[:cut])

@@ -47,9 +47,10 @@ def test_readme_is_short_and_its_links_land() -> None:
 def test_docs_build_without_warnings(tmp_path: Path) -> None:
     for module in ("sphinx", "furo", "myst_parser"):
         pytest.importorskip(module, reason="pip install -e '.[docs]'")
-    # A copy, so that the generated API pages never land in the checkout; this checkout's package.
+    # A copy, so that the generated API pages never land in the checkout; this checkout's packages.
     source = shutil.copytree(ROOT / "docs", tmp_path / "docs", ignore=shutil.ignore_patterns("api", "_build"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    sources = [str(ROOT / "src"), str(ROOT / "packages" / "effnet-runtime" / "src"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sources))}
     result = subprocess.run([sys.executable, "-m", "sphinx", "-W", "-n", "--keep-going", "-q", "-b", "html",
                              "-d", str(tmp_path / "doctrees"), str(source), str(tmp_path / "html")],
                             capture_output=True, text=True, env=env, timeout=600)
