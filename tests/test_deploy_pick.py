@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from effnet.cli import main
-from effnet.deploy import pick as pick_module
+from effnet.pick import search as pick_module
 from effnet.pick.search import Candidate, Measurement, MeasurementCache, PickRow, PickSettings, mark
 
 QUICK = ["--models", "efficientnet_lite0,efficientnet_lite1", "--runtimes", "onnxruntime,openvino",
