@@ -74,9 +74,8 @@ def routes(service: Service) -> list[Route]:
 
     async def infer(request: Request) -> Response:
         authorize(request)
-        body = await read_body(request, max_bytes)
-        parsed = parse_http_request(body, request.headers.get(HEADER_LENGTH))
         with repository.get(request.path_params["name"], request.path_params.get("version")).in_use() as used:
+            parsed = parse_http_request(await read_body(request, max_bytes), request.headers.get(HEADER_LENGTH))
             probabilities = await service.infer(used, parsed)
         outputs = outputs_for(parsed, probabilities, used.predictor.labels)
         content, headers = http_response(used.name, used.version, parsed.id, outputs)

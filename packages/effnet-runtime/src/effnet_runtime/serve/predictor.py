@@ -42,7 +42,7 @@ class Predictor(ABC):
         self.name = name
         self.runtime = runtime
         self.labels = list(labels) if labels is not None else None
-        self.preprocessing = dict(preprocessing)
+        self.preprocessing: dict[str, Any] = json.loads(json.dumps(dict(preprocessing)))  # as preprocessing.json
         self.num_classes = num_classes
 
     @property
@@ -124,7 +124,7 @@ def load_shipped(folder: str | Path, threads: int | None = None, name: str | Non
         package = RUNTIME_PACKAGES.get(runtime, runtime)
         raise ModelLoadError(f"{folder} runs in {runtime}, which is not installed here ({error}): pip install "
                              f"{package}") from None
-    except (ValueError, KeyError, RuntimeError, OSError) as error:  # the runtime refusing the model file
+    except Exception as error:  # the runtimes refuse a model file with exceptions of their own types
         text = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise ModelLoadError(f"{folder}: {runtime} cannot load the model ({text})") from None
 

@@ -290,14 +290,19 @@ def classification(probabilities: np.ndarray, k: int, labels: list[str] | None) 
     return items
 
 
+def check_outputs(request: InferRequest) -> None:
+    """Refuse outputs the models do not have, before any work is spent on the request."""
+    for output in request.outputs or []:
+        if output.name != OUTPUT:
+            raise refuse(f"unknown output {output.name!r}: this model gives {OUTPUT!r}")
+
+
 def outputs_for(request: InferRequest, probabilities: np.ndarray,
                 labels: list[str] | None) -> list[tuple[OutputTensor, bool]]:
     """The outputs the request asked for (default: the probabilities), each with its binary flag."""
     wanted = request.outputs if request.outputs else [RequestedOutput(OUTPUT, request.binary_output)]
     results = []
     for output in wanted:
-        if output.name != OUTPUT:
-            raise refuse(f"unknown output {output.name!r}: this model gives {OUTPUT!r}")
         if output.classification:
             k = min(output.classification, probabilities.shape[1])
             tensor = OutputTensor(OUTPUT, "BYTES", [len(probabilities), k],

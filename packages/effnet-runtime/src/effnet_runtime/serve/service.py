@@ -20,7 +20,7 @@ from effnet_runtime.portable import ImageReadError, decode_image
 
 from .errors import RequestError, image_error
 from .metrics import ServeMetrics
-from .protocol import IMAGE_INPUT, TENSOR_INPUT, InferRequest, refuse
+from .protocol import IMAGE_INPUT, TENSOR_INPUT, InferRequest, check_outputs, refuse
 from .repository import Repository, ServedVersion
 from .settings import ServeOptions
 
@@ -96,6 +96,7 @@ class Service:
         """The probabilities of an Open Inference Protocol request's one input: ``image`` (BYTES,
         encoded pictures) or ``input`` (FP32, prepared at the model's resolution)."""
         resolution = served.predictor.resolution
+        check_outputs(request)
         if len(request.inputs) != 1:
             raise refuse(f"send one input: {IMAGE_INPUT!r} (BYTES [N], encoded pictures) or {TENSOR_INPUT!r} "
                          f"(FP32 [N,3,{resolution},{resolution}]); got {len(request.inputs)}")
