@@ -345,7 +345,8 @@ def run_cli(argv: list[str]) -> int:
 @pytest.mark.parametrize("flag", NUMERIC_FLAGS)
 def test_every_numeric_flag_refuses_non_finite_and_absurd_values(capsys, files, flag):
     for value in ("inf", "-inf", "nan", "1e309", "-1", "99999999999", "1e12"):
-        assert run_cli(["serve", "--checkpoint", str(files["checkpoint"]), f"{flag}={value}"]) == ExitCode.REFUSED, value
+        code = run_cli(["serve", "--checkpoint", str(files["checkpoint"]), f"{flag}={value}"])
+        assert code == ExitCode.REFUSED, value
         lines = capsys.readouterr().err.strip().splitlines()
         assert lines[-1].startswith(f"effnet serve: error: argument {flag}: must be "), lines[-1]
         assert "Traceback" not in "\n".join(lines)
