@@ -208,11 +208,12 @@ class Repository:
             if not versions:
                 rows.append({"name": name, "state": UNAVAILABLE,
                              "reason": f"no version folder ({self.root / name}/<number>/)"})
+            chosen = {str(v) for v in self.policy.select(list(on_disk.get(name, {})))}
             for version in sorted(versions, key=int):
-                rows.append({"name": name, "version": version, **self._state(name, version)})
+                rows.append({"name": name, "version": version, **self._state(name, version, version in chosen)})
         return rows
 
-    def _state(self, name: str, version: str) -> dict[str, str]:
+    def _state(self, name: str, version: str, chosen: bool) -> dict[str, str]:
         if version in self.models.get(name, {}):
             return {"state": READY}
         if (name, version) in self.loading:
@@ -221,6 +222,8 @@ class Repository:
             return {"state": UNAVAILABLE, "reason": "unloaded"}
         if (name, version) in self.failures:
             return {"state": UNAVAILABLE, "reason": self.failures[name, version].reason}
+        if chosen:
+            return {"state": UNAVAILABLE, "reason": "found, not loaded yet (at the next poll, or on a load request)"}
         return {"state": UNAVAILABLE, "reason": f"not chosen by the version policy ({self.policy})"}
 
     def _on_disk(self) -> dict[str, dict[int, Path]]:
