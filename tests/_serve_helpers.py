@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -132,8 +133,17 @@ def metric_total(text: str, name: str) -> float:
     return sum(float(m.group(2)) for line in text.splitlines() if (m := pattern.match(line)))
 
 
+_SHIPPED: dict[tuple[tuple[str, ...], int, str], Path] = {}
+
+
 def ship_tiny(folder: Path, classes: list[str], seed: int = 0, name: str = "tiny_b0") -> Path:
-    """A folder as ``effnet ship`` writes it for ONNX Runtime (fp32), of a tiny random network."""
+    """A folder as ``effnet ship`` writes it for ONNX Runtime (fp32), of a tiny random network
+    (exported once per test session for each set of arguments, then copied)."""
+    key = (tuple(classes), seed, name)
+    if key in _SHIPPED and _SHIPPED[key].is_dir():
+        shutil.copytree(_SHIPPED[key], folder, dirs_exist_ok=True)
+        return folder
+    _SHIPPED[key] = folder
     torch.manual_seed(seed)
     model = tiny_model(num_classes=len(classes))
     model.describe(class_names=classes)

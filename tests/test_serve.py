@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,7 @@ from _deploy_helpers import tiny_model
 from _serve_helpers import (
     CLASSIFICATION,
     CLEAN_EXIT,
+    SOURCES,
     ServerProcess,
     metric,
     metric_total,
@@ -86,6 +90,7 @@ def post(server, files=None, **options) -> httpx.Response:
 
 
 # ---------------------------------------------------------------------------- answers
+@pytest.mark.slow
 def test_answers_equal_effnet_predict_over_v1_http_and_grpc(files, capsys):
     """Real ImageNet weights on real photos (colour and greyscale, PNG and JPEG), so that
     probabilities differ between pictures and a mix-up or a preprocessing difference shows;
@@ -368,6 +373,14 @@ def test_cli_refuses_bad_settings_with_one_line(capsys, files):
         assert run_cli(argv) == ExitCode.REFUSED, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1] and err[-1].startswith("effnet serve: error: "), err
+
+
+def test_serve_help_needs_no_pytorch():
+    code = ("import sys; from effnet.cli import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('TORCH', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(SOURCES)})
+    assert done.returncode == 0 and "--grpc-port" in done.stdout and done.stdout.strip().endswith("TORCH False")
 
 
 def test_a_port_in_use_is_one_line_and_exit_2_before_loading(capsys, files):

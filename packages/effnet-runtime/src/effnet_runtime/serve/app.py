@@ -41,9 +41,9 @@ async def no_route(request: Request, error: HTTPException) -> Response:
     if error.status_code == 404:
         refusal = RequestError(404, "not_found", f"no endpoint {path}")
     elif error.status_code == 405:
-        allowed = (error.headers or {}).get("Allow", "")
+        allowed = ", ".join(sorted((error.headers or {}).get("Allow", "").split(", ")))  # Starlette's order varies
         refusal = RequestError(405, "method_not_allowed", f"method {request.method} is not allowed on {path}; use "
-                                                          f"{allowed}", dict(error.headers or {}))
+                                                          f"{allowed}", {"Allow": allowed})
     else:
         refusal = RequestError(error.status_code, "bad_request", str(error.detail), dict(error.headers or {}))
     return await refuse(request, refusal)

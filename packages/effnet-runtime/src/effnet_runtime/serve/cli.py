@@ -21,10 +21,9 @@ from dataclasses import fields
 
 from .predictor import Loader
 from .server import ModelSource, Settings, serve
-from .settings import NUMBERS, Listen, ServeOptions
+from .settings import LOG_LEVELS, NUMBERS, Listen, ServeOptions
 
 API_KEY_VARIABLE = "EFFNET_API_KEY"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 EXIT_REFUSED = 2
 EXIT_INTERNAL_ERROR = 70
 DEFAULT_OPTIONS = {item.name: item.default for item in fields(ServeOptions)}

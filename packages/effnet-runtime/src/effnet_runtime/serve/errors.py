@@ -38,7 +38,3 @@ class RequestError(Exception):
 def image_error(error: ImageReadError, name: str) -> RequestError:
     """The refusal of an image that cannot be used, naming it."""
     return RequestError(READ_ERROR_STATUS.get(error.kind, 422), error.kind, f"{name}: {error.reason}")
-
-
-def not_ready(message: str) -> RequestError:
-    return RequestError(503, "not_ready", message, {"Retry-After": "1"})

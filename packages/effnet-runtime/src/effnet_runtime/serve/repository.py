@@ -27,12 +27,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .batching import Batcher, QueueFullError
-from .errors import RequestError, not_ready
+from .errors import RequestError
 from .metrics import ServeMetrics
 from .predictor import Loader, Predictor
 from .settings import ServeOptions, VersionPolicy
@@ -171,14 +170,18 @@ class Repository:
         """The version answering a request for ``name`` (None: the only model) and ``version``
         (None or "": the highest in service); refuses with 400/404/503 saying what exists."""
         if not name:
-            if len(self.models) != 1:
+            if not self.models:
+                raise RequestError(503, "not_ready", "no model is in service (see POST /v2/repository/index)",
+                                   {"Retry-After": "1"})
+            if len(self.models) > 1:
                 raise RequestError(400, "no_model", "this server serves several models: name one with "
-                                                    f"?model=NAME ({', '.join(sorted(self.models)) or 'none ready'})")
+                                                    f"?model=NAME ({', '.join(sorted(self.models))})")
             name = next(iter(self.models))
         versions = self.models.get(name)
         if not versions:
             if any(model == name for model, _ in self.loading):
-                raise not_ready(f"model {name!r} is loading; try again shortly")
+                raise RequestError(503, "not_ready", f"model {name!r} is loading; try again shortly",
+                                   {"Retry-After": "1"})
             known = ", ".join(sorted(self.models)) or "none"
             raise RequestError(404, "unknown_model", f"unknown model {name!r} (models in service: {known})")
         if not version:
@@ -356,8 +359,3 @@ class Repository:
             for name in list(self.models):
                 await self._retire_all(name)
         self._loading_thread.shutdown(wait=True)
-
-    def describe(self) -> list[dict[str, Any]]:
-        """The models in service, each as ``GET /v1/model`` describes it, with its version."""
-        return [{**self.get(name).predictor.describe(), "name": name, "version": self.get(name).version}
-                for name in sorted(self.models)]

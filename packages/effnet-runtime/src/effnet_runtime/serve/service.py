@@ -118,5 +118,7 @@ class Service:
                                                 for i, item in enumerate(tensor.items)])
         if tensor.shape[1:] != [3, resolution, resolution]:
             raise refuse(f"input {TENSOR_INPUT!r}: shape must be [N,3,{resolution},{resolution}], got {tensor.shape}")
+        if not np.isfinite(tensor.array).all():
+            raise refuse(f"input {TENSOR_INPUT!r} holds NaN or infinite values; send finite numbers")
         served.check_room(count)
         return await served.submit(list(tensor.array))

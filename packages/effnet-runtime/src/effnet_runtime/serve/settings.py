@@ -61,6 +61,9 @@ value (``inf`` ms of waiting, ``nan`` MB) would hang or break the server, so it 
 ``max_upload_mb`` stops at 2000: gRPC messages are limited to 2 GiB."""
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
 def check_numbers(settings: Any) -> None:
     """Raise :class:`SettingError` for the first field of a settings dataclass outside :data:`NUMBERS`."""
     for item in fields(settings):
@@ -122,6 +125,8 @@ class Listen:
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        if self.log_level not in LOG_LEVELS:
+            raise SettingError(f"log_level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
 @dataclass(frozen=True)
