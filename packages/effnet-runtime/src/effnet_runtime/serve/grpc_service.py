@@ -13,6 +13,7 @@ both ways. Methods not listed here (configuration, statistics, shared memory) an
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from .protocol import InferRequest, RequestedOutput, classification_count, input
 from .repository import READY
 from .service import Service
 
+logger = logging.getLogger("effnet.serve")
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                 403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
                 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
@@ -162,6 +164,7 @@ async def start_grpc(service: Service, address: str) -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(service), server)
-    server.add_insecure_port(address)
+    port = server.add_insecure_port(address)
     await server.start()
+    logger.info("effnet serve: gRPC on %s", address.rpartition(":")[0] + f":{port}")
     return server
