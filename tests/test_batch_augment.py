@@ -1,6 +1,6 @@
-"""The batched training preset (effnet.data.batch_augment) against torchvision's v2 preset and
-functionals, image by image: each op at a fixed magnitude, the random distributions, the
-policy tables, and the output the device path hands to the model."""
+"""The batched training preset (effnet.data.batch_augment, with batch_ops and batch_policies)
+against torchvision's v2 preset and functionals, image by image: each op at a fixed magnitude,
+the random distributions, the policy tables, and the output the device path hands to the model."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from effnet.data import batch_augment as ba
+from effnet.data import batch_ops
+from effnet.data import batch_policies as policies
 from effnet.data.transforms import eval_transforms, train_transforms
 from effnet.description import Preprocessing
 
@@ -42,12 +44,12 @@ def _each(function, images: torch.Tensor, values) -> torch.Tensor:
 
 # ------------------------------------------------------------- colour ops
 @pytest.mark.parametrize(("name", "ours", "theirs", "values", "tolerance"), [
-    ("brightness", ba.adjust_brightness, TF.adjust_brightness, [0.1, 0.6, 1.0, 1.3, 1.9, 0.99], 1),
-    ("saturation", ba.adjust_saturation, TF.adjust_saturation, [0.1, 0.6, 1.0, 1.3, 1.9, 0.01], 1),
-    ("contrast", ba.adjust_contrast, TF.adjust_contrast, [0.1, 0.6, 1.0, 1.3, 1.9, 0.01], 1),
-    ("sharpness", ba.adjust_sharpness, TF.adjust_sharpness, [0.1, 0.6, 1.0, 1.3, 1.9, 0.01], 1),
-    ("posterize", ba.posterize, lambda image, bits: TF.posterize(image, int(bits)), [8, 7, 6, 4, 2, 0], 0),
-    ("solarize", ba.solarize, TF.solarize, [255, 204, 128, 70, 0, 230], 0),
+    ("brightness", batch_ops.adjust_brightness, TF.adjust_brightness, [0.1, 0.6, 1.0, 1.3, 1.9, 0.99], 1),
+    ("saturation", batch_ops.adjust_saturation, TF.adjust_saturation, [0.1, 0.6, 1.0, 1.3, 1.9, 0.01], 1),
+    ("contrast", batch_ops.adjust_contrast, TF.adjust_contrast, [0.1, 0.6, 1.0, 1.3, 1.9, 0.01], 1),
+    ("sharpness", batch_ops.adjust_sharpness, TF.adjust_sharpness, [0.1, 0.6, 1.0, 1.3, 1.9, 0.01], 1),
+    ("posterize", batch_ops.posterize, lambda image, bits: TF.posterize(image, int(bits)), [8, 7, 6, 4, 2, 0], 0),
+    ("solarize", batch_ops.solarize, TF.solarize, [255, 204, 128, 70, 0, 230], 0),
 ])
 def test_a_colour_op_with_per_sample_values_matches_torchvision_on_each_image(name, ours, theirs, values,
                                                                               tolerance) -> None:
@@ -59,8 +61,8 @@ def test_a_colour_op_with_per_sample_values_matches_torchvision_on_each_image(na
     assert torch.equal(batch, batch.round()) and batch.min() >= 0 and batch.max() <= 255
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [(ba.autocontrast, TF.autocontrast), (ba.equalize, TF.equalize),
-                                              (ba.invert, TF.invert)])
+@pytest.mark.parametrize(("ours", "theirs"), [(batch_ops.autocontrast, TF.autocontrast),
+                                              (batch_ops.equalize, TF.equalize), (batch_ops.invert, TF.invert)])
 def test_the_parameterless_colour_ops_match_torchvision_exactly(ours, theirs) -> None:
     images = _photos()
     images[2] = 77  # a flat picture: autocontrast and equalize leave it
@@ -71,10 +73,11 @@ def test_the_parameterless_colour_ops_match_torchvision_exactly(ours, theirs) ->
 
 def test_the_policy_steps_apply_each_samples_own_op() -> None:
     images = _photos(count=10).float()
-    ops = torch.tensor([ba.BRIGHTNESS, ba.COLOR, ba.CONTRAST, ba.SHARPNESS, ba.POSTERIZE, ba.SOLARIZE,
-                        ba.AUTOCONTRAST, ba.EQUALIZE, ba.INVERT, ba.ROTATE])
+    ops = torch.tensor([policies.BRIGHTNESS, policies.COLOR, policies.CONTRAST, policies.SHARPNESS, policies.POSTERIZE,
+                        policies.SOLARIZE, policies.AUTOCONTRAST, policies.EQUALIZE, policies.INVERT, policies.ROTATE])
     magnitudes = torch.tensor([0.5, -0.5, 0.3, 0.9, 5, 128, 0, 0, 0, 30.0])
-    out = ba.apply_subsets(images.clone(), ops, torch.argsort(ops, stable=True), ba._policy_functions(magnitudes))
+    out = batch_ops.apply_subsets(images.clone(), ops, torch.argsort(ops, stable=True),
+                                  policies.policy_colour_ops(magnitudes))
     uint8 = images.to(torch.uint8)
     expected = [TF.adjust_brightness(uint8[0], 1.5), TF.adjust_saturation(uint8[1], 0.5),
                 TF.adjust_contrast(uint8[2], 1.3), TF.adjust_sharpness(uint8[3], 1.9), TF.posterize(uint8[4], 5),
@@ -85,7 +88,7 @@ def test_the_policy_steps_apply_each_samples_own_op() -> None:
 
 # ------------------------------------------------------------ geometric ops
 def _warp(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    return ba.warp(images.float(), matrices, torch.tensor(FILL, dtype=torch.float32)).round()
+    return batch_ops.warp(images.float(), matrices, torch.tensor(FILL, dtype=torch.float32)).round()
 
 
 def _away_from_the_edge_of_the_fill(expected: list[torch.Tensor]) -> torch.Tensor:
@@ -99,15 +102,15 @@ def _geometric_case(op: int, magnitudes: list[float]):
     bilinear = InterpolationMode.BILINEAR
 
     def function(magnitude: float):
-        if op == ba.ROTATE:
+        if op == policies.ROTATE:
             return lambda image: TF.rotate(image, magnitude, interpolation=bilinear, fill=FILL[:image.shape[0]])
         shear = math.degrees(math.atan(magnitude))
         translate, shears, center = [0, 0], [0.0, 0.0], None
-        if op in (ba.SHEAR_X, ba.SHEAR_Y):
-            shears[op == ba.SHEAR_Y] = shear
+        if op in (policies.SHEAR_X, policies.SHEAR_Y):
+            shears[op == policies.SHEAR_Y] = shear
             center = [0, 0]
         else:
-            translate[op == ba.TRANSLATE_Y] = int(magnitude)
+            translate[op == policies.TRANSLATE_Y] = int(magnitude)
         return lambda image: TF.affine(image, angle=0.0, translate=translate, scale=1.0, shear=shears,
                                        interpolation=bilinear, fill=FILL[:image.shape[0]], center=center)
 
@@ -115,15 +118,15 @@ def _geometric_case(op: int, magnitudes: list[float]):
 
 
 @pytest.mark.parametrize(("op", "magnitudes"), [
-    (ba.ROTATE, [20.0, -13.0, 30.0, -135.0, 0.0, 90.0]),
-    (ba.SHEAR_X, [0.3, -0.2, 0.99, -0.99, 0.0, 0.1]),
-    (ba.SHEAR_Y, [0.3, -0.2, 0.99, -0.99, 0.0, 0.1]),
-    (ba.TRANSLATE_X, [5.0, -7.0, 18.0, -32.0, 0.0, 1.0]),
-    (ba.TRANSLATE_Y, [5.0, -7.0, 18.0, -32.0, 0.0, 1.0]),
+    (policies.ROTATE, [20.0, -13.0, 30.0, -135.0, 0.0, 90.0]),
+    (policies.SHEAR_X, [0.3, -0.2, 0.99, -0.99, 0.0, 0.1]),
+    (policies.SHEAR_Y, [0.3, -0.2, 0.99, -0.99, 0.0, 0.1]),
+    (policies.TRANSLATE_X, [5.0, -7.0, 18.0, -32.0, 0.0, 1.0]),
+    (policies.TRANSLATE_Y, [5.0, -7.0, 18.0, -32.0, 0.0, 1.0]),
 ])
 def test_a_geometric_policy_op_matches_torchvision_on_each_image(op, magnitudes) -> None:
     images = _photos()
-    matrices = ba.policy_matrices(torch.full((6,), op), torch.tensor(magnitudes), SIZE)
+    matrices = policies.policy_matrices(torch.full((6,), op), torch.tensor(magnitudes), SIZE)
     batch = _warp(images, matrices)
     functions = _geometric_case(op, magnitudes)
     expected = torch.stack([function(image) for function, image in zip(functions, images, strict=True)]).float()
@@ -136,7 +139,7 @@ def test_a_geometric_policy_op_matches_torchvision_on_each_image(op, magnitudes)
 def test_the_random_affine_matrix_matches_torchvision() -> None:
     images = _photos()
     angles, shears = [12.0, -7.0, 0.0, 25.0, -30.0, 3.0], [9.0, -5.0, 0.0, 0.0, 10.0, -10.0]
-    matrices = ba.affine_matrices(torch.tensor(angles), torch.tan(torch.deg2rad(torch.tensor(shears))),
+    matrices = batch_ops.affine_matrices(torch.tensor(angles), torch.tan(torch.deg2rad(torch.tensor(shears))),
                                   torch.zeros(6), torch.zeros(6, 2), torch.zeros(6, dtype=torch.bool), SIZE)
     functions = [lambda image, a=a, s=s: TF.affine(image, angle=a, translate=[0, 0], scale=1.0, shear=[s, 0.0],
                                                    interpolation=InterpolationMode.BILINEAR,
@@ -152,7 +155,7 @@ def test_the_crop_resize_is_torchvisions_resized_crop() -> None:
     images = [TF.resize(image, [61 + 9 * i, 83 - 5 * i], antialias=True) for i, image in enumerate(_photos(4))]
     boxes = [[3, 5, 50, 60], [0, 0, 70, 78], [10, 2, 20, 30], [1, 9, 60, 40]]
     for mode in ("bilinear", "bicubic"):
-        batch = ba.crop_resize(images, boxes, 32, mode).round().clamp(0, 255)
+        batch = batch_ops.crop_resize(images, boxes, 32, mode).round().clamp(0, 255)
         expected = torch.stack([TF.resized_crop(image, *box, [32, 32], interpolation=InterpolationMode(mode),
                                                 antialias=True) for image, box in zip(images, boxes, strict=True)])
         assert (batch - expected.float()).abs().max() <= 1
@@ -162,7 +165,7 @@ def test_the_crop_resize_is_torchvisions_resized_crop() -> None:
 def test_crop_boxes_obey_scale_and_ratio_and_follow_torchvisions_distribution() -> None:
     count, scale, ratio = 10_000, (0.08, 1.0), (3 / 4, 4 / 3)
     heights, widths = torch.full((count,), 300), torch.full((count,), 400)
-    boxes = ba.crop_boxes(heights, widths, scale, ratio, torch.Generator().manual_seed(0))
+    boxes = batch_ops.crop_boxes(heights, widths, scale, ratio, torch.Generator().manual_seed(0))
     top, left, height, width = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all() and (top + height <= 300).all() and (left + width <= 400).all()
     fraction = height * width / (300 * 400)
@@ -182,32 +185,32 @@ def test_crop_boxes_obey_scale_and_ratio_and_follow_torchvisions_distribution() 
         assert (ours_cdf - their_cdf).abs().max() < 0.03  # two-sample KS at 10k draws each
     # uniform in scale where every draw fits: square crops of a square picture
     side = torch.full((count,), 1000)
-    square = ba.crop_boxes(side, side, scale, (1.0, 1.0), torch.Generator().manual_seed(1))
+    square = batch_ops.crop_boxes(side, side, scale, (1.0, 1.0), torch.Generator().manual_seed(1))
     fraction = square[:, 2] * square[:, 3] / 1000**2
     deciles = torch.quantile(fraction, torch.linspace(0.1, 0.9, 9))
     assert torch.allclose(deciles, 0.08 + 0.92 * torch.linspace(0.1, 0.9, 9), atol=0.015)
 
 
 def test_crop_boxes_fall_back_to_the_central_crop_at_the_nearest_ratio() -> None:
-    boxes = ba.crop_boxes(torch.tensor([10, 400]), torch.tensor([400, 10]), (0.9, 1.0), (3 / 4, 4 / 3),
+    boxes = batch_ops.crop_boxes(torch.tensor([10, 400]), torch.tensor([400, 10]), (0.9, 1.0), (3 / 4, 4 / 3),
                           torch.Generator().manual_seed(0))
     assert boxes.tolist() == [[0.0, 193.0, 10.0, 13.0], [193.0, 0.0, 13.0, 10.0]]
 
 
 def test_policy_tables_are_torchvisions() -> None:
     for wide, reference in ((False, v2.RandAugment), (True, v2.TrivialAugmentWide)):
-        table = ba.magnitude_table(wide, 31, SIZE)
+        table = policies.magnitude_table(wide, 31, SIZE)
         for name, (magnitudes, signed) in reference._AUGMENTATION_SPACE.items():
-            op = ba.OP_NAMES.index(name)
-            assert (op in ba.SIGNED_OPS) == signed, name
+            op = policies.OP_NAMES.index(name)
+            assert (op in policies.SIGNED_OPS) == signed, name
             expected = magnitudes(31, SIZE, SIZE)
             if name == "Solarize":
                 expected = (expected.double() * 255).ceil()
             if expected is not None:
                 torch.testing.assert_close(table[op], expected.float(), msg=name)
-        assert [ba.OP_NAMES[op] for op in ba.WIDE_OPS] == list(reference._AUGMENTATION_SPACE)
+        assert [policies.OP_NAMES[op] for op in policies.WIDE_OPS] == list(reference._AUGMENTATION_SPACE)
     policy = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)._policies
-    assert [[(ba.OP_NAMES[op], p, m) for op, p, m in pair] for pair in ba.IMAGENET_POLICY] == \
+    assert [[(policies.OP_NAMES[op], p, m) for op, p, m in pair] for pair in policies.IMAGENET_POLICY] == \
         [[(name, p, m or 0) for name, p, m in pair] for name_pair in [policy] for pair in name_pair]
 
 
@@ -218,16 +221,16 @@ def _chi_square(counts: torch.Tensor, probabilities: torch.Tensor) -> float:
 
 def test_randaugment_draws_num_ops_ops_per_image_each_op_equally_often() -> None:
     count = 14_000
-    ops, magnitudes = ba.Policy("randaugment", 3, 9, 11).draw(count, 224, torch.Generator().manual_seed(0))
+    ops, magnitudes = policies.Policy("randaugment", 3, 9, 11).draw(count, 224, torch.Generator().manual_seed(0))
     assert ops.shape == magnitudes.shape == (count, 3)
     frequencies = torch.bincount(ops.reshape(-1), minlength=15)
-    assert frequencies[ba.INVERT] == 0
+    assert frequencies[policies.INVERT] == 0
     # 13 degrees of freedom: the 99.9% quantile of chi-square is 34.5
-    assert _chi_square(frequencies[list(ba.WIDE_OPS)].float(), torch.full((14,), 1 / 14)) < 34.5
-    table = ba.magnitude_table(False, 11, 224)
-    signed = torch.isin(ops, torch.tensor(ba.SIGNED_OPS))
+    assert _chi_square(frequencies[list(policies.WIDE_OPS)].float(), torch.full((14,), 1 / 14)) < 34.5
+    table = policies.magnitude_table(False, 11, 224)
+    signed = torch.isin(ops, torch.tensor(policies.SIGNED_OPS))
     expected = table[ops, 9]
-    translate = (ops == ba.TRANSLATE_X) | (ops == ba.TRANSLATE_Y)
+    translate = (ops == policies.TRANSLATE_X) | (ops == policies.TRANSLATE_Y)
     expected = torch.where(translate, expected.trunc(), expected)
     assert torch.equal(magnitudes.abs(), expected)
     negative = (magnitudes < 0)[signed].float().mean()
@@ -236,16 +239,16 @@ def test_randaugment_draws_num_ops_ops_per_image_each_op_equally_often() -> None
 
 def test_trivialaugment_and_autoaugment_draw_their_policies() -> None:
     generator = torch.Generator().manual_seed(0)
-    ops, magnitudes = ba.Policy("trivialaugment", 1, 0, 31).draw(14_000, 224, generator)
+    ops, magnitudes = policies.Policy("trivialaugment", 1, 0, 31).draw(14_000, 224, generator)
     assert ops.shape == (14_000, 1)
     assert _chi_square(torch.bincount(ops[:, 0], minlength=14)[:14].float(), torch.full((14,), 1 / 14)) < 34.5
-    rotations = magnitudes[ops == ba.ROTATE].abs()
+    rotations = magnitudes[ops == policies.ROTATE].abs()
     assert rotations.max() == 135.0 and len(rotations.unique()) == 31  # the magnitude bin is drawn too
-    ops, _ = ba.Policy("autoaugment", 2).draw(20_000, 224, generator)
+    ops, _ = policies.Policy("autoaugment", 2).draw(20_000, 224, generator)
     # Equalize: expected count from the 25 pairs' probabilities
-    expected = sum(p for pair in ba.IMAGENET_POLICY for op, p, _ in pair if op == ba.EQUALIZE) / 25
-    assert abs((ops == ba.EQUALIZE).sum(1).float().mean() - expected) < 0.03
-    assert not torch.isin(ops, torch.tensor([ba.TRANSLATE_X, ba.SHEAR_Y])).any()
+    expected = sum(p for pair in policies.IMAGENET_POLICY for op, p, _ in pair if op == policies.EQUALIZE) / 25
+    assert abs((ops == policies.EQUALIZE).sum(1).float().mean() - expected) < 0.03
+    assert not torch.isin(ops, torch.tensor([policies.TRANSLATE_X, policies.SHEAR_Y])).any()
 
 
 # ------------------------------------------------------------------ presets
@@ -260,7 +263,7 @@ def test_the_batched_preset_reads_the_v2_presets_settings() -> None:
     assert isinstance(preset, ba.BatchTrainPreset)
     assert (preset.size, preset.scale, preset.mode, preset.degrees, preset.shear, preset.hflip) == \
         (SIZE, (0.3, 1.0), "bicubic", 10.0, 5.0, 0.5)
-    assert preset.policy == ba.Policy("randaugment", 3, 7, 11) and preset.fill == (0.0, 0.0, 0.0)
+    assert preset.policy == policies.Policy("randaugment", 3, 7, 11) and preset.fill == (0.0, 0.0, 0.0)
     assert preset.brightness == pytest.approx((0.6, 1.4)) and preset.erase_prob == 0.25
     assert isinstance(ba.batch_preset(eval_transforms(PREPROCESSING)), ba.BatchEvalPreset)
     assert ba.batch_preset(v2.Compose([v2.RandomResizedCrop(8), v2.GaussianBlur(3), v2.ToDtype(torch.float32),
@@ -339,12 +342,12 @@ def test_the_batched_evaluation_preset_is_the_per_image_one() -> None:
 
 
 def test_erasing_boxes_obey_their_bounds() -> None:
-    boxes = ba.erase_boxes(10_000, SIZE, (0.02, 0.33), (0.3, 3.3), 0.4, torch.Generator().manual_seed(0))
+    boxes = batch_ops.erase_boxes(10_000, SIZE, (0.02, 0.33), (0.3, 3.3), 0.4, torch.Generator().manual_seed(0))
     top, left, height, width = boxes.unbind(1)
     erased = height > 0
     assert abs(erased.float().mean() - 0.4) < 0.02
     area = (height * width / SIZE**2)[erased]
     assert area.min() >= 0.015 and area.max() <= 0.35  # sides rounded to whole pixels
     assert ((top + height)[erased] <= SIZE).all() and ((left + width)[erased] <= SIZE).all()
-    images = ba.erase(torch.ones(2, 3, 8, 8), torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 5.0]]))
+    images = batch_ops.erase(torch.ones(2, 3, 8, 8), torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 5.0]]))
     assert images[0].eq(0).sum() == 3 * 12 and images[0, :, 1:4, 2:6].eq(0).all() and images[1].eq(1).all()

@@ -194,7 +194,7 @@ def test_a_run_decodes_on_the_device(tmp_path) -> None:
     assert isinstance(trainer.val_loader, DeviceDecodeLoader)
     result = trainer.fit()
     assert result.status == "completed" and result.final.count == 12
-    assert isinstance(trainer._train_loader, DeviceDecodeLoader)
+    assert isinstance(trainer.loaders.train, DeviceDecodeLoader)
 
 
 @pytest.mark.slow

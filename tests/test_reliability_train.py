@@ -19,9 +19,9 @@ from _train_helpers import (
 )
 from effnet.cli import main
 from effnet.errors import ConfigError
+from effnet.train import Trainer, TrainingDiverged
 from effnet.train.recipes import build_config
 from effnet.train.rundir import LOCK_NAME, RunDirError, claim_run_dir
-from effnet.train.trainer import Trainer, TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ONE_EPOCH = {"run.epochs": 1}

@@ -24,11 +24,11 @@ from _train_helpers import (
     tiny_config,
     without_timing,
 )
+from effnet.train import Trainer, TrainingDiverged, train
 from effnet.train.config import ScheduleSettings
 from effnet.train.ema import ModelEMA
 from effnet.train.schedule import LRSchedule
 from effnet.train.snapshot import TrainingSnapshot
-from effnet.train.trainer import Trainer, TrainingDiverged, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

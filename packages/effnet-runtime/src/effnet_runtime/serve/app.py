@@ -1,8 +1,9 @@
 """The ASGI app (Starlette): effnet's API (:mod:`~effnet_runtime.serve.api_v1`) and the Open
-Inference Protocol (:mod:`~effnet_runtime.serve.api_v2`) over one :class:`Service`, with the body
-limit, request metrics and refusals in JSON, 404 and 405 included (``{"error": MESSAGE}`` under
-``/v2``, ``{"error": CODE, "message": MESSAGE}`` elsewhere). A client that goes away before its
-request is read is counted as status 499, without a traceback.
+Inference Protocol (:mod:`~effnet_runtime.serve.api_v2`) over one
+:class:`~effnet_runtime.serve.service.Service`, with the body limit, request metrics and
+refusals in JSON, 404 and 405 included (``{"error": MESSAGE}`` under ``/v2``, ``{"error": CODE,
+"message": MESSAGE}`` elsewhere). A client that goes away before its request is read is counted
+as status 499, without a traceback.
 
 The lifespan loads and warms up the models before the server listens, starts the gRPC front end
 when it has an address, and on shutdown stops gRPC (answering its calls in flight), then

@@ -1,6 +1,8 @@
 """The command line: the arguments ``effnet-serve`` and ``effnet serve`` share
 (:func:`add_server_arguments`), and ``effnet-serve`` itself, the server of shipped folders that
-runs without PyTorch::
+runs without PyTorch.
+
+Examples::
 
     effnet-serve --artifact shipped/lite0-int8 --port 8000 --grpc-port 8001
     effnet-serve --repository models/ --version-policy latest:2
@@ -83,7 +85,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_settings(args: argparse.Namespace, loader: Loader) -> Settings:
-    """The :class:`Settings` of parsed arguments, the model coming from ``loader``."""
+    """The :class:`~effnet_runtime.serve.server.Settings` of parsed arguments, the model coming from ``loader``."""
     source = ModelSource(loader, args.repository, args.version_policy, args.poll_s)
     options = ServeOptions(**{name: getattr(args, name) for name in DEFAULT_OPTIONS})
     listen = Listen(args.host, args.port, args.grpc_port, args.workers, args.log_level)

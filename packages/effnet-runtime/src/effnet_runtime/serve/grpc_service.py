@@ -42,7 +42,7 @@ def _parameter(value: service_pb2.InferParameter) -> Any:
 
 
 def parse_grpc_request(request: service_pb2.ModelInferRequest) -> InferRequest:
-    """The :class:`InferRequest` of a gRPC inference request."""
+    """The :class:`~effnet_runtime.serve.protocol.InferRequest` of a gRPC inference request."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise refuse(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: with raw contents, every "
@@ -63,7 +63,7 @@ def parse_grpc_request(request: service_pb2.ModelInferRequest) -> InferRequest:
 
 
 def answered(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Count the call and turn a :class:`RequestError` into its gRPC status."""
+    """Count the call and turn a :class:`~effnet_runtime.serve.errors.RequestError` into its gRPC status."""
 
     @functools.wraps(method)
     async def call(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:

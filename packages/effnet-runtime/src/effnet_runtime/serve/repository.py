@@ -2,7 +2,7 @@
 
 A repository folder is laid out as ``DIR/<model name>/<version number>/``, each version folder
 loadable by the server's :class:`~effnet_runtime.serve.predictor.Loader` (a shipped folder;
-effnet's loader also takes a checkpoint, ``model.safetensors``). A :class:`VersionPolicy`
+effnet's loader also takes a checkpoint, ``model.safetensors``). A :class:`~effnet_runtime.serve.settings.VersionPolicy`
 chooses the versions served. :meth:`Repository.refresh` (run every ``poll_s`` seconds, and by
 the explicit load call) brings the served set in line with the folder:
 

@@ -1,8 +1,9 @@
 """Running a server: bind the port(s) first, then load the models, then serve under uvicorn.
 
 :func:`serve` binds the HTTP socket (and checks the gRPC port) before anything is loaded, so a
-port in use or a bad address is a one-line error at once (:class:`SettingError`), and hands the
-bound socket to uvicorn (no second bind, no race). uvicorn owns the signals: on SIGTERM or
+port in use or a bad address is a one-line error at once
+(:class:`~effnet_runtime.serve.settings.SettingError`), and hands the bound socket to uvicorn (no
+second bind, no race). uvicorn owns the signals: on SIGTERM or
 SIGINT it stops accepting connections, answers the requests in flight (up to
 ``GRACEFUL_SHUTDOWN_S``), then the app's shutdown stops gRPC and drains every queue; the
 process then returns normally.
@@ -74,7 +75,8 @@ class Settings:
 
 def bind(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` as uvicorn binds its own (IPv6 when ``host`` has a
-    colon, SO_REUSEADDR), not yet listening; a bad address or a port in use is a :class:`SettingError`."""
+    colon, SO_REUSEADDR), not yet listening; a bad address or a port in use is a
+    :class:`~effnet_runtime.serve.settings.SettingError`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
