@@ -197,12 +197,13 @@ class Repository:
             return False
         if self.root is None:
             return bool(self.models)
-        wanted = set(self._on_disk()) - self.unloaded
+        on_disk = self._on_disk()
+        wanted = set(self.models if on_disk is None else on_disk) - self.unloaded
         return all(self.models.get(name) for name in wanted)
 
     def index(self) -> list[dict[str, str]]:
         """Triton's repository index: every model and version with its state and, when not ready, the reason."""
-        on_disk = self._on_disk() if self.root is not None else {}
+        on_disk = (self._on_disk() if self.root is not None else None) or {}
         rows = []
         for name in sorted(set(on_disk) | set(self.models)):
             served = self.models.get(name, {})
@@ -229,12 +230,15 @@ class Repository:
             return {"state": UNAVAILABLE, "reason": "found, not loaded yet (at the next poll, or on a load request)"}
         return {"state": UNAVAILABLE, "reason": f"not chosen by the version policy ({self.policy})"}
 
-    def _on_disk(self) -> dict[str, dict[int, Path]]:
+    def _on_disk(self) -> dict[str, dict[int, Path]] | None:
+        """The repository folder's models and versions; None (logged) while it cannot be read, when
+        nothing is changed."""
         try:
             return scan(self.root)
         except OSError as error:
-            logger.error("effnet serve: cannot read the repository %s: %s", self.root, error)
-            return {}
+            logger.error("effnet serve: cannot read the repository %s (nothing changes until it can be read): %s",
+                         self.root, error)
+            return None
 
     # ------------------------------------------------------------------ changes
     async def start(self) -> None:
@@ -254,6 +258,8 @@ class Repository:
             return
         async with self._lock:
             on_disk = self._on_disk()
+            if on_disk is None:
+                return
             for name in names if names is not None else sorted((set(on_disk) | set(self.models)) - self.unloaded):
                 await self._update(name, on_disk.get(name, {}))
 
@@ -319,7 +325,7 @@ class Repository:
         if self.root is None:
             raise RequestError(400, "no_repository", "this server serves one model and has no repository to load "
                                                      "from (start it with --repository DIR)")
-        if name not in self._on_disk():
+        if name not in (self._on_disk() or {}):
             raise RequestError(400, "unknown_model", f"failed to load {name!r}: no folder {self.root / name}")
         self.unloaded.discard(name)
         await self.refresh([name])
@@ -333,7 +339,7 @@ class Repository:
         if self.root is None:
             raise RequestError(400, "no_repository", "this server serves one model and cannot unload it; stop the "
                                                      "server instead")
-        if name not in self.models and name not in self._on_disk():
+        if name not in self.models and name not in (self._on_disk() or {}):
             raise RequestError(400, "unknown_model", f"failed to unload {name!r}: no such model")
         async with self._lock:
             self.unloaded.add(name)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .predictor import Loader
-from .settings import Listen, ServeOptions, SettingError, VersionPolicy
+from .settings import Listen, ServeOptions, SettingError, VersionPolicy, check_numbers
 
 ENVIRONMENT_KEY = "EFFNET_SERVE"
 GRACEFUL_SHUTDOWN_S = 30
@@ -46,6 +46,7 @@ class ModelSource:
     poll_s: float = 5.0
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         VersionPolicy.parse(self.policy)
         if self.repository is not None and not Path(self.repository).is_dir():
             raise SettingError(f"repository {self.repository} is not a folder: give a folder laid out as "
