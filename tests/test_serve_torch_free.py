@@ -39,7 +39,7 @@ RSS_LIMIT_MB = 300
 def _package_hash() -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in PACKAGE.rglob("*") if p.is_file() and "egg-info" not in str(p)
-                       and "__pycache__" not in p.parts):
+                       and not {"__pycache__", "build"} & set(p.relative_to(PACKAGE).parts)):
         digest.update(str(path.relative_to(PACKAGE)).encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -55,9 +55,12 @@ def venv() -> Path:
     staging = Path(tempfile.mkdtemp(prefix="effnet-runtime-venv-"))
     shutil.rmtree(staging)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(staging)], check=True, timeout=120)
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(staging / "bin" / "python"), "install",
-                              "--quiet", f"{PACKAGE}[serve,grpc,onnxruntime]"],
-                             capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+    with tempfile.TemporaryDirectory() as copy:  # pip builds in the source folder: not in the checkout
+        source = shutil.copytree(PACKAGE, Path(copy) / PACKAGE.name,
+                                 ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        install = subprocess.run([sys.executable, "-m", "pip", "--python", str(staging / "bin" / "python"),
+                                  "install", "--quiet", f"{source}[serve,grpc,onnxruntime]"],
+                                 capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
     if install.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         if any(sign in install.stderr for sign in OFFLINE_SIGNS):
