@@ -57,11 +57,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "packages" / "effnet-runtime" / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _serve_helpers import ServerProcess, metric_total  # noqa: E402
 from effnet import create_model  # noqa: E402
 from effnet.deploy.environment import describe_cpu  # noqa: E402
 from effnet.table import format_table  # noqa: E402
 from effnet.weights.io import save_model  # noqa: E402
+from helpers.serve import ServerProcess, metric_total  # noqa: E402
 
 SUITES = ("batching", "v2", "repository", "torch-free")
 BATCHING_AIM = 1.5
