@@ -95,6 +95,7 @@ def test_page_shows_the_top5_of_a_photo_as_the_api_does(server, browser, tmp_pat
     assert "notes.png: not an image file" in failed.find_element(By.CSS_SELECTOR, ".status").text
 
 
+@pytest.mark.slow
 def test_page_lets_the_user_choose_the_model_of_a_repository(browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.select import Select

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
+from pathlib import Path
 
 import grpc
 import httpx
@@ -22,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from effnet_runtime.portable import decode_image
 from effnet_runtime.serve.predictor import load_shipped
-from helpers.serve import CLASSIFICATION, CLEAN_EXIT, ServerProcess, metric, ship_tiny
+from helpers.serve import CLASSIFICATION, CLEAN_EXIT, ServerProcess, metric, png_bytes, ship_tiny
 
 CLASSES = ["circle", "square", "stripes"]
 KEY = "0pen-sesame"
@@ -245,3 +247,34 @@ def test_grpc_bytes_contents_and_the_message_size_limit(server, files, expected)
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(request, metadata=tuple(key().items()), timeout=TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def peak_mb(pid: int) -> float:
+    """The peak resident memory of process ``pid`` so far (``VmHWM``), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_a_very_thin_image_is_413_at_bounded_memory(server):
+    """A 1 x 100,000 PNG of a few hundred bytes would be resized to 256 x 25.6M pixels (about 20 GB
+    as floats): at the default --max-pixels it is refused with 413 over /v1, /v2 and gRPC, quickly,
+    and the server's peak memory hardly moves."""
+    thin = png_bytes(np.zeros((1, 100_000, 3), dtype=np.uint8))
+    assert len(thin) < 1000
+    before = peak_mb(server.process.pid)
+    start = time.perf_counter()
+    v1 = httpx.post(server.url + "/v1/predict", files={"file": ("thin.png", thin, "image/png")}, headers=key(),
+                    timeout=TIMEOUT)
+    assert v1.status_code == 413 and v1.json()["error"] == "too_many_pixels", v1.text
+    assert "thin.png: 100000x1 pixels would be resized to" in v1.json()["message"]
+    image = httpclient.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([thin], dtype=object))
+    with pytest.raises(InferenceServerException, match="too thin to classify") as refused:
+        httpclient.InferenceServerClient(server.address).infer(MODEL, [image], headers=key())
+    assert refused.value.status() == "413"
+    grpc_image = grpcclient.InferInput("image", [1], "BYTES")
+    grpc_image.set_data_from_numpy(np.array([thin], dtype=object))
+    with pytest.raises(InferenceServerException, match="too thin to classify"):
+        grpcclient.InferenceServerClient(server.grpc_address).infer(MODEL, [grpc_image], headers=key())
+    assert time.perf_counter() - start < 10
+    assert peak_mb(server.process.pid) - before < 50

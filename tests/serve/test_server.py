@@ -295,7 +295,8 @@ def test_concurrent_requests_share_batches(server, files):
 # ----------------------------------------------------- shipped folder, queue, SIGTERM
 def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
     server = ServerProcess(["--artifact", str(files["artifact"]), "--max-batch", "64", "--max-wait-ms", "4000",
-                            "--max-queue", "6", "--max-files", "2"], files["folder"] / "sigterm.log")
+                            "--max-queue", "6", "--max-files", "2"], files["folder"] / "sigterm.log",
+                            torch_free=True)
     server.wait_ready()
     try:
         model = httpx.get(server.url + "/v1/model", timeout=TIMEOUT).json()
@@ -398,6 +399,7 @@ def test_a_port_in_use_is_one_line_and_exit_2_before_loading(capsys, files):
 
 
 # ---------------------------------------------------------------- predictors, in process
+@pytest.mark.slow
 def test_runtimes_agree_with_torch(files, tmp_path):
     torch_predictor = load_predictor(checkpoint=str(files["checkpoint"]), device="cpu")
     assert isinstance(torch_predictor, TorchPredictor) and torch_predictor.labels == CLASSES
