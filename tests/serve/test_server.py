@@ -323,9 +323,9 @@ def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
         httpx.get(server.url + "/healthz", timeout=5)
 
 
-@pytest.mark.slow
 def test_two_workers_share_one_port(files):
-    server = ServerProcess(["--checkpoint", str(files["checkpoint"]), "--workers", "2"], files["folder"] / "w.log")
+    server = ServerProcess(["--artifact", str(files["artifact"]), "--workers", "2"], files["folder"] / "w.log",
+                           torch_free=True)
     server.wait_ready(in_a_row=20)
     try:
         with ThreadPoolExecutor(4) as pool:
