@@ -1,5 +1,6 @@
 """The web page of ``effnet serve`` in a real browser: Debian's headless Chromium driven by Selenium
-uploads a real photo and the top-5 read off the page equal the API's answer."""
+uploads a real photo and the top-5 read off the page equal the API's answer; with a repository
+the page lists the models and classifies with the one chosen."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from helpers.serve import CLEAN_EXIT, ServerProcess
+from helpers.serve import CLEAN_EXIT, ServerProcess, ship_tiny
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -31,7 +32,7 @@ def server(tmp_path_factory):
     process = ServerProcess(["--model", "efficientnet_lite0"], folder / "server.log")
     process.wait_ready()
     yield process
-    assert process.stop() in CLEAN_EXIT, process.output()
+    assert process.stop() == CLEAN_EXIT, process.output()
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +93,32 @@ def test_page_shows_the_top5_of_a_photo_as_the_api_does(server, browser, tmp_pat
     failed = results_for(browser, not_a_photo.name)
     assert "error" in failed.get_attribute("class")
     assert "notes.png: not an image file" in failed.find_element(By.CSS_SELECTOR, ".status").text
+
+
+@pytest.mark.slow
+def test_page_lets_the_user_choose_the_model_of_a_repository(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    colours = ["red", "green"]
+    ship_tiny(tmp_path / "models" / "shapes" / "1", ["circle", "square", "stripes"])
+    ship_tiny(tmp_path / "models" / "colours" / "4", colours, seed=1)
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()).save(photo)
+    server = ServerProcess(["--repository", str(tmp_path / "models")], tmp_path / "server.log", torch_free=True)
+    try:
+        server.wait_ready()
+        browser.get(server.url + "/")
+        choice = WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "model-choice").is_displayed()
+                                                      and d.find_element(By.ID, "model-choice"))
+        assert [option.text for option in Select(choice).options] == ["colours", "shapes"]
+        Select(choice).select_by_visible_text("colours")
+        assert "colours version 4 (onnxruntime, 2 classes, 32 px)" in browser.find_element(By.ID, "model").text
+        browser.find_element(By.ID, "file-input").send_keys(str(photo))
+        card = results_for(browser, photo.name)
+        assert "done" in card.get_attribute("class"), card.text
+        assert "colours version 4" in card.find_element(By.CSS_SELECTOR, ".name").text
+        assert {e.text for e in card.find_elements(By.CSS_SELECTOR, ".bar .label")} == set(colours)
+    finally:
+        assert server.stop() == CLEAN_EXIT, server.output()

@@ -1,13 +1,18 @@
-"""``effnet serve``: a real server on a loopback port, spoken to over HTTP. Bad input is refused
-with a 4xx naming the problem, concurrent requests share batches, SIGTERM answers the requests
-in flight, and the answers equal ``effnet predict``'s. The batcher and the model loaders are
-also tested on their own."""
+"""``effnet serve`` with PyTorch models: a real server on a loopback port, spoken to over HTTP and
+by tritonclient's HTTP and gRPC clients. Its answers equal ``effnet predict``'s; bad input is
+refused with a 4xx naming the problem (never a 500, a hang or a traceback); concurrent requests
+share batches; SIGTERM answers the requests in flight; bad settings and a port in use are one
+line and exit 2 before any model is loaded. The PyTorch predictors and the batcher are also
+tested on their own."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,16 +22,26 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage import data as skimage_data
 
 from effnet.cli import main
-from effnet.deploy.export import export_model
-from effnet.description import Preprocessing
-from effnet.errors import ConfigError, InputFileError
-from effnet.serve import Batcher, Predictor, QueueFullError, create_app, load_artifact, load_predictor
+from effnet.errors import ConfigError, ExitCode
+from effnet.serve import TorchPredictor, load_predictor, load_version
 from effnet.weights.io import save_model
+from effnet_runtime.serve.batching import Batcher, QueueFullError
+from effnet_runtime.serve.cli import EXIT_REFUSED
+from effnet_runtime.serve.predictor import ModelLoadError, load_shipped
 from helpers.deploy import tiny_model
-from helpers.serve import CLEAN_EXIT, ServerProcess, free_port, metric
+from helpers.serve import (
+    CLASSIFICATION,
+    CLEAN_EXIT,
+    SOURCES,
+    ServerProcess,
+    metric,
+    metric_total,
+    photos,
+    png_bytes,
+    ship_tiny,
+)
 
 CLASSES = ["circle", "square", "stripes"]
 CATS = {"tiger cat", "tabby", "Egyptian cat"}
@@ -35,12 +50,6 @@ AUTH = {"X-API-Key": KEY}
 MAX_PIXELS = 20_000
 MAX_FILES = 4
 TIMEOUT = 60
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +65,8 @@ def files(tmp_path_factory):
         path = folder / f"picture{index}.{'jpg' if index == 4 else 'png'}"
         Image.fromarray(rng.integers(0, 256, (40 + 4 * index, 48, 3), dtype=np.uint8)).save(path)
         images.append(path)
-    artifact = folder / "shipped"
-    artifact.mkdir()
-    export_model(model, artifact / "model.onnx", "onnx")
-    (artifact / "manifest.json").write_text(json.dumps({"runtime": "onnxruntime", "model_file": "model.onnx",
-                                                        "model_name": "tiny_b0"}))
-    (artifact / "labels.json").write_text(json.dumps(CLASSES))
-    (artifact / "preprocessing.json").write_text(json.dumps(model.preprocessing.to_dict()))
-    return {"folder": folder, "checkpoint": checkpoint, "images": images, "artifact": artifact}
+    return {"folder": folder, "checkpoint": checkpoint, "images": images,
+            "artifact": ship_tiny(folder / "shipped", CLASSES)}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,8 @@ def server(files):
                              str(MAX_PIXELS)], files["folder"] / "server.log", env={"EFFNET_API_KEY": KEY})
     process.wait_ready()
     yield process
-    assert process.stop() in CLEAN_EXIT, process.output()
+    assert process.stop() == CLEAN_EXIT, process.output()
+    assert "Traceback" not in process.output()
 
 
 def upload(path) -> tuple:
@@ -86,42 +90,67 @@ def post(server, files=None, **options) -> httpx.Response:
 
 
 # ---------------------------------------------------------------------------- answers
-def test_answers_equal_effnet_predict(files, capsys):
+@pytest.mark.slow
+def test_answers_equal_effnet_predict_over_v1_http_and_grpc(files, capsys):
     """Real ImageNet weights on real photos (colour and greyscale, PNG and JPEG), so that
-    probabilities differ between pictures and a mix-up or a preprocessing difference shows."""
-    photos = []
-    for name, suffix in (("chelsea", "jpg"), ("coffee", "png"), ("astronaut", "png"), ("camera", "png"),
-                         ("rocket", "jpg")):
-        photos.append(files["folder"] / f"{name}.{suffix}")
-        Image.fromarray(getattr(skimage_data, name)()).save(photos[-1])
-    assert main(["predict", *map(str, photos), "--model", "efficientnet_lite0", "--format", "json", "--top-k", "3",
+    probabilities differ between pictures and a mix-up or a preprocessing difference shows;
+    asked through /v1 (multipart and raw body) and tritonclient (HTTP binary data, gRPC raw
+    contents, classification)."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    pictures = photos(files["folder"])
+    assert main(["predict", *map(str, pictures), "--model", "efficientnet_lite0", "--format", "json", "--top-k", "3",
                  "--device", "cpu", "--no-progress"]) == 0
     expected = json.loads(capsys.readouterr().out)
-    server = ServerProcess(["--model", "efficientnet_lite0"], files["folder"] / "lite0.log").wait_ready()
+    server = ServerProcess(["--model", "efficientnet_lite0"], files["folder"] / "lite0.log", grpc=True).wait_ready()
+    encoded = np.array([path.read_bytes() for path in pictures], dtype=object)
     try:
-        answer = post(server, [upload(path) for path in photos[:4]], params={"top_k": 3}, headers={})
-        raw = post(server, content=photos[4].read_bytes(), headers={"Content-Type": "image/jpeg"}, params={"top_k": 3})
+        answer = post(server, [upload(path) for path in pictures[:4]], params={"top_k": 3}, headers={})
+        raw = post(server, content=pictures[4].read_bytes(), headers={"Content-Type": "image/jpeg"},
+                   params={"top_k": 3})
+        results = {}
+        for name, client_module, address in (("http", httpclient, server.address),
+                                             ("grpc", grpcclient, server.grpc_address)):
+            client = client_module.InferenceServerClient(address)
+            image = client_module.InferInput("image", [len(pictures)], "BYTES")
+            image.set_data_from_numpy(encoded)
+            outputs = [client_module.InferRequestedOutput("probabilities", class_count=3)]
+            results[name] = (client.infer("efficientnet_lite0", [image], outputs=outputs).as_numpy("probabilities"),
+                             client.infer("efficientnet_lite0", [image]).as_numpy("probabilities"))
     finally:
-        assert server.stop() in CLEAN_EXIT, server.output()
+        assert server.stop() == CLEAN_EXIT, server.output()
     assert answer.status_code == 200 and raw.status_code == 200, (answer.text, raw.text)
     body = answer.json()
     assert body["model"] == "efficientnet_lite0" and body["runtime"] == "torch" and body["time_ms"] > 0
-    got = body["predictions"] + [{**raw.json()["predictions"][0], "file": photos[4].name}]
-    assert [p["file"] for p in got] == [path.name for path in photos]
+    got = body["predictions"] + [{**raw.json()["predictions"][0], "file": pictures[4].name}]
+    assert [p["file"] for p in got] == [path.name for path in pictures]
     for served, reference in zip(got, expected, strict=True):
-        assert [c["class_name"] for c in served["top_k"]] == [c["class_name"] for c in reference["predictions"]]
         assert [c["class_index"] for c in served["top_k"]] == [c["class_index"] for c in reference["predictions"]]
+        assert [c["class_name"] for c in served["top_k"]] == [c["class_name"] for c in reference["predictions"]]
         np.testing.assert_allclose([c["probability"] for c in served["top_k"]],
                                    [c["probability"] for c in reference["predictions"]], atol=1e-5)
     assert got[0]["top_k"][0]["class_name"] in CATS and got[1]["top_k"][0]["class_name"] == "espresso"
+    for name, (classified, probabilities) in results.items():
+        assert classified.shape == (len(pictures), 3) and probabilities.shape == (len(pictures), 1000), name
+        for row, all_classes, reference in zip(classified, probabilities, expected, strict=True):
+            parts = [CLASSIFICATION.match(item.decode()) for item in row]
+            assert all(parts), (name, row)
+            top = reference["predictions"]
+            assert [int(p.group(2)) for p in parts] == [c["class_index"] for c in top], name
+            assert [p.group(3) for p in parts] == [c["class_name"] for c in top], name
+            np.testing.assert_allclose([float(p.group(1)) for p in parts], [c["probability"] for c in top], atol=2e-6)
+            np.testing.assert_allclose(all_classes[[c["class_index"] for c in top]], [c["probability"] for c in top],
+                                       atol=1e-5)
 
 
 def test_model_health_and_page(server):
     model = httpx.get(server.url + "/v1/model", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT).json()
     assert model["classes"] == CLASSES and model["runtime"] == "torch" and model["num_classes"] == 3
     assert model["preprocessing"]["resolution"] == 32 and model["limits"]["max_batch"] == 8
+    assert model["name"] == "efficientnet_b0" and model["version"] == "1"
     assert KEY not in json.dumps(model)
-    assert httpx.get(server.url + "/healthz", timeout=TIMEOUT).json() == {"status": "ok", "model": "efficientnet_b0"}
+    assert httpx.get(server.url + "/healthz", timeout=TIMEOUT).json() == {"status": "ok", "models": ["efficientnet_b0"]}
     page = httpx.get(server.url + "/", timeout=TIMEOUT)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'type="file"' in page.text and "v1/predict" in page.text
@@ -132,8 +161,12 @@ def test_top_k_defaults_to_five_capped_at_the_classes_and_is_checked(server, fil
     assert len(post(server, [upload(files["images"][0])]).json()["predictions"][0]["top_k"]) == 3
     one = post(server, [upload(files["images"][0])], data={"top_k": "1"})
     assert len(one.json()["predictions"][0]["top_k"]) == 1
-    bad = post(server, [upload(files["images"][0])], params={"top_k": "zero"})
-    assert bad.status_code == 400 and bad.json()["error"] == "bad_top_k" and "'zero'" in bad.json()["message"]
+    for bad in ("zero", "0", "\u00b2", "\u0663", "9" * 5000, "-1", "1.5"):  # superscript two, Arabic-Indic three
+        answer = post(server, [upload(files["images"][0])], params={"top_k": bad})
+        assert answer.status_code == 400, (bad[:10], answer.text)
+        assert answer.json()["error"] == "bad_top_k" and len(answer.text) < 400
+    metrics = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
+    assert 'status="500"' not in metrics
 
 
 # ------------------------------------------------------------------------- bad input
@@ -149,6 +182,8 @@ BAD_UPLOADS = {
     "truncated": (("cut.png", None, "image/png"), 422, "corrupt", "cut.png: corrupt or truncated"),
     "decompression bomb": (("bomb.png", bomb(), "image/png"), 413, "too_many_pixels",
                            f"400x400 = 160,000 pixels exceeds the limit of {MAX_PIXELS:,}"),
+    "too thin to resize": (("thin.png", png_bytes(np.zeros((1, 5000, 3), dtype=np.uint8)), "image/png"), 413,
+                           "too_many_pixels", "thin.png: 5000x1 pixels would be resized to"),
     "wrong part type": (("notes.txt", b"plain text", "text/plain"), 415, "unsupported_media_type",
                         "notes.txt: content type text/plain is not an image"),
 }
@@ -165,7 +200,23 @@ def test_bad_uploads_get_4xx_naming_the_problem(server, files, case):
     assert answer.json()["error"] == code and message in answer.json()["message"]
 
 
-def test_too_big_too_many_wrong_type_and_keys_are_refused(server, files):
+def test_a_very_thin_image_is_refused_before_it_is_resized(files):
+    """A 1 x 100,000 PNG (a few hundred bytes) would become 256 x 25.6M pixels: 413 at once, at the
+    default limits, from the PyTorch preprocessing as from the torch-free one."""
+    thin = png_bytes(np.zeros((1, 100_000, 3), dtype=np.uint8))
+    assert len(thin) < 1000
+    predictor = load_predictor(checkpoint=str(files["checkpoint"]), device="cpu")
+    shipped = load_shipped(files["artifact"])
+    for prepared in (predictor, shipped):
+        start = time.perf_counter()
+        from effnet_runtime.portable import ImageReadError, decode_image
+
+        with pytest.raises(ImageReadError, match="too thin to classify") as refused:
+            prepared.prepare(decode_image(thin, "thin.png"), "thin.png", 50_000_000)
+        assert refused.value.kind == "too_many_pixels" and time.perf_counter() - start < 5
+
+
+def test_too_big_too_many_wrong_type_keys_and_routes_are_refused_in_json(server, files):
     too_big = np.random.default_rng(1).integers(0, 256, (120, 120, 3), dtype=np.uint8)  # ~43 kB > 0.05 MB with 2
     big = png_bytes(too_big)
     checks = [
@@ -181,43 +232,71 @@ def test_too_big_too_many_wrong_type_and_keys_are_refused(server, files):
         (post(server, content=b'--b\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n3\r\n--b--\r\n',
               headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b"}), 400, "no_image",
          "the form holds no file"),
+        (post(server, [upload(files["images"][0])], params={"model": "other"}), 404, "unknown_model",
+         "unknown model 'other' (models in service: efficientnet_b0)"),
         (post(server, [upload(files["images"][0])], headers={}), 401, "missing_api_key", "needs an API key"),
         (post(server, [upload(files["images"][0])], headers={"X-API-Key": "guess"}), 403, "wrong_api_key",
          "not the one"),
         (httpx.get(server.url + "/v1/model", timeout=TIMEOUT), 401, "missing_api_key", "X-API-Key"),
+        (httpx.get(server.url + "/v1/nothing", timeout=TIMEOUT), 404, "not_found", "no endpoint /v1/nothing"),
+        (httpx.delete(server.url + "/v1/predict", timeout=TIMEOUT), 405, "method_not_allowed",
+         "method DELETE is not allowed on /v1/predict; use POST"),
     ]
     for answer, status, code, message in checks:
         assert answer.status_code == status, answer.text
+        assert answer.json() == {"error": code, "message": answer.json()["message"]}, answer.text
         assert answer.json()["error"] == code and message in answer.json()["message"], answer.text
-    assert checks[-3][0].headers["www-authenticate"] == "Bearer"
+    assert checks[-5][0].headers["www-authenticate"] == "Bearer"
+    assert checks[-1][0].headers["allow"] == "POST"
+    protocol = [httpx.get(server.url + "/v2/nothing", timeout=TIMEOUT),
+                httpx.put(server.url + "/v2/health/live", timeout=TIMEOUT)]
+    assert [(a.status_code, a.json()) for a in protocol] == [
+        (404, {"error": "no endpoint /v2/nothing"}),
+        (405, {"error": "method PUT is not allowed on /v2/health/live; use GET, HEAD"})]
     assert post(server, [upload(files["images"][0])]).status_code == 200  # still serving
     metrics = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
     assert metric(metrics, "effnet_requests_total", 'endpoint="/v1/predict",status="413"') >= 2
     assert metric(metrics, "effnet_requests_total", 'endpoint="/v1/predict",status="401"') >= 1
-    assert "status=\"500\"" not in metrics
+    assert 'status="500"' not in metrics
+
+
+def test_a_client_gone_mid_body_is_counted_apart_without_a_traceback(server, files):
+    before = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as connection:
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() +
+                           b"\r\nContent-Type: image/png\r\nContent-Length: 40000\r\n\r\n" + b"\x89PNG" * 100)
+        time.sleep(0.5)
+    deadline = time.monotonic() + TIMEOUT
+    label = 'endpoint="/v1/predict",status="499"'
+    while metric(httpx.get(server.url + "/metrics", timeout=TIMEOUT).text, "effnet_requests_total", label) \
+            <= metric(before, "effnet_requests_total", label):
+        assert time.monotonic() < deadline, "the disconnect was not counted as 499"
+        time.sleep(0.1)
+    assert post(server, [upload(files["images"][0])]).status_code == 200
+    assert "Traceback" not in server.output() and "Exception in ASGI" not in server.output()
 
 
 # ------------------------------------------------------------------------ batching
 def test_concurrent_requests_share_batches(server, files):
+    labels = 'model="efficientnet_b0",version="1"'
     before = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda path: post(server, [upload(path)]), files["images"] * 2))
     assert [a.status_code for a in answers] == [200] * 10
     after = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
-    images = metric(after, "effnet_batch_size_sum") - metric(before, "effnet_batch_size_sum")
-    batches = metric(after, "effnet_batch_size_count") - metric(before, "effnet_batch_size_count")
+    images = metric(after, "effnet_batch_size_sum", labels) - metric(before, "effnet_batch_size_sum", labels)
+    batches = metric(after, "effnet_batch_size_count", labels) - metric(before, "effnet_batch_size_count", labels)
     assert images == 10 and batches < 10, (images, batches)  # some batch held several requests
-    singles = metric(after, "effnet_batch_size_bucket", 'le="1.0"') - metric(before, "effnet_batch_size_bucket",
-                                                                              'le="1.0"')
-    assert singles < batches
-    assert metric(after, "effnet_images_total") >= 10
-    assert metric(after, "effnet_queue_depth") == 0
+    assert metric(after, "effnet_images_total", labels) >= 10
+    assert metric(after, "effnet_queue_depth", labels) == 0
+    assert metric_total(after, "process_resident_memory_bytes") > 0
 
 
 # ----------------------------------------------------- shipped folder, queue, SIGTERM
 def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
     server = ServerProcess(["--artifact", str(files["artifact"]), "--max-batch", "64", "--max-wait-ms", "4000",
-                            "--max-queue", "6", "--max-files", "2"], files["folder"] / "sigterm.log")
+                            "--max-queue", "6", "--max-files", "2"], files["folder"] / "sigterm.log",
+                            torch_free=True)
     server.wait_ready()
     try:
         model = httpx.get(server.url + "/v1/model", timeout=TIMEOUT).json()
@@ -226,7 +305,7 @@ def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
         in_flight = [pool.submit(post, server, [upload(files["images"][i]), upload(files["images"][i + 1])])
                      for i in range(3)]
         deadline = time.monotonic() + TIMEOUT
-        while metric(httpx.get(server.url + "/metrics", timeout=TIMEOUT).text, "effnet_queue_depth") < 6:
+        while metric_total(httpx.get(server.url + "/metrics", timeout=TIMEOUT).text, "effnet_queue_depth") < 6:
             assert time.monotonic() < deadline, "the requests never reached the queue"
             assert not any(f.done() for f in in_flight), [f.result().text for f in in_flight if f.done()]
             time.sleep(0.05)
@@ -235,7 +314,7 @@ def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
         server.terminate()
         answers = [f.result(timeout=TIMEOUT) for f in in_flight]
         pool.shutdown()
-        assert server.process.wait(TIMEOUT) in CLEAN_EXIT, server.output()
+        assert server.process.wait(TIMEOUT) == CLEAN_EXIT, server.output()
     finally:
         server.stop()
     assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
@@ -244,50 +323,118 @@ def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
         httpx.get(server.url + "/healthz", timeout=5)
 
 
-@pytest.mark.slow
 def test_two_workers_share_one_port(files):
-    server = ServerProcess(["--checkpoint", str(files["checkpoint"]), "--workers", "2"], files["folder"] / "w.log")
-    server.wait_ready(in_a_row=20)  # both workers warm (a connection reaching a cold one gets 503)
+    server = ServerProcess(["--artifact", str(files["artifact"]), "--workers", "2"], files["folder"] / "w.log",
+                           torch_free=True)
+    server.wait_ready(in_a_row=20)
     try:
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda path: post(server, [upload(path)], headers={}), files["images"]))
     finally:
-        assert server.stop() in CLEAN_EXIT, server.output()
+        assert server.stop() in (CLEAN_EXIT, -15), server.output()
     assert [a.status_code for a in answers] == [200] * 5
 
 
+# --------------------------------------------------------------- the command line
+NUMERIC_FLAGS = ["--port", "--grpc-port", "--workers", "--threads", "--max-batch", "--max-wait-ms", "--max-queue",
+                 "--max-files", "--max-upload-mb", "--max-pixels", "--decode-threads", "--poll-s"]
+
+
+def run_cli(argv: list[str]) -> int:
+    """``effnet ARGV``'s exit code, argparse's refusals (SystemExit) included."""
+    try:
+        return main(argv)
+    except SystemExit as exited:
+        return exited.code
+
+
+@pytest.mark.parametrize("flag", NUMERIC_FLAGS)
+def test_every_numeric_flag_refuses_non_finite_and_absurd_values(capsys, files, flag):
+    for value in ("inf", "-inf", "nan", "1e309", "-1", "99999999999", "1e12"):
+        code = run_cli(["serve", "--checkpoint", str(files["checkpoint"]), f"{flag}={value}"])
+        assert code == ExitCode.REFUSED, value
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith(f"effnet serve: error: argument {flag}: must be "), lines[-1]
+        assert "Traceback" not in "\n".join(lines)
+
+
 def test_cli_refuses_bad_settings_with_one_line(capsys, files):
-    assert main(["serve"]) == 2
-    assert "no model to serve: give --model NAME, --checkpoint" in capsys.readouterr().err
-    assert main(["serve", "--checkpoint", str(files["checkpoint"]), "--max-batch", "0"]) == 2
-    assert "max_batch must be at least 1, got 0" in capsys.readouterr().err
-    assert main(["serve", "--artifact", str(files["folder"] / "nowhere")]) == 2
-    assert "shipped folder" in capsys.readouterr().err
+    assert EXIT_REFUSED == ExitCode.REFUSED
+    cases = [(["serve"], "no model to serve: give --model NAME, --checkpoint"),
+             (["serve", "--checkpoint", str(files["checkpoint"]), "--max-batch", "0"], "--max-batch: must be a whole"),
+             (["serve", "--artifact", str(files["folder"] / "nowhere"), "--port", "0"], "does not exist"),
+             (["serve", "--repository", str(files["folder"] / "nowhere")], "is not a folder"),
+             (["serve", "--repository", str(files["folder"]), "--checkpoint", "x"], "drop --model, --checkpoint"),
+             (["serve", "--checkpoint", str(files["checkpoint"]), "--version-policy", "newest"], "version policy"),
+             (["serve", "--checkpoint", str(files["checkpoint"]), "--workers", "2", "--grpc-port", "0"],
+              "a repository and gRPC run in one process"),
+             (["serve", "--checkpoint", str(files["checkpoint"]), "--host", "no.such.host.invalid"],
+              "cannot use address 'no.such.host.invalid'")]
+    for argv, message in cases:
+        assert run_cli(argv) == ExitCode.REFUSED, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and err[-1].startswith("effnet serve: error: "), err
 
 
-# ---------------------------------------------------------------- loaders, in process
-def test_runtimes_agree_with_torch(files):
-    torch_predictor = load_predictor(checkpoint=files["checkpoint"], device="cpu")
-    batch = torch.stack([torch_predictor.prepare(Image.open(path).convert("RGB")) for path in files["images"]])
+def test_serve_help_needs_no_pytorch():
+    code = ("import sys; from effnet.cli import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('TORCH', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(SOURCES)})
+    assert done.returncode == 0 and "--grpc-port" in done.stdout and done.stdout.strip().endswith("TORCH False")
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_before_loading(capsys, files):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for argv in (["--port", port], ["--port", "0", "--grpc-port", port]):
+            start = time.perf_counter()
+            assert main(["serve", "--model", "efficientnet_b7", *argv]) == ExitCode.REFUSED  # B7 would take long
+            assert time.perf_counter() - start < 10
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"effnet serve: error: cannot listen on 127.0.0.1:{port}: Address already in use "
+                           "(choose another --port, or stop what uses it)"]
+
+
+# ---------------------------------------------------------------- predictors, in process
+@pytest.mark.slow
+def test_runtimes_agree_with_torch(files, tmp_path):
+    torch_predictor = load_predictor(checkpoint=str(files["checkpoint"]), device="cpu")
+    assert isinstance(torch_predictor, TorchPredictor) and torch_predictor.labels == CLASSES
+    batch = np.stack([torch_predictor.prepare(Image.open(path).convert("RGB"), path.name, 10**6)
+                      for path in files["images"]])
     expected = torch_predictor.probabilities(batch)
-    shipped = load_artifact(files["artifact"])
-    assert shipped.class_names == CLASSES and shipped.preprocessing == torch_predictor.preprocessing
-    torch.testing.assert_close(shipped.probabilities(batch), expected, atol=1e-5, rtol=1e-4)
+    shipped = load_predictor(artifact=str(files["artifact"]))
+    assert shipped.labels == CLASSES and shipped.preprocessing == torch_predictor.preprocessing
+    np.testing.assert_allclose(shipped.probabilities(batch), expected, atol=1e-5, rtol=1e-4)
+    version = tmp_path / "3"
+    version.mkdir()
+    (version / "model.safetensors").write_bytes(files["checkpoint"].read_bytes())
+    np.testing.assert_allclose(load_version(version, device="cpu").probabilities(batch), expected, atol=1e-6)
     pytest.importorskip("openvino", reason="the openvino runtime is optional")
-    openvino = load_predictor(checkpoint=files["checkpoint"], runtime="openvino")
+    openvino = load_predictor(checkpoint=str(files["checkpoint"]), runtime="openvino")
     assert openvino.runtime == "openvino"
-    torch.testing.assert_close(openvino.probabilities(batch), expected, atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(openvino.probabilities(batch), expected, atol=1e-4, rtol=1e-3)
 
 
 def test_shipped_folder_problems_are_named(files, tmp_path):
-    with pytest.raises(InputFileError, match="manifest.json is missing"):
-        load_artifact(tmp_path)
+    with pytest.raises(ModelLoadError, match="manifest.json is missing"):
+        load_shipped(tmp_path)
     with pytest.raises(ConfigError, match="was shipped for onnxruntime, not torchscript"):
-        load_artifact(files["artifact"], "torchscript")
+        load_predictor(artifact=str(files["artifact"]), runtime="torchscript")
     with pytest.raises(ConfigError, match="either --artifact or --model/--checkpoint"):
-        load_predictor(model="efficientnet_b0", artifact=files["artifact"])
+        load_predictor(model="efficientnet_b0", artifact=str(files["artifact"]))
     with pytest.raises(ConfigError, match="runs on the CPU here"):
-        load_predictor(checkpoint=files["checkpoint"], runtime="onnxruntime", device="cuda")
+        load_predictor(checkpoint=str(files["checkpoint"]), runtime="onnxruntime", device="cuda")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("manifest.json", "labels.json", "preprocessing.json"):
+        (broken / name).write_bytes((files["artifact"] / name).read_bytes())
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelLoadError, match="onnxruntime cannot load the model"):
+        load_shipped(broken)
 
 
 def test_batcher_batches_bounds_and_drains():
@@ -334,54 +481,3 @@ def test_batcher_reports_a_failing_model_to_every_request():
 
     results = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
     assert [str(r) for r in results] == ["out of memory"] * 2
-
-
-class GatedPredictor(Predictor):
-    """A stand-in model whose every forward pass waits for ``gate``."""
-
-    def __init__(self) -> None:
-        super().__init__("gated", "fake", ["yes", "no"], Preprocessing(resolution=8))
-        self.gate = threading.Event()
-
-    @property
-    def num_classes(self) -> int:
-        return 2
-
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        assert self.gate.wait(TIMEOUT)
-        return torch.tensor([[0.75, 0.25]]).expand(len(batch), 2)
-
-
-def test_not_ready_until_the_warm_up_ran():
-    import uvicorn
-
-    predictor = GatedPredictor()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.05)
-        health = httpx.get(url + "/healthz", timeout=TIMEOUT)
-        assert health.status_code == 503 and health.json()["status"] == "warming_up"
-        early = httpx.post(url + "/v1/predict", content=png_bytes(np.zeros((8, 8, 3), np.uint8)),
-                           headers={"Content-Type": "image/png"}, timeout=TIMEOUT)
-        assert early.status_code == 503 and early.json()["error"] == "not_ready"
-        assert early.headers["retry-after"] == "1"
-        predictor.gate.set()
-        while httpx.get(url + "/healthz", timeout=TIMEOUT).status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        answer = httpx.post(url + "/v1/predict", content=png_bytes(np.zeros((8, 8, 3), np.uint8)),
-                            headers={"Content-Type": "image/png"}, timeout=TIMEOUT).json()
-        assert answer["predictions"][0]["top_k"][0] == {"rank": 1, "class_index": 0, "class_name": "yes",
-                                                        "probability": 0.75}
-    finally:
-        predictor.gate.set()
-        server.should_exit = True
-        thread.join(TIMEOUT)
-    assert not thread.is_alive()

@@ -1,49 +1,28 @@
-"""Reading pictures out of HTTP requests, and refusing bad ones with a status and a reason.
+"""Reading request bodies within the limits: pictures out of ``/v1/predict`` requests, the raw
+(possibly compressed) body of a ``/v2`` request, and the size limit on every body.
 
-A request carries its images either as ``multipart/form-data`` files (any field name, up to
-``max_files``) or as the raw body of one image (``Content-Type: image/*`` or
-``application/octet-stream``). Every problem becomes a :class:`RequestError`: an HTTP status,
-a short code and a message naming the file, which the app answers as JSON. The body size is
-bounded by :class:`BodyLimit` before anything is parsed.
+``/v1/predict`` takes its pictures either as ``multipart/form-data`` files (any field name, up
+to ``max_files``) or as the raw body of one picture (``Content-Type: image/*`` or
+``application/octet-stream``). :class:`BodyLimit` refuses a body over ``--max-upload-mb`` before
+anything is parsed: at once when ``Content-Length`` says so, otherwise while it streams in.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import zlib
 
-from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..data.images import ImageReadError, decode_image
+from .errors import RequestError
+from .service import Upload
 
 RAW_TYPES = ("image/", "application/octet-stream")
-READ_ERROR_STATUS = {"empty": 400, "not_an_image": 415, "too_many_pixels": 413, "corrupt": 422}
-
-
-class RequestError(Exception):
-    """A request the service refuses: ``status``, a short ``code`` and a message saying what to do."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.code, "message": self.message}
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One uploaded file: the name the client gave it and its bytes."""
-
-    name: str
-    data: bytes
+DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""zlib's window bits for each ``Content-Encoding`` a ``/v2`` request may use."""
 
 
 def _is_image_type(content_type: str | None) -> bool:
@@ -51,7 +30,7 @@ def _is_image_type(content_type: str | None) -> bool:
 
 
 async def read_uploads(request: Request, max_files: int) -> tuple[list[Upload], dict[str, str]]:
-    """The images of ``request`` and its plain form fields (e.g. ``top_k``)."""
+    """The pictures of a ``/v1/predict`` request and its plain form fields (e.g. ``top_k``)."""
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
         try:
@@ -87,13 +66,29 @@ async def read_uploads(request: Request, max_files: int) -> tuple[list[Upload], 
                        "or one image as the body with Content-Type image/* or application/octet-stream")
 
 
-def decode_upload(upload: Upload, max_pixels: int) -> Image.Image:
-    """The RGB picture in ``upload``, read like a file by ``effnet predict``; bad data raises :class:`RequestError`."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body of a ``/v2`` request whatever its content type (tritonclient sends none),
+    decompressed when its ``Content-Encoding`` is gzip or deflate, at most ``max_bytes`` either way."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in DECOMPRESSORS:
+        raise RequestError(415, "unsupported_encoding", f"Content-Encoding {encoding[:40]!r} is not accepted; send "
+                                                        "gzip, deflate or an uncompressed body")
+    decompressor = zlib.decompressobj(DECOMPRESSORS[encoding])
     try:
-        return decode_image(upload.data, upload.name, max_pixels)
-    except ImageReadError as error:
-        raise RequestError(READ_ERROR_STATUS.get(error.kind, 422), error.kind, f"{upload.name}: {error.reason}") \
-            from None
+        plain = decompressor.decompress(body, max_bytes + 1)
+    except zlib.error as error:
+        raise RequestError(400, "bad_encoding", f"the {encoding} body does not decompress ({error})") from None
+    if len(plain) > max_bytes or decompressor.unconsumed_tail:
+        raise too_large(max_bytes)
+    return plain
+
+
+def too_large(max_bytes: int) -> RequestError:
+    return RequestError(413, "too_large", f"the request body exceeds the limit of {max_bytes / 1e6:g} MB "
+                                          "(--max-upload-mb)")
 
 
 class BodyTooLarge(Exception):
@@ -108,17 +103,13 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def error(self) -> RequestError:
-        return RequestError(413, "too_large", f"the request body exceeds the limit of {self.max_bytes / 1e6:g} MB "
-                                              "(--max-upload-mb)")
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await send_error(send, self.error())
+            await send_error(send, too_large(self.max_bytes), scope["path"])
             return
         received = 0
         started = False
@@ -142,12 +133,12 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await send_error(send, self.error())
+            await send_error(send, too_large(self.max_bytes), scope["path"])
 
 
-async def send_error(send: Send, error: RequestError) -> None:
+async def send_error(send: Send, error: RequestError, path: str) -> None:
     """Answer ``error`` as JSON straight on the ASGI channel."""
-    body = json.dumps(error.body()).encode()
+    body = json.dumps(error.body(path)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(key.lower().encode(), value.encode()) for key, value in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})

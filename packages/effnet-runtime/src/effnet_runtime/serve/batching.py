@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from ..errors import ConfigError
+from .settings import SettingError
 
 Item = TypeVar("Item")
 """What one caller submits: an input of the batched function."""
@@ -41,7 +41,7 @@ class Batcher(Generic[Item, Result]):
     def __init__(self, run: Callable[[list[Item]], Sequence[Result]], max_batch: int, max_wait_s: float,
                  max_queue: int, on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ConfigError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be at least 1 and "
+            raise SettingError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be at least 1 and "
                               f"max_wait_s ({max_wait_s}) at least 0")
         self.run = run
         self.max_batch = max_batch
