@@ -3,7 +3,10 @@
 BatchNorm is folded, the network exported to ONNX (verified against eager PyTorch), then
 turned into the target's file (ONNX Runtime fp32 or INT8, OpenVINO fp32, bf16 or INT8,
 TorchScript), run in its own runtime on the ``--eval`` images beside the fp32 reference, and
-only shipped if it loses at most ``max_drop`` top-1 points. The folder holds:
+only shipped if it passes the gate (:func:`effnet.ship.plan.gate`: at most ``max_drop`` top-1
+points lost, at least ``min_agreement`` % of fp32's answers kept, a top-1 above chance plus 5
+points; an fp32 model at chance level is refused before anything is built). Latency and
+throughput are timed with fp32 and the shipped model in turns, round after round. The folder holds:
 
 - the model file (``model.onnx``, ``model.xml`` + ``model.bin``, or ``model.ts``);
 - ``manifest.json`` (runtime, model file, name, target, precision, input size, measured top-1),
@@ -30,7 +33,7 @@ from torch.utils.data import DataLoader
 from effnet_runtime import portable
 
 from ..deploy.calibration import calibration_images, labelled_loader, unlabelled_loader
-from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
+from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speeds
 from ..deploy.environment import library_versions
 from ..deploy.export import artifact_metadata, export_model, input_shape
 from ..deploy.quantize import OrtRecipe, Pt2eRecipe, quantize_aware_train, quantize_onnx, save_pt2e
@@ -48,6 +51,8 @@ from .plan import (
     ShipRefused,
     ShipResult,
     Target,
+    below_floor,
+    gate,
     recipes,
     target,
 )
@@ -62,7 +67,7 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
 
     ``calib_dir`` (any folder of images) is needed for INT8 targets and for the remedies that
     quantize; ``eval_dir`` is a class-folder dataset with the model's classes. Raises
-    :class:`ShipRefused` if no recipe tried stays within ``options.max_drop``.
+    :class:`ShipRefused` if the fp32 model is at chance level on it, or no recipe tried passes the gate.
     """
     model.eval()
     out_dir = Path(out_dir)
@@ -87,6 +92,12 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         logger.info("evaluating the fp32 reference on %s", eval_dir)
         reference_logits, targets = _logits(reference, loader)
         reference_accuracy = accuracy_of(reference_logits, reference_logits, targets)
+        at_chance = below_floor(reference_accuracy.top1, options, model.num_classes)
+        if at_chance:
+            raise ShipRefused(f"refused to ship {model.model_name}: on {eval_dir} the fp32 model itself is no better "
+                              f"than a constant guess ({at_chance}); nothing was written. Check that the checkpoint is "
+                              f"the trained one and that {eval_dir} holds labelled images of its classes; --min-top1 0 "
+                              "ships it anyway")
         attempts: list[Attempt] = []
         for index, recipe in enumerate(plan):
             folder = work / f"attempt-{index}"
@@ -96,7 +107,7 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
             logits, _ = _logits(runner, loader)
             accuracy = accuracy_of(logits, reference_logits, targets)
             drop = 100 * (reference_accuracy.top1 - accuracy.top1)
-            attempts.append(Attempt(recipe, accuracy, drop, drop <= options.max_drop + 1e-9))
+            attempts.append(Attempt(recipe, accuracy, drop, gate(accuracy, drop, options, model.num_classes)))
             logger.info("%s: top-1 %.2f%% (fp32 %.2f%%), drop %.2f points, agreement %.2f%%", recipe.describe(),
                         100 * accuracy.top1, 100 * reference_accuracy.top1, drop, 100 * accuracy.agreement)
             if attempts[-1].accepted:
@@ -106,8 +117,8 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         shape = input_shape(model)
         speeds: dict[str, Speed | None] = {"reference": None, "shipped": None}
         if options.measure_speed:
-            logger.info("measuring latency and throughput")
-            speeds = {"reference": measure_speed(reference, shape), "shipped": measure_speed(runner, shape)}
+            logger.info("measuring latency and throughput (fp32 and shipped in turns)")
+            speeds = measure_speeds({"reference": reference, "shipped": runner}, shape)
         model_files = _model_files(folder, recipe.target)
         reference_row = DeploymentRow("fp32 reference (onnxruntime)", fp32_onnx.stat().st_size, speeds["reference"],
                                       reference_accuracy)
@@ -210,11 +221,12 @@ def _write_json(path: Path, data: object) -> None:
 def _refusal(model: EfficientNet, options: ShipOptions, attempts: list[Attempt], reference: Accuracy,
              eval_dir: str | Path) -> str:
     first = attempts[0]
-    lines = [f"refused to ship {model.model_name} as {options.target}: it loses {first.drop_points:.2f} top-1 points "
-             f"on {eval_dir} (fp32 {100 * reference.top1:.2f}% -> {100 * first.accuracy.top1:.2f}%, agreement "
-             f"{100 * first.accuracy.agreement:.2f}%), more than --max-drop {options.max_drop:g}; nothing was written."]
+    lines = [f"refused to ship {model.model_name} as {options.target}: on {eval_dir} (fp32 "
+             f"{100 * reference.top1:.2f}% -> {100 * first.accuracy.top1:.2f}%, agreement "
+             f"{100 * first.accuracy.agreement:.2f}%) {'; '.join(first.problems)}; nothing was written."]
     if len(attempts) > 1:
-        lines.append("tried: " + "; ".join(f"{a.recipe.describe()}: drop {a.drop_points:.2f}" for a in attempts))
+        lines.append("tried: " + "; ".join(f"{a.recipe.describe()}: drop {a.drop_points:.2f}, agreement "
+                                           f"{100 * a.accuracy.agreement:.2f}%" for a in attempts))
     remedies = []
     if target(options.target).int8:
         remedies += ["--keep-float stem (the stem's folded weights amplify the input's quantization noise)",
@@ -223,9 +235,11 @@ def _refusal(model: EfficientNet, options: ShipOptions, attempts: list[Attempt],
             remedies.append("a Lite variant (ReLU6, no squeeze-excitation: designed to quantize)")
     if options.target in FP32_FALLBACK:
         remedies.append(f"--target {FP32_FALLBACK[options.target]} (fp32)")
-    remedies.append("a larger --max-drop")
+    remedies.append("a larger --max-drop" if any("--max-drop" in p for p in first.problems) else
+                    "a lower --min-agreement" if any("--min-agreement" in p for p in first.problems) else
+                    "a lower --min-top1")
     lines.append("remedies: " + "; ".join(remedies) + ("" if options.auto_remedy else
                                                        ". --auto-remedy tries them in order and ships the first that "
-                                                       "meets --max-drop"))
+                                                       "passes the gate"))
     return "\n".join(lines)
 
