@@ -10,9 +10,9 @@ from ..files import check_output_folder
 from ..table import format_table
 from ..train.checkpoint import ResumePoint
 from ..train.config import OPTIMIZERS, TrainConfig
-from ..train.recipes import recipe_names
+from ..train.recipes import config_for_run, recipe_names
 from ..train.reporting import result_rows
-from ..train.trainer import config_for_run, train
+from ..train.trainer import train
 from . import add_command
 
 

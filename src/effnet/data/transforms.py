@@ -2,7 +2,7 @@
 
 Both presets take a PIL RGB image (see :mod:`effnet.data.images`) and return a normalized
 float32 CHW tensor. The evaluation preset reads everything from a
-:class:`~effnet.registry.Preprocessing`, the one source of truth for a network's input.
+:class:`~effnet.description.Preprocessing`, the one source of truth for a network's input.
 """
 
 from __future__ import annotations

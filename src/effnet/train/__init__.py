@@ -1,13 +1,15 @@
 """Training: recipes, the loop (single process or DDP), checkpoints, metrics and the demo."""
 
 from .config import TrainConfig
+from .divergence import TrainingDiverged
 from .ema import ModelEMA
 from .metrics import EvalResult, evaluate
 from .optim import RMSpropTF, build_optimizer, weight_decay_groups
 from .progressive import EpochSettings, ProgressivePlan
-from .recipes import build_config, load_recipe, read_config, recipe_names
+from .recipes import build_config, config_for_run, load_recipe, read_config, recipe_names
+from .reporting import TrainResult
 from .schedule import LRSchedule
-from .trainer import Trainer, TrainingDiverged, TrainResult, config_for_run, train
+from .trainer import Trainer, train
 
 __all__ = [
     "EpochSettings",

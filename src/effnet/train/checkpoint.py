@@ -1,4 +1,4 @@
-"""Writing training checkpoints: atomic saves, RNG states, and what ``--resume`` accepts.
+"""Writing training checkpoints: their contents, atomic saves, RNG states and seeding, what ``--resume`` accepts.
 
 Reading them back (and the file names of a run) is :mod:`effnet.weights.trained`'s job.
 
@@ -20,7 +20,34 @@ import torch
 
 from ..errors import InputFileError
 from ..files import atomic_write
+from ..model import EfficientNet
+from ..weights.io import model_metadata
 from ..weights.trained import LAST, read_training_checkpoint
+from .config import TrainConfig
+from .ema import ModelEMA
+from .schedule import LRSchedule
+from .state import RunState
+
+
+def training_checkpoint(run: RunState, rng: list[dict[str, Any]], model: EfficientNet,
+                        optimizer: torch.optim.Optimizer, schedule: LRSchedule, scaler: torch.amp.GradScaler,
+                        ema: ModelEMA | None, eval_weights: str, config: TrainConfig,
+                        world_size: int) -> dict[str, Any]:
+    """Everything a resume needs, in ``weights_only``-loadable types. ``rng``: every process's
+    RNG state; ``eval_weights``: the weights (``model`` or ``ema``) the run keeps."""
+    return {
+        "format": "effnet-train", "format_version": 1,
+        **run.to_dict(rng),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "eval_weights": eval_weights,
+        "config": config.to_dict(),
+        "model_meta": model_metadata(model),
+        "world_size": world_size,
+    }
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -53,6 +80,13 @@ class ResumePoint:
         """Read what ``--resume`` names (a run directory or a checkpoint file)."""
         path = resolve_resume(resume)
         return cls(path, read_training_checkpoint(path))
+
+
+def seed_generators(seed: int) -> None:
+    """Seed the Python, NumPy and torch generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""Runs that would start but teach nothing, or stop part-way, are refused before any work.
+"""Runs that cannot run, would start but teach nothing, or stop part-way, are refused before any work.
 
-The trainer calls these once the data and the model are known; each raises a
-:class:`~effnet.errors.ConfigError` that says what to change.
+The trainer checks its settings against the device first, then the data and the model once
+they are known; each check raises a :class:`~effnet.errors.ConfigError` that says what to change.
 """
 
 from __future__ import annotations
@@ -10,9 +10,25 @@ import logging
 import math
 from collections.abc import Sequence
 
+import torch
+
 from ..errors import ConfigError
+from .config import TrainConfig
 
 LOG = logging.getLogger("effnet.train")
+
+
+def check_run_settings(config: TrainConfig, device: torch.device, distributed: bool) -> None:
+    """Training data is named, and the precision and BatchNorm settings run on ``device``."""
+    run = config.run
+    if config.data.path is None:
+        raise ConfigError("no training data: give --data DIR (a folder of class folders, or train/ and val/)")
+    if run.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("run.amp=fp16 needs a CUDA device (fp16 training uses CUDA grad scaling); "
+                          "use run.amp=bf16 on the CPU")
+    if run.sync_bn and distributed and device.type == "cpu":
+        raise ConfigError("run.sync_bn needs CUDA devices (SyncBatchNorm does not run on the CPU); "
+                          "drop --sync-bn for CPU runs")
 
 
 def check_class_count(class_names: Sequence[str], allow_single_class: bool, where: object) -> None:

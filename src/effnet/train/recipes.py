@@ -3,18 +3,23 @@ from the command line, and a run's saved ``config.yaml``.
 
 A recipe (``src/effnet/recipes/<name>.yaml``, or any YAML path) sets some fields of a
 :class:`~effnet.train.config.TrainConfig`; the rest keep their defaults. Overrides go on top.
+A resumed run starts from the config saved in its checkpoint instead (:func:`config_for_run`;
+:func:`config_changes` lists what the overrides changed).
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import ConfigError, InputFileError
 from .config import TrainConfig, get_value, set_value
+
+if TYPE_CHECKING:
+    from .checkpoint import ResumePoint
 
 
 def recipe_names() -> list[str]:
@@ -59,6 +64,25 @@ def build_config(recipe: str | Path = "seed", overrides: dict[str, Any] | None =
     return config
 
 
+def config_for_run(recipe: str | Path = "seed", overrides: dict[str, Any] | None = None,
+                   assignments: list[str] | None = None, resume: ResumePoint | None = None) -> TrainConfig:
+    """The config of a new run (recipe + overrides), or of a resumed one (its saved config +
+    overrides; the trainer logs what changed)."""
+    if resume is None:
+        return build_config(recipe, overrides, assignments)
+    config = TrainConfig.from_dict(resume.state["config"], source=f"checkpoint {resume.path}")
+    apply_overrides(config, overrides or {}, assignments or [])
+    return config
+
+
+def config_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [line for key in dict.fromkeys(list(before) + list(after))
+                for line in config_changes(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [] if before == after else [f"{prefix[:-1]}: {before!r} -> {after!r}"]
+
+
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any], assignments: list[str]) -> list[str]:
     """Apply dotted overrides in place and validate; returns the keys whose value changed.
 
@@ -86,7 +110,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(text: str, where: str) -> Any:
-    """``text`` parsed as YAML; a syntax error becomes a :class:`ConfigError` naming ``where`` and
+    """``text`` parsed as YAML; a syntax error becomes a :class:`~effnet.errors.ConfigError` naming ``where`` and
     the line and column."""
     try:
         return yaml.safe_load(text)

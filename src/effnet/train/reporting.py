@@ -1,4 +1,4 @@
-"""What a run shows and leaves behind: progress bars, metrics CSV, TensorBoard, PNG plots."""
+"""What a run shows and leaves behind: its log lines, progress bars, metrics CSV, TensorBoard, PNG plots."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from tqdm import tqdm
 from ..data.images import ImageReadError, load_image
 from ..files import atomic_write, printable_path
 from ..weights.trained import LAST, MODEL
+from .config import TrainConfig
+from .distributed import DistContext
 from .metrics import EvalResult, Mistake
+from .state import RunState
 
 
 @dataclass
@@ -87,6 +90,47 @@ def progress_bar(total: int, description: str, enabled: bool) -> tqdm:
     terminal only: piped to a file, the per-epoch log lines tell the progress."""
     return tqdm(total=total, desc=description, unit="batch", disable=None if enabled else True, leave=False,
                 dynamic_ncols=True, file=sys.stderr)
+
+
+def log_run_start(run_dir: Path, config: TrainConfig, parameters: int, classes: int, images: tuple[int, int],
+                  context: DistContext, base_lr: float, sizes: Sequence[int]) -> None:
+    """What a run is about to do: ``parameters`` of the model, ``classes``, (training,
+    validation) ``images``, the learning rate after scaling, and the training image ``sizes``
+    of its epochs."""
+    sizes = sorted(set(sizes))
+    size_text = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}..{sizes[-1]} ({config.progressive.mode})"
+    LOG.info("run %s: %s (%s params), %d classes, %d train / %d val images, recipe %s",
+             run_dir, config.model.name, f"{parameters:,}", classes, images[0], images[1], config.recipe)
+    LOG.info("device %s x %d process(es), batch %d x %d accumulation, lr %.4g (%s, %s schedule), "
+             "image size %s -> eval %d, amp %s", context.device, context.world_size,
+             config.data.batch_size, config.run.accum_steps, base_lr, config.optimizer.name,
+             config.schedule.name, size_text, config.data.eval_img_size, config.run.amp or "off")
+    if config.model.pretrained:
+        LOG.info("starting from pretrained weights: %s", config.model.pretrained)
+    tuning = config.finetune
+    if tuning.active:
+        LOG.info("fine-tuning: %s strategy%s, layer decay %g", tuning.strategy,
+                 f" (one more layer group every {tuning.epochs_per_group} epoch(s))"
+                 if tuning.strategy == "gradual" else "", tuning.layer_decay)
+
+
+def log_resume(checkpoint: Path, run: RunState, changes: Sequence[str]) -> None:
+    """Where a resumed run continues, and the ``changes`` of its settings (see
+    :func:`~effnet.train.recipes.config_changes`)."""
+    where = f"epoch {run.epoch + 1}" + (f", batch {run.step_in_epoch + 1}" if run.mid_epoch else "")
+    LOG.info("resuming %s from %s", checkpoint, where)
+    if changes:
+        LOG.warning("resuming with changed settings (the run will not match an uninterrupted one): %s",
+                    "; ".join(changes))
+
+
+def log_epoch(row: dict[str, Any], epochs: int, best: bool) -> None:
+    """One line for a finished epoch's ``row`` of the history (``best``: marked as the new best)."""
+    ema_text = f", EMA {row['ema_val_top1']:.2f}%" if "ema_val_top1" in row else ""
+    LOG.info("epoch %d/%d @%dpx: train loss %.4f, val loss %.4f, top-1 %.2f%%%s, top-5 %.2f%%, "
+             "%.1f img/s, %.0fs%s", row["epoch"], epochs, row["img_size"], row["train_loss"],
+             row["val_loss"], row["val_top1"], ema_text, row["val_top5"], row["train_img_per_s"],
+             row["epoch_time_s"], " (best)" if best else "")
 
 
 def write_metrics_csv(history: Sequence[dict[str, Any]], path: Path) -> None:

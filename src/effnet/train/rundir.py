@@ -1,5 +1,9 @@
 """One run per run directory: a lock while a run writes there, and no run mixed into another's.
 
+A run left without a folder gets ``runs/<model>-<date>-<time>`` (:func:`default_run_dir`);
+once claimed, :func:`prepare_run_dir` removes what an unfinished save left there and writes
+the run's ``config.yaml``.
+
 :func:`claim_run_dir` takes an exclusive ``fcntl.flock`` on ``RUN_DIR/.lock`` (the kernel
 drops it when the process ends, even on SIGKILL, so a crashed run never leaves a stale
 lock) and writes its process id there, so a second run into the same folder is refused
@@ -11,24 +15,34 @@ lock does not.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files import printable_path
+from ..files import atomic_write, printable_path, remove_stale_temps
 from ..weights.trained import BEST, LAST, MODEL
+from .config import TrainConfig
+from .recipes import save_config
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+LOG = logging.getLogger("effnet.train")
 LOCK_NAME = ".lock"
 RUN_FILES = (LAST, BEST, MODEL, "config.yaml", "train.log", "metrics.csv", "curves.png", "confusion_matrix.png",
              "confusion_matrix.csv", "per_class.csv", "mistakes.csv", "mistakes.png", "tensorboard")
 """What a run leaves in its folder (see :mod:`effnet.train.reporting`)."""
+
+
+def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
+    """``runs/<model>-<date>-<time>``."""
+    return Path(root) / f"{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 class RunDirError(ConfigError):
@@ -103,3 +117,11 @@ def claim_run_dir(run_dir: str | Path, fresh: bool, overwrite: bool = False) -> 
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     return lock
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    """In a claimed run directory, remove the temporary files of saves that did not finish and
+    write the run's ``config.yaml``."""
+    for stale in remove_stale_temps(run_dir):
+        LOG.warning("removed %s, left by a save that did not finish", stale.name)
+    atomic_write(run_dir / "config.yaml", lambda temp: save_config(config, temp))

@@ -3,7 +3,8 @@
 :class:`RunState` is everything besides the model, optimizer, schedule, scaler and EMA states
 that a resume needs: the epoch in progress and how far into it, the running sums of that
 epoch, the history, the best epoch and the RNG states that replay an interrupted epoch. It is
-the one place the trainer keeps them, and it round-trips through a checkpoint dict.
+the one place the trainer keeps them, and it round-trips through a checkpoint dict. Each
+finished epoch is recorded there (:meth:`RunState.record_epoch`), which decides the best.
 
 :func:`epoch_batches` yields an epoch's batches from a given step on (an interrupted epoch
 replays its data order and skips what was trained), each marked with its accumulation group
@@ -56,6 +57,23 @@ class RunState:
 
     def improves(self, top1: float) -> bool:
         return self.best["top1"] is None or top1 > self.best["top1"]
+
+    def record_epoch(self, row: dict[str, Any], top1: dict[str, float], keep: str) -> tuple[str, bool]:
+        """Add a finished epoch's ``row`` to the history. ``top1``: the validation top-1 of each
+        weights evaluated (``model``, and ``ema`` with EMA). Returns the weights the run keeps
+        from the epoch and whether they are its new best: the best top-1 with ``keep="best"``;
+        with ``keep="last"`` always, the EMA weights if any (nothing is chosen on the
+        validation images)."""
+        if keep == "last":
+            source = "ema" if "ema" in top1 else "model"
+            improved = True
+        else:
+            source = max(top1, key=lambda k: top1[k])
+            improved = self.improves(top1[source])
+        if improved:
+            self.best = {"top1": top1[source], "epoch": row["epoch"], "weights": source}
+        self.history.append(row)
+        return source, improved
 
     def to_dict(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """The checkpoint keys of this state; ``rng`` holds every process's current RNG state."""
