@@ -9,7 +9,7 @@ import csv
 import json
 import logging
 import math
-import time
+import threading
 
 import pytest
 
@@ -236,6 +236,19 @@ def test_two_picks_at_once_keep_both_measurements(tmp_path):
     second.put(two, _measurement(7.0))
     merged = MeasurementCache(tmp_path, None)
     assert merged.get(one).p50_ms == 3.0 and merged.get(two).p50_ms == 7.0
+
+    # writers racing (threads share the lock protocol with processes): no measurement is lost
+    candidates = [Candidate(f"model{i}", "onnxruntime", 1, 224) for i in range(40)]
+    caches = [MeasurementCache(tmp_path, None) for _ in range(2)]
+    writers = [threading.Thread(target=lambda k=k: [caches[k].put(c, _measurement(1.0 + i))
+                                                   for i, c in enumerate(candidates) if i % 2 == k])
+               for k in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    merged = MeasurementCache(tmp_path, None)
+    assert [merged.get(c).p50_ms for c in candidates] == [1.0 + i for i in range(40)]
 
 
 def test_the_cache_is_keyed_by_the_machine(tmp_path, monkeypatch):

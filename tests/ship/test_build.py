@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +282,25 @@ def test_gate_flags_are_checked(data, tmp_path, capsys):
     for flag, value in (("--min-agreement", "101"), ("--min-top1", "nan"), ("--max-drop", "nan")):
         assert ship_cli(data, "onnxruntime", tmp_path / "out", flag, value) == 2
         assert flag in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_ship_killed_mid_way_leaves_no_folder_and_the_next_ship_removes_its_leftovers(data, tmp_path):
+    out = tmp_path / "ship"
+    command = [sys.executable, "-m", "effnet", "ship", "--checkpoint", str(data["checkpoint"]), "--target",
+               "onnxruntime", "--eval", str(data["eval"]), "--out", str(out), "--no-speed", *UNTRAINED]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    # Killed while the folder is being written (manifest and model there, the reports not yet).
+    while not list(tmp_path.glob(f"{ship_module.WORK_PREFIX}*/folder/manifest.json")):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    leftovers = list(tmp_path.glob(f"{ship_module.WORK_PREFIX}*"))
+    assert len(leftovers) == 1 and not out.exists()
+    assert ship_cli(data, "onnxruntime", out, "--no-speed") == 0
+    assert not leftovers[0].exists() and not list(tmp_path.glob(f"{ship_module.WORK_PREFIX}*"))
+    assert {"manifest.json", "model.onnx", "report.md", "report.html"} <= {p.name for p in out.iterdir()}

@@ -15,7 +15,10 @@ throughput are timed with fp32 and the shipped model in turns, round after round
   ``effnet_portable.py`` (a copy of :mod:`effnet_runtime.portable`: effnet's decoding and preprocessing);
 - ``report.md`` and ``report.html`` (see :mod:`effnet.ship.report`), ``confusion.png``.
 
-Nothing appears in the destination until every check has passed.
+Nothing appears in the destination until every check has passed, and then all at once: the
+folder is built whole in a work folder beside it and renamed into place in one step
+(:func:`effnet.files.publish_folder`), so a ship killed at any moment leaves no folder that looks
+shipped; its work folder is removed by the next ship into the same parent folder.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ from ..deploy.quantize import OrtRecipe, Pt2eRecipe, quantize_aware_train, quant
 from ..deploy.runtime import Runner, load_runner, onnx_runner
 from ..deploy.verify import FP32_TOLERANCE, ExportVerificationError, compare_to_reference
 from ..errors import ConfigError, InputFileError
-from ..files import atomic_write, publish
+from ..files import atomic_write, publish_folder, work_folder
 from ..model import EfficientNet
 from .plan import (
     FP32_FALLBACK,
@@ -60,6 +62,9 @@ from .report import write_reports
 
 logger = logging.getLogger("effnet.ship")
 
+WORK_PREFIX = ".effnet-ship-"
+"""The work folders beside ``--out``: the folder is built whole in one, then renamed into place."""
+
 
 def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path, out_dir: str | Path,
          options: ShipOptions = ShipOptions()) -> ShipResult:
@@ -67,7 +72,8 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
 
     ``calib_dir`` (any folder of images) is needed for INT8 targets and for the remedies that
     quantize; ``eval_dir`` is a class-folder dataset with the model's classes. Raises
-    :class:`~effnet.ship.plan.ShipRefused` if the fp32 model is at chance level on it, or no recipe tried passes the gate.
+    :class:`~effnet.ship.plan.ShipRefused` if the fp32 model is at chance level on it, or no recipe
+    tried passes the gate.
     """
     model.eval()
     out_dir = Path(out_dir)
@@ -84,8 +90,7 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
     loader = labelled_loader(eval_dir, model.preprocessing, model.class_names, options.batch_size)
     calibration = (calibration_images(calib_dir, model.preprocessing, options.calibration_images)
                    if any(r.target.int8 for r in plan) else None)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".effnet-ship-") as work_name:
-        work = Path(work_name)
+    with work_folder(out_dir.parent, WORK_PREFIX) as work:
         fp32_onnx = work / "fp32.onnx"
         export_model(model, fp32_onnx, "onnx", fold_bn=True)
         reference = onnx_runner(fp32_onnx, options.threads, name="onnxruntime fp32")
@@ -129,17 +134,18 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         manifest = _manifest(model, recipe, accuracy, reference_accuracy)
         result = ShipResult(out_dir, model.model_name, recipe, attempts, reference_row, shipped_row, evaluation,
                             manifest)
-        out_dir.mkdir(exist_ok=True)
+        staged = work / "folder"
+        staged.mkdir()
         for path in model_files:
-            publish(path, out_dir / path.name)
-        _write_json(out_dir / "manifest.json", manifest)
-        _write_json(out_dir / "labels.json", evaluation.class_names)
-        _write_json(out_dir / "preprocessing.json", model.preprocessing.to_dict())
+            path.rename(staged / path.name)
+        _write_json(staged / "manifest.json", manifest)
+        _write_json(staged / "labels.json", evaluation.class_names)
+        _write_json(staged / "preprocessing.json", model.preprocessing.to_dict())
         for source, name in ((Path(__file__).with_name("standalone_predict.py"), "predict.py"),
                              (Path(portable.__file__), "effnet_portable.py")):
-            text = source.read_text()
-            atomic_write(out_dir / name, lambda temp, text=text: temp.write_text(text))
-        write_reports(result, options, eval_dir)
+            shutil.copyfile(source, staged / name)
+        write_reports(result, options, eval_dir, staged)
+        publish_folder(staged, out_dir)
     return result
 
 

@@ -93,9 +93,8 @@ def _latency_plot(result: ShipResult) -> bytes | None:
     return buffer.getvalue()
 
 
-def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path) -> None:
-    """Write ``confusion.png``, ``report.md`` and ``report.html`` into the ship folder."""
-    out = result.out_dir
+def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path, out: Path) -> None:
+    """Write ``confusion.png``, ``report.md`` and ``report.html`` into ``out``, the ship folder being built."""
     evaluation = result.evaluation
     matrix = confusion_matrix(evaluation.targets, evaluation.shipped, len(evaluation.class_names))
     plot_confusion(torch.from_numpy(matrix), evaluation.class_names, out / "confusion.png",
