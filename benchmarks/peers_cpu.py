@@ -12,10 +12,11 @@ printed before and after, and the CPU's features beside every figure.
 
 - Ours is timed exactly as a user gets it: ``effnet.Classifier(model, device="cpu").logits(x)``,
   which runs the CPU path chosen for this machine (effnet.cpu_path: measured once, cached; the
-  path and how it was chosen are printed). Each peer is built with random weights and randomized
-  BatchNorm statistics, copied into ours through effnet's converters, and its logits must match
-  ours within 1e-4 of the largest before anything is timed. Peers run eager, in eval mode,
-  under ``torch.inference_mode``, as their own documentation runs them.
+  path and how it was chosen are printed). Each peer is built with random weights, random
+  BatchNorm affine terms and the running statistics of one batch of noise, copied into ours
+  through effnet's converters, and its logits must match ours within 1e-4 of the largest before
+  anything is timed. Peers run eager, in eval mode, under ``torch.inference_mode``, as their own
+  documentation runs them.
 - ``onnxruntime``: torchvision's B0 exported with ``torch.onnx.export`` in ONNX Runtime fp32 beside
   our default path at 224 px, batch 1 and 8.
 - ``training``: one step (forward, cross-entropy, backward, AdamW) at batch 32; ours as effnet's
@@ -84,6 +85,25 @@ def bn_eps(network: nn.Module) -> float:
     return next(m.eps for m in network.modules() if isinstance(m, nn.BatchNorm2d))
 
 
+def settle_statistics(network: nn.Module, resolution: int = 128, seed: int = 0) -> nn.Module:
+    """Every BatchNorm's running statistics from one forward in train mode on random images, so
+    that activations stay of order one through the network. With arbitrary statistics a deep
+    network's activations grow block after block (V2-S's reach 1e7), and float rounding then
+    differs chaotically between two correct implementations: the logits check would fail on
+    rounding, not on a wrong network."""
+    norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    images = torch.randn(4, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        network.train()(images)
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
+    return network.eval()
+
+
 def build_peers(name: str, seed: int = 0) -> dict[str, tuple[nn.Module, nn.Module]]:
     """Per peer library: (ours carrying the peer's weights, the peer), both in eval mode."""
     pairs = {}
@@ -99,7 +119,7 @@ def build_peers(name: str, seed: int = 0) -> dict[str, tuple[nn.Module, nn.Modul
         else:
             timm_model, layout = timm_name(name)
             peer = build_timm(timm_model, drop_rate=0.2, drop_path_rate=0.2)  # as ours and torchvision's
-        randomize_statistics(peer, seed)
+        settle_statistics(randomize_statistics(peer, seed), seed=seed)
         options = {"padding": "same"} if layout == "timm_tf" else {}
         ours = effnet.create_model(name, bn_eps=bn_eps(peer), **options)
         assign_state_dict(ours, convert_state_dict(peer.state_dict(), ours.config, layout=layout))
@@ -179,8 +199,7 @@ def onnxruntime_figures(rounds: int, threads: int) -> list[Figure]:
     """Our default B0 beside torchvision's B0 exported to ONNX, in ONNX Runtime fp32."""
     from effnet.deploy.runtime import onnx_runner
 
-    torchvision_b0 = build_torchvision("efficientnet_b0").eval()
-    randomize_statistics(torchvision_b0)
+    torchvision_b0 = settle_statistics(randomize_statistics(build_torchvision("efficientnet_b0")))
     ours = _classifier(build_peers("efficientnet_b0")["torchvision"][0])
     figures = []
     with tempfile.TemporaryDirectory() as folder:
