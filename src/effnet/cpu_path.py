@@ -62,6 +62,7 @@ PIN_VARIABLE = "EFFNET_CPU_PATH"
 TOLERANCE = 1e-4
 """Largest difference from the plain model's logits, relative to the largest logit, of an exact path."""
 MEASURED_BATCHES = (1, 8)
+"""The batch sizes a choice is measured at (at the model's resolution)."""
 MEASURE_SECONDS = 4.0
 """About how long the timed rounds of a choice last (the paths' warm-up comes on top)."""
 MIN_ROUNDS, MAX_ROUNDS = 3, 15

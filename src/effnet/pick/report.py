@@ -19,12 +19,13 @@ from ..weights.sources import PUBLISHED_INT8, TFLITE_LITE_README, PublishedInt8
 from .search import REFERENCE, PickResult, PickRow
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    import matplotlib.figure
 
 CSV_COLUMNS = ("picked", "pareto", "verdict", "model", "runtime", "precision", "batch", "resolution", "top1",
                "top1_measured", "published_int8_top1", "p10_ms", "p50_ms", "p90_ms", "ratio_p10", "ratio_p50",
                "ratio_p90", "reference_p50_ms", "throughput_img_s", "memory_mb", "file_mb", "rounds", "settled",
                "cached", "status")
+"""The columns of ``pick.csv`` (and the keys of each row of ``pick.json``)."""
 NOT_MEASURED = "not measured"
 
 
@@ -167,7 +168,7 @@ def _write_csv(result: PickResult, path: Path) -> None:
             writer.writerow(row_record(row, result))
 
 
-def plot(result: PickResult) -> Figure:
+def plot(result: PickResult) -> matplotlib.figure.Figure:
     """Expected top-1 against the p50 (bars: p10-p90) in the budget's unit, with the budget, the
     reference, the Pareto front and the pick."""
     from matplotlib.figure import Figure

@@ -69,6 +69,7 @@ REFERENCE_RESOLUTION = 224
 SMALL_SPREAD = 0.10
 """A candidate's ratio to the reference has settled once (p90 - p10) / p50 over the rounds is at most this."""
 MIN_ROUNDS = 5
+"""Rounds every candidate gets before its spread may count as settled."""
 BUSY_SPREAD = 1.3
 """The machine is busy when the reference alone has p90 / p10 over this ..."""
 BUSY_MEDIAN_OVER_BEST = 1.2
