@@ -275,7 +275,7 @@ class Classifier:
             self.cpu_path_choice = choose_cpu_path(model, cpu_path)
             path = self.cpu_path_choice.path
             return None if path == "eager" else build_cpu_path(model, path)
-        return prepare_for_inference(model, self.device, AMP_DTYPES.get(self.amp, torch.float32))
+        return prepare_for_inference(model, self.device, AMP_DTYPES[self.amp] if self.amp else torch.float32)
 
     @property
     def inference_path(self) -> str:
