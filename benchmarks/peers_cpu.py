@@ -1,28 +1,46 @@
-"""Ours against torchvision and timm on this CPU, with the same weights, in one process.
+"""effnet's default CPU paths against torchvision's and timm's eager models, with the same weights.
 
-    python benchmarks/peers_cpu.py [--model efficientnet_b0] [--rounds 5] [--json out.json]
-    python benchmarks/peers_cpu.py --model efficientnet_v2_s --resolution 224 --batches 1,8 --train-batch 8
+    python benchmarks/peers_cpu.py                          # every job below; prints the table and the aims
+    python benchmarks/peers_cpu.py --jobs headline,onnxruntime,training
+    python benchmarks/peers_cpu.py --jobs variants --models efficientnet_b3,efficientnet_v2_m
+    python benchmarks/peers_cpu.py --threads 2 --rounds 7 --json peers.json
 
-EfficientNetV2-S is compared with torchvision's ``efficientnet_v2_s`` and timm's
-``efficientnetv2_s`` (timm's PyTorch definition, symmetric padding like torchvision's).
+Everything runs in one process with ``--threads`` (default 2) torch and ONNX Runtime threads.
+Each job's networks are timed in turns, round after round (effnet.bench.measure.time_interleaved),
+and compared by medians, so load from other processes hits them alike; the load average is
+printed before and after, and the CPU's features beside every figure.
 
-Each peer is built with random weights and copied into one of our networks through our
-converters (effnet.weights.convert); the logits must match before anything is timed. Then:
-inference latency at batch 1 and 32 (eager, in the default and the channels_last memory
-format) and the throughput of a training step (SGD, fp32). The four networks (ours with
-torchvision's weights, torchvision, ours with timm's weights, timm) are timed in turns, round
-after round, and compared by medians, so load from other processes hits them alike. Printed
-ratios: latency ours/peer (below 1: ours is faster) and training throughput ours/peer (above
-1: ours is faster).
+- Ours is timed exactly as a user gets it: ``effnet.Classifier(model, device="cpu").logits(x)``,
+  which runs the CPU path chosen for this machine (effnet.cpu_path: measured once, cached; the
+  path and how it was chosen are printed). Each peer is built with random weights, random
+  BatchNorm affine terms and the running statistics of one batch of noise, copied into ours
+  through effnet's converters, and its logits must match ours within 1e-4 of the largest before
+  anything is timed. Peers run eager, in eval mode, under ``torch.inference_mode``, as their own
+  documentation runs them.
+- ``onnxruntime``: torchvision's B0 exported with ``torch.onnx.export`` in ONNX Runtime fp32 beside
+  our default path at 224 px, batch 1 and 8.
+- ``training``: one step (forward, cross-entropy, backward, AdamW) at batch 32; ours as effnet's
+  trainer runs it (channels_last, fused AdamW with weight-decay groups), the peers as a plain
+  PyTorch loop does (AdamW with the same lr and weight decay).
+
+Aims (issue 29), as throughput ratios ours / peer: ``headline`` (B0, Lite0, V2-S at 224 px, batch 1
+and 8) >= 1.3; ``variants`` (every other V1, Lite and V2 variant at its native size, batch 1) >= 1.0;
+``training`` (B0 at 224 and 128 px, V2-S at 128 px, batch 32) >= 1.1; ``onnxruntime`` is reported
+(the moonshot: ours at least as fast as ONNX Runtime, ratio >= 1.0).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
 import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -34,160 +52,272 @@ from torch import nn  # noqa: E402
 import effnet  # noqa: E402
 from effnet.bench.measure import time_interleaved  # noqa: E402
 from effnet.bench.peers import build_timm, build_torchvision, timm_available  # noqa: E402
+from effnet.deploy.environment import describe_cpu  # noqa: E402
+from effnet.table import format_table  # noqa: E402
+from effnet.testing import randomize_statistics  # noqa: E402
+from effnet.train.config import OptimizerSettings  # noqa: E402
+from effnet.train.optim import build_optimizer  # noqa: E402
 from effnet.weights.convert import assign_state_dict, convert_state_dict  # noqa: E402
 
-PEERS = ("torchvision", "timm")
+TORCHVISION = {f"efficientnet_b{i}" for i in range(8)} | {"efficientnet_v2_s", "efficientnet_v2_m",
+                                                           "efficientnet_v2_l"}
+HEADLINE = [(name, 224, batch) for name in ("efficientnet_b0", "efficientnet_lite0", "efficientnet_v2_s")
+            for batch in (1, 8)]
+VARIANTS = [*(f"efficientnet_b{i}" for i in range(1, 9)), "efficientnet_l2",
+            *(f"efficientnet_lite{i}" for i in range(1, 5)),
+            *(f"efficientnet_v2_{size}" for size in ("b0", "b1", "b2", "b3", "m", "l", "xl"))]
+TRAINING = [("efficientnet_b0", 224, 32), ("efficientnet_b0", 128, 32), ("efficientnet_v2_s", 128, 32)]
+AIMS = {"headline": 1.3, "variants": 1.0, "training": 1.1, "onnxruntime": 1.0}
+JOBS = tuple(AIMS)
+TOLERANCE = 1e-4
+LR, WEIGHT_DECAY = 1e-3, 0.05
 
 
-def timm_name(name: str) -> str:
-    """timm's name for one of our networks: ``efficientnet_v2_s`` is ``efficientnetv2_s`` there."""
-    return name.replace("efficientnet_v2_", "efficientnetv2_")
+def timm_name(name: str) -> tuple[str, str]:
+    """timm's name for one of our variants and the converter layout of its weights: V2-B0..B3
+    exist there only as TensorFlow ports (``tf_efficientnetv2_b0``, 'SAME' padding)."""
+    if name.startswith("efficientnet_v2_b"):
+        return name.replace("efficientnet_v2_", "tf_efficientnetv2_"), "timm_tf"
+    return name.replace("efficientnet_v2_", "efficientnetv2_"), "timm"
 
 
 def bn_eps(network: nn.Module) -> float:
     return next(m.eps for m in network.modules() if isinstance(m, nn.BatchNorm2d))
 
 
-def randomize_batchnorm(network: nn.Module, seed: int, resolution: int) -> None:
-    """Random BatchNorm affine terms and running statistics measured on random images, as
-    trained weights have: with the fresh ones (mean 0, variance 1, scale 1) the logits shrink
-    towards zero and an equality check would prove little, and with random statistics deep
-    networks (V2-S's 40 blocks) grow activations to 1e7, where rounding noise decides the logits."""
-    generator = torch.Generator().manual_seed(seed)
+def settle_statistics(network: nn.Module, resolution: int = 128, seed: int = 0) -> nn.Module:
+    """Every BatchNorm's running statistics from one forward in train mode on random images, so
+    that activations stay of order one through the network. With arbitrary statistics a deep
+    network's activations grow block after block (V2-S's reach 1e7), and float rounding then
+    differs chaotically between two correct implementations: the logits check would fail on
+    rounding, not on a wrong network."""
     norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    images = torch.randn(4, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        for module in norms:
-            size = module.num_features
-            module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.bias.copy_(torch.randn(size, generator=generator) * 0.1)
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration batch
-        network.train()(torch.randn(4, 3, resolution, resolution, generator=generator))
+        network.train()(images)
     for module, momentum in zip(norms, momenta, strict=True):
         module.momentum = momentum
-    network.eval()
+    return network.eval()
 
 
-def build_pairs(name: str, resolution: int) -> dict[str, tuple[nn.Module, nn.Module]]:
-    """Per peer: (ours carrying the peer's weights, the peer), both with symmetric padding."""
+def build_peers(name: str, seed: int = 0) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """Per peer library: (ours carrying the peer's weights, the peer), both in eval mode."""
     pairs = {}
-    for seed, peer_name in enumerate(PEERS):
+    for peer_name in ("torchvision", "timm"):
+        if peer_name == "torchvision" and name not in TORCHVISION:
+            continue
         if peer_name == "timm" and not timm_available():
             print("timm is not installed: its column is left out", flush=True)
             continue
-        peer = (build_torchvision(name) if peer_name == "torchvision"
-                else build_timm(timm_name(name), drop_rate=0.2, drop_path_rate=0.2))
-        randomize_batchnorm(peer, seed, resolution)
-        ours = effnet.create_model(name, bn_eps=bn_eps(peer))
-        assign_state_dict(ours, convert_state_dict(peer.state_dict(), ours.config, layout=peer_name))
-        pairs[peer_name] = (ours, peer)
+        layout = "torchvision"
+        if peer_name == "torchvision":
+            peer = build_torchvision(name)
+        else:
+            timm_model, layout = timm_name(name)
+            peer = build_timm(timm_model, drop_rate=0.2, drop_path_rate=0.2)  # as ours and torchvision's
+        settle_statistics(randomize_statistics(peer, seed), seed=seed)
+        options = {"padding": "same"} if layout == "timm_tf" else {}
+        ours = effnet.create_model(name, bn_eps=bn_eps(peer), **options)
+        assign_state_dict(ours, convert_state_dict(peer.state_dict(), ours.config, layout=layout))
+        pairs[peer_name] = (ours.eval(), peer.eval())
     return pairs
 
 
-def check_equal(pairs: dict[str, tuple[nn.Module, nn.Module]], resolution: int) -> None:
+def check_logits(classifier: effnet.Classifier, peer: nn.Module, peer_name: str, resolution: int) -> None:
     images = torch.randn(2, 3, resolution, resolution)
-    for peer_name, (ours, peer) in pairs.items():
-        with torch.no_grad():
-            expected, got = peer.eval()(images), ours.eval()(images)
-        difference = (expected - got).abs().max().item()
-        scale = expected.abs().max().item()
-        print(f"logits ours vs {peer_name}: max |difference| {difference:.2e} (max |logit| {scale:.2e})", flush=True)
-        if not (scale > 0 and difference <= 1e-4 * scale):
-            raise SystemExit(f"ours and {peer_name} disagree with the same weights: not timing")
+    with torch.inference_mode():
+        expected, got = peer(images), classifier.logits(images)
+    difference = float((expected - got).abs().max() / expected.abs().max())
+    if not difference <= TOLERANCE:
+        raise SystemExit(f"ours ({classifier.inference_path}) and {peer_name} disagree with the same weights "
+                         f"({difference:.1e} of the largest logit): not timing")
 
 
-def inference_calls(pairs, batch: int, resolution: int, channels_last: bool) -> dict:
+@dataclass
+class Figure:
+    job: str
+    model: str
+    resolution: int
+    batch: int
+    peer: str
+    ours_ms: float
+    peer_ms: float
+    path: str
+    aim: float
+    load_average: float
+
+    @property
+    def ratio(self) -> float:
+        """Throughput ours / peer (above 1: ours is faster)."""
+        return self.peer_ms / self.ours_ms
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.aim
+
+
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: 1000 * statistics.median(seconds) for name, seconds in times.items()}
+
+
+def _classifier(model: nn.Module, path: str | None = None) -> effnet.Classifier:
+    """As a user builds it (``path``: pinned, to check other weights on the path already chosen)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights carry no class names
+        return effnet.Classifier(model, device="cpu", cpu_path=path)
+
+
+def inference(job: str, name: str, resolution: int, batch: int, rounds: int) -> list[Figure]:
+    """Ours (the default path) and each peer, on the same weights, timed in turns."""
+    pairs = build_peers(name)
+    if not pairs:
+        return []
+    ours = _classifier(next(iter(pairs.values()))[0])
+    path = ours.cpu_path_choice.path
+    for peer_name, (carrier, peer) in pairs.items():  # the same path on each peer's weights
+        check_logits(ours if carrier is ours.model else _classifier(carrier, path), peer, peer_name, resolution)
     images = torch.randn(batch, 3, resolution, resolution)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    calls = {}
-    for peer_name, (ours, peer) in pairs.items():
-        for label, network in ((f"ours[{peer_name} weights]", ours), (peer_name, peer)):
-            network = network.eval().to(memory_format=torch.channels_last if channels_last
-                                        else torch.contiguous_format)
 
-            def call(network=network) -> None:
-                with torch.no_grad():
-                    network(images)
-            calls[label] = call
-    return calls
+    def forward(network):
+        def call() -> None:
+            with torch.inference_mode():
+                network(images)
+        return call
+
+    calls = {"ours": forward(ours.logits), **{peer_name: forward(peer) for peer_name, (_, peer) in pairs.items()}}
+    medians = _medians(time_interleaved(calls, rounds, 3 if batch == 1 else 1, warmup=2))
+    path = ours.inference_path
+    return [Figure(job, name, resolution, batch, peer_name, medians["ours"], medians[peer_name], path, AIMS[job],
+                   os.getloadavg()[0]) for peer_name in pairs]
 
 
-def training_calls(pairs, batch: int, resolution: int) -> dict:
+def onnxruntime_figures(rounds: int, threads: int) -> list[Figure]:
+    """Our default B0 beside torchvision's B0 exported to ONNX, in ONNX Runtime fp32."""
+    from effnet.deploy.runtime import onnx_runner
+
+    torchvision_b0 = settle_statistics(randomize_statistics(build_torchvision("efficientnet_b0")))
+    ours = _classifier(build_peers("efficientnet_b0")["torchvision"][0])
+    figures = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "torchvision_b0.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(torchvision_b0, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        runner = onnx_runner(path, threads)
+        for batch in (1, 8):
+            images = torch.randn(batch, 3, 224, 224)
+            array = images.numpy()
+
+            def ours_call(images=images) -> None:
+                with torch.inference_mode():
+                    ours.logits(images)
+
+            calls = {"ours": ours_call, "onnxruntime": lambda array=array: runner(array)}
+            medians = _medians(time_interleaved(calls, rounds, 3 if batch == 1 else 1, warmup=2, pause=0.05))
+            figures.append(Figure("onnxruntime", "efficientnet_b0", 224, batch, "onnxruntime fp32 (torchvision B0)",
+                                  medians["ours"], medians["onnxruntime"], ours.inference_path, AIMS["onnxruntime"],
+                                  os.getloadavg()[0]))
+    return figures
+
+
+def training(name: str, resolution: int, batch: int, rounds: int) -> list[Figure]:
+    """One training step of ours (as effnet's trainer runs it) and of each peer, in turns."""
+    pairs = build_peers(name)
     images = torch.randn(batch, 3, resolution, resolution)
     labels = torch.randint(0, 1000, (batch,))
-    calls = {}
-    for peer_name, (ours, peer) in pairs.items():
-        for label, network in ((f"ours[{peer_name} weights]", ours), (peer_name, peer)):
-            network = network.train().to(memory_format=torch.contiguous_format)
-            optimizer = torch.optim.SGD(network.parameters(), lr=1e-3, momentum=0.9)
 
-            def step(network=network, optimizer=optimizer) -> None:
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(network(images), labels).backward()
-                optimizer.step()
-            calls[label] = step
-    return calls
+    def step(network: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor):
+        def call() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(network(inputs), labels).backward()
+            optimizer.step()
+        return call
+
+    ours = next(iter(pairs.values()))[0].train().to(memory_format=torch.channels_last)
+    settings = OptimizerSettings(name="adamw", lr=LR, weight_decay=WEIGHT_DECAY)
+    calls = {"ours": step(ours, build_optimizer(ours, settings, LR),
+                          images.contiguous(memory_format=torch.channels_last))}
+    for peer_name, (_, peer) in pairs.items():
+        peer.train()
+        calls[peer_name] = step(peer, torch.optim.AdamW(peer.parameters(), lr=LR, weight_decay=WEIGHT_DECAY), images)
+    medians = _medians(time_interleaved(calls, rounds, 1, warmup=2))
+    return [Figure("training", name, resolution, batch, peer_name, medians["ours"], medians[peer_name],
+                   "channels_last, fused AdamW", AIMS["training"], os.getloadavg()[0]) for peer_name in pairs]
 
 
-def compare(title: str, times: dict[str, list[float]], batch: int, throughput: bool) -> list[dict]:
-    medians = {label: statistics.median(seconds) for label, seconds in times.items()}
-    found = []
-    parts = []
-    for peer_name in PEERS:
-        if peer_name not in medians:
-            continue
-        ours, peer = medians[f"ours[{peer_name} weights]"], medians[peer_name]
-        if throughput:
-            ratio = peer / ours
-            parts.append(f"ours {batch / ours:7.1f} img/s vs {peer_name} {batch / peer:7.1f}: "
-                         f"throughput ours/{peer_name} {ratio:.3f}")
-        else:
-            ratio = ours / peer
-            parts.append(f"ours {1000 * ours:8.1f} ms vs {peer_name} {1000 * peer:8.1f}: "
-                         f"latency ours/{peer_name} {ratio:.3f}")
-        found.append({"job": title, "peer": peer_name, "ours_s": ours, "peer_s": peer, "ratio": ratio,
-                      "kind": "throughput" if throughput else "latency", "samples": len(times[peer_name])})
-    print(f"{title:<36} " + " | ".join(parts), flush=True)
-    return found
+def print_table(figures: list[Figure]) -> None:
+    rows = [[f.job, f.model.replace("efficientnet_", ""), f.resolution, f.batch, f.peer, f"{f.ours_ms:.2f}",
+             f"{f.peer_ms:.2f}", f"{f.ratio:.2f}", f">= {f.aim:g}", "met" if f.met else "NOT met", f.path,
+             f"{f.load_average:.1f}"] for f in figures]
+    print(format_table(["job", "model", "res", "batch", "peer", "ours ms", "peer ms", "ours/peer img/s", "aim",
+                        "", "our path", "load"], rows), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="efficientnet_b0",
-                        help="efficientnet_b0 ... b7 or efficientnet_v2_s/m/l (default b0)")
-    parser.add_argument("--resolution", type=int, default=None, help="input size (default: the model's)")
-    parser.add_argument("--batches", default="1,32", help="inference batch sizes (default 1,32)")
-    parser.add_argument("--train-batch", type=int, default=32, help="training batch size (default 32)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of turns (default 5)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 holds up better on a busy machine)")
-    parser.add_argument("--json", default=None, help="also write the ratios to this JSON file")
+    parser.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, of {', '.join(JOBS)} (default all)")
+    parser.add_argument("--models", default=None, help="only these variants (comma-separated), in every job")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of turns per job (default 5)")
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
+    jobs = [job.strip() for job in args.jobs.split(",") if job.strip()]
+    unknown = sorted(set(jobs) - set(JOBS))
+    if unknown:
+        parser.error(f"unknown job {', '.join(unknown)}; choose from {', '.join(JOBS)}")
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    resolution = args.resolution or effnet.get_entry(args.model).preprocessing.resolution
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads, load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.model} @{resolution}", flush=True)
-    pairs = build_pairs(args.model, resolution)
-    check_equal(pairs, resolution)
-    results = []
-    for batch in (int(b) for b in args.batches.split(",")):
-        calls_per_round = 3 if batch == 1 else 1
-        for channels_last in (False, True):
-            times = time_interleaved(inference_calls(pairs, batch, resolution, channels_last), args.rounds,
-                                     calls_per_round)
-            layout = "channels_last" if channels_last else "contiguous"
-            results += compare(f"inference batch {batch}, {layout}", times, batch, throughput=False)
-    times = time_interleaved(training_calls(pairs, args.train_batch, resolution), args.rounds, 1)
-    results += compare(f"training step batch {args.train_batch}", times, args.train_batch, throughput=True)
-    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
+    torch.set_num_threads(args.threads)
+    began = time.time()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {describe_cpu()}; torch {torch.__version__}, {args.threads} threads, "
+          f"{args.rounds} rounds; load average {os.getloadavg()[0]:.1f}", flush=True)
+    figures: list[Figure] = []
+    plan = []
+    chosen = set(args.models.split(",")) if args.models else None
+
+    def wanted(name: str) -> bool:
+        return chosen is None or name in chosen
+
+    if "headline" in jobs:
+        plan += [(inference, ("headline", name, resolution, batch, args.rounds)) for name, resolution, batch
+                 in HEADLINE if wanted(name)]
+    if "onnxruntime" in jobs and wanted("efficientnet_b0"):
+        plan.append((onnxruntime_figures, (args.rounds, args.threads)))
+    if "variants" in jobs:
+        plan += [(inference, ("variants", name, effnet.get_entry(name).preprocessing.resolution, 1, args.rounds))
+                 for name in VARIANTS if wanted(name)]
+    if "training" in jobs:
+        plan += [(training, (name, resolution, batch, args.rounds)) for name, resolution, batch in TRAINING
+                 if wanted(name)]
+    for function, arguments in plan:
+        new = function(*arguments)
+        for figure in new:
+            print(f"{figure.job:<11} {figure.model:<20} {figure.resolution:>3} px batch {figure.batch:<2} vs "
+                  f"{figure.peer:<34} ours {figure.ours_ms:9.2f} ms ({figure.path}), peer {figure.peer_ms:9.2f} ms: "
+                  f"{figure.ratio:5.2f}x, aim {figure.aim:g}: {'met' if figure.met else 'NOT met'}", flush=True)
+        figures += new
+        gc.collect()
+    print(f"\n{describe_cpu()}; {args.threads} threads; load average {os.getloadavg()[0]:.1f} at the end; "
+          f"{(time.time() - began) / 60:.1f} min\n")
+    print_table(figures)
+    for job in jobs:
+        mine = [f for f in figures if f.job == job]
+        if mine:
+            missed = [f"{f.model.replace('efficientnet_', '')}@{f.resolution} b{f.batch} vs {f.peer} {f.ratio:.2f}x"
+                      for f in mine if not f.met]
+            worst = min(f.ratio for f in mine)
+            print(f"aim {job} (>= {AIMS[job]:g}x): {'met' if not missed else 'NOT met'} "
+                  f"(lowest {worst:.2f}x over {len(mine)} comparisons){': ' + '; '.join(missed) if missed else ''}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "resolution": resolution,
-                                               "torch": torch.__version__, "ratios": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"cpu": describe_cpu(), "torch": torch.__version__,
+                                               "threads": args.threads, "figures": [
+                                                   {**asdict(f), "ratio": f.ratio, "met": f.met} for f in figures]},
+                                              indent=1))
     return 0
 
 

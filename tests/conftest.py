@@ -17,6 +17,16 @@ from helpers.predict import BAD_NAME, CLASSES, write_images
 from helpers.train import STRAIGHT_RUN, make_image_folder, tiny_config
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _plain_cpu_path() -> None:
+    """Classifiers on the CPU run the plain model unless a test says otherwise: choosing the CPU
+    path measures each architecture (seconds) and caches the answer in the user's cache folder.
+    tests/test_cpu_path.py tests the choice itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EFFNET_CPU_PATH", "eager")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_test() -> None:
     """Each test starts from the same seed and with no compiled code or recompile history

@@ -232,12 +232,12 @@ def test_classifier_fast_path_gives_the_same_probabilities() -> None:
     images = torch.randn(2, 3, 40, 40)
     eager = Classifier(model, class_names=list("abcde"), device="cpu")
     fast = Classifier(model, class_names=list("abcde"), device="cpu", fast=True)
-    assert eager.runner is None  # the CPU default keeps the eager model
+    assert eager.runner is None  # EFFNET_CPU_PATH=eager (conftest): the plain model
     assert isinstance(fast.runner, PreparedModel)
     torch.testing.assert_close(fast.probabilities(images), eager.probabilities(images), rtol=1e-4, atol=1e-5)
 
 
-def test_a_default_fast_path_that_fails_falls_back_with_a_warning() -> None:
+def test_a_default_fast_path_that_fails_falls_back_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _trained_looking(NETWORKS["b0"]())
     images = torch.randn(2, 3, 40, 40)
     expected = Classifier(model, class_names=list("abcde"), device="cpu").probabilities(images)
@@ -245,11 +245,13 @@ def test_a_default_fast_path_that_fails_falls_back_with_a_warning() -> None:
     def broken(batch: torch.Tensor) -> torch.Tensor:  # as a kernel that does not compile for this GPU
         raise RuntimeError("PTX for sm_120 is not supported\nmore detail")
 
-    chosen = Classifier(model, class_names=list("abcde"), device="cpu")  # fast=None, as on CUDA by default
+    monkeypatch.setenv("EFFNET_CPU_PATH", "prepared")  # as if measured fastest here
+    chosen = Classifier(model, class_names=list("abcde"), device="cpu")
+    assert chosen.inference_path == "prepared (fp32)"
     chosen.runner = broken
-    with pytest.warns(RuntimeWarning, match=r"fast inference path failed on cpu \(RuntimeError: PTX for sm_120"):
+    with pytest.warns(RuntimeWarning, match=r"prepared inference path failed on cpu \(RuntimeError: PTX for sm_120"):
         torch.testing.assert_close(chosen.probabilities(images), expected)
-    assert chosen.runner is None  # from then on the model runs as it is
+    assert chosen.runner is None and chosen.inference_path == "eager"  # from then on the model runs as it is
     asked = Classifier(model, class_names=list("abcde"), device="cpu", fast=True)
     asked.runner = broken
     with pytest.raises(RuntimeError, match="sm_120"):  # asked for explicitly: the failure goes through
@@ -258,6 +260,7 @@ def test_a_default_fast_path_that_fails_falls_back_with_a_warning() -> None:
 
 def test_a_default_fast_path_that_cannot_be_prepared_falls_back_with_a_warning(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    import effnet.cpu_path
     import effnet.infer
 
     def cannot_prepare(*args: object, **kwargs: object) -> None:  # as a device without memory for the copy
@@ -267,8 +270,9 @@ def test_a_default_fast_path_that_cannot_be_prepared_falls_back_with_a_warning(
     images = torch.randn(2, 3, 40, 40)
     expected = Classifier(model, class_names=list("abcde"), device="cpu").probabilities(images)
     monkeypatch.setattr(effnet.infer, "prepare_for_inference", cannot_prepare)
-    monkeypatch.setattr(effnet.infer, "_fast_by_default", lambda device, model: True)  # as on CUDA
-    with pytest.warns(RuntimeWarning, match=r"fast inference path failed on cpu \(OutOfMemoryError: CUDA out"):
+    monkeypatch.setattr(effnet.cpu_path, "prepare_for_inference", cannot_prepare)
+    monkeypatch.setenv("EFFNET_CPU_PATH", "prepared")  # as if measured fastest here
+    with pytest.warns(RuntimeWarning, match=r"prepared inference path failed on cpu \(OutOfMemoryError: CUDA out"):
         chosen = Classifier(model, class_names=list("abcde"), device="cpu")
     assert chosen.runner is None
     torch.testing.assert_close(chosen.probabilities(images), expected)

@@ -134,3 +134,22 @@ def test_check_output_file_accepts_a_new_file_in_a_new_folder(tmp_path):
     assert files.check_output_file(tmp_path / "new" / "deeper" / "p.csv", (".csv",)) == \
         tmp_path / "new" / "deeper" / "p.csv"
     assert not (tmp_path / "new").exists()
+
+
+def test_a_work_folder_is_removed_after_use_and_dead_runs_leftovers_by_the_next(tmp_path) -> None:
+    dead = tmp_path / ".run-dead"
+    dead.mkdir()
+    (dead / files.OWNER_LOCK).touch()  # its owner is gone: nobody holds the lock
+    (dead / "model.onnx").write_bytes(b"half")
+    old, young = tmp_path / ".run-old", tmp_path / ".run-young"  # no lock file: judged by age
+    old.mkdir()
+    young.mkdir()
+    os.utime(old, (1, 1))
+    (tmp_path / "mine").mkdir()
+    with files.work_folder(tmp_path, ".run-") as live:
+        assert not dead.exists() and not old.exists() and young.exists()
+        (live / "built").mkdir()
+        (live / "built" / "a.txt").write_text("whole")
+        assert files.remove_dead_work_folders(tmp_path, ".run-") == []  # a live owner's folder stays
+        files.publish_folder(live / "built", tmp_path / "mine")  # onto an empty folder, in one rename
+    assert not live.exists() and (tmp_path / "mine" / "a.txt").read_text() == "whole"

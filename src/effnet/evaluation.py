@@ -46,7 +46,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
     """Evaluate a run's ``.pt``, our ``.safetensors`` or a run directory on the images of
     :func:`evaluation_dataset`; returns the metrics (with the misclassified files in
     ``mistakes``), the model's class names and the model. ``decode`` as ``data.decode`` in
-    training: ``auto`` decodes JPEGs on a CUDA device (:mod:`effnet.data.device_decode`).
+    training (:func:`effnet.data.device_decode.decodes_on_device`).
 
     Classes are matched by name, so the data may list them in another order or hold only some.
     """

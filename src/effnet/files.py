@@ -4,7 +4,10 @@ Every file effnet writes (checkpoints, models, exports, reports, downloads) goes
 :func:`atomic_write`: the bytes go to a temporary file beside the target, are flushed to
 disk, and the temporary file is renamed over the target, so the target is always either
 the old file or the new one, whole. :func:`publish` is that commit point on its own, for a
-file that was written elsewhere first (a resumable download).
+file that was written elsewhere first (a resumable download). A folder of several files (a ship
+folder) is built whole in a :func:`work_folder` beside its destination and moved into place in
+one rename by :func:`publish_folder`; the work folders of processes killed meanwhile are removed
+by the next one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import contextlib
 import errno
 import os
 import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -184,3 +189,75 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+OWNER_LOCK = ".owner.lock"
+"""A file in each :func:`work_folder`, locked by the process that owns the folder while it runs."""
+UNLOCKED_GRACE_S = 600.0
+"""A work folder without an owner's lock (made by an older effnet, or by a process killed before
+it took the lock) is taken for a dead run's leftover once it is this old."""
+
+
+@contextlib.contextmanager
+def work_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
+    """A hidden folder ``<prefix>*`` in ``parent`` (the destination's file system, so that
+    :func:`publish_folder` is one rename), owned by this process for the block and removed after
+    it. Leftovers of dead processes with the same prefix (killed -9, power lost) are removed
+    first: a folder whose owner's lock can be taken has no live owner."""
+    parent = Path(parent)
+    remove_dead_work_folders(parent, prefix)
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        with open(work / OWNER_LOCK, "w") as handle:
+            _try_lock(handle)
+            yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_dead_work_folders(parent: str | Path, prefix: str) -> list[Path]:
+    """Remove the :func:`work_folder` leftovers of dead processes in ``parent``; returns them."""
+    dead = []
+    for folder in Path(parent).glob(f"{prefix}*"):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        lock = folder / OWNER_LOCK
+        try:
+            with open(lock, "r+") as handle:
+                alive = not _try_lock(handle)
+        except FileNotFoundError:
+            alive = time.time() - folder.stat().st_mtime < UNLOCKED_GRACE_S
+        except OSError:
+            continue  # not ours to judge (permissions): leave it
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+            dead.append(folder)
+    return dead
+
+
+def _try_lock(handle: IO) -> bool:
+    """Take an exclusive lock on ``handle`` without waiting; False when another process holds it.
+    Where ``fcntl`` does not exist (Windows) every lock is taken (only unlocked leftovers are removed)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def publish_folder(folder: str | Path, destination: str | Path) -> Path:
+    """The commit point for a folder: make its files durable, then rename ``folder`` to
+    ``destination`` (absent, or an empty folder) in one step, so that ``destination`` is either
+    absent (or empty) or whole."""
+    folder, destination = Path(folder), Path(destination)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+    os.replace(folder, destination)
+    _fsync_dir(destination.parent)
+    return destination

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from effnet_runtime.portable import prediction_record
 
-from .accelerate import CudaGraphRunner, PreparedModel, prepare_for_inference
+from .accelerate import prepare_for_inference
+from .cpu_path import CpuPathChoice, build_cpu_path, choose_cpu_path
 from .data.device_decode import DeviceBatchTransform, decodes_on_device, read_jpeg_bytes
 from .data.images import ImageReadError, load_image, to_rgb
 from .data.transforms import eval_transforms
@@ -196,18 +197,24 @@ class Classifier:
     ``amp``: ``None`` (full precision), ``"bf16"`` or ``"fp16"`` autocast. ``tta_flip``: average
     the probabilities of each image and its horizontal mirror. ``decode``: where
     :meth:`predict_batch` decodes JPEG files: ``cpu``, ``gpu`` (the device, in batches, see
-    :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices). ``fast``: run
-    through :func:`effnet.accelerate.prepare_for_inference` (BatchNorm folded, fused kernels,
-    CUDA graphs on CUDA; the precision is ``amp``'s, fp32 without it) and keep ``model`` as it
-    is; ``None``: on CUDA devices, for an EfficientNet, and should the fast path fail there (a
-    kernel that does not compile for this GPU, a graph that cannot be captured), a warning says
-    so and the model runs as it is from then on; ``True`` lets such a failure through.
+    :mod:`effnet.data.device_decode`; not yet measured on a GPU) or ``auto`` (``cpu`` until it is).
+
+    How the network runs (``model`` itself is kept as it is): ``fast=True`` takes the fast path,
+    :func:`effnet.accelerate.prepare_for_inference` (BatchNorm folded, fused kernels, CUDA graphs
+    on CUDA; the precision is ``amp``'s, fp32 without it); ``fast=False`` the plain model.
+    ``fast=None`` (default): on the CPU, for an EfficientNet without ``amp``, the CPU path of
+    :mod:`effnet.cpu_path` that measured fastest on this machine (cached; ``cpu_path`` or
+    ``$EFFNET_CPU_PATH`` pins one: ``eager``, ``channels_last``, ``prepared``, ``onednn-graph``,
+    ``compiled``, ``prepared-bf16``); on CUDA, the plain model, since the GPU fast path has not
+    been measured on a GPU yet. Should a path chosen by default fail, a warning says so and the
+    model runs as it is from then on; an explicit ``fast=True`` or ``cpu_path`` lets the failure
+    through. :attr:`inference_path` names what runs.
     """
 
     def __init__(self, model: nn.Module, class_names: Sequence[str] | None = None,
                  preprocessing: Preprocessing | None = None, device: str | torch.device | None = None,
                  amp: str | None = None, tta_flip: bool = False, decode: str = "auto",
-                 fast: bool | None = None) -> None:
+                 fast: bool | None = None, cpu_path: str | None = None) -> None:
         check_amp(amp)
         description = model.description if isinstance(model, EfficientNet) else None
         if preprocessing is None:
@@ -231,20 +238,17 @@ class Classifier:
         self.num_classes: int | None = num_classes or (len(class_names) if class_names is not None else None)
         self.amp = amp
         self.tta_flip = tta_flip
-        self.fast_fallback = fast is None
-        if fast is None:
-            fast = _fast_by_default(self.device, model)
-        if fast and not isinstance(model, EfficientNet):
-            raise ConfigError(f"the fast path runs an effnet EfficientNet, not a {type(model).__name__}; "
-                              "use fast=False")
-        self.runner: PreparedModel | CudaGraphRunner | None = None
-        if fast:
-            try:
-                self.runner = prepare_for_inference(model, self.device, AMP_DTYPES[amp] if amp else torch.float32)
-            except Exception as error:
-                if not self.fast_fallback:
-                    raise
-                self._fast_path_failed(error, stacklevel=3)  # e.g. no device memory left for the prepared copy
+        self.fast_fallback = fast is None and cpu_path is None
+        self.cpu_path_choice: CpuPathChoice | None = None
+        self.runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+        try:
+            self.runner = self._runner(model, fast, cpu_path)
+        except EffnetError:
+            raise
+        except Exception as error:
+            if not self.fast_fallback:
+                raise
+            self._fast_path_failed(error, stacklevel=3)  # e.g. no device memory left for the prepared copy
         self.transform = eval_transforms(preprocessing)
         self.device_decoder = DeviceBatchTransform(self.transform, self.device) \
             if decodes_on_device(decode, self.device) else None
@@ -253,6 +257,35 @@ class Classifier:
                           "class_1, ...). Pass class_names=[...], or save the checkpoint with its class names, "
                           "to get names",
                           MissingClassNamesWarning, stacklevel=2)
+
+    def _runner(self, model: nn.Module, fast: bool | None, cpu_path: str | None
+                ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What computes the logits instead of ``model`` itself (None: the model does)."""
+        if cpu_path is not None and (self.device.type != "cpu" or fast is False):
+            raise ConfigError(f"cpu_path={cpu_path!r} chooses how the model runs on the CPU; it does not apply "
+                              f"with device {self.device}" + (" and fast=False" if fast is False else ""))
+        if fast is None and (self.device.type != "cpu" or self.amp is not None) or fast is False:
+            return None
+        if not isinstance(model, EfficientNet):
+            if fast is None:
+                return None
+            raise ConfigError(f"the fast path runs an effnet EfficientNet, not a {type(model).__name__}; "
+                              "use fast=False")
+        if self.device.type == "cpu" and (fast is None or cpu_path is not None):
+            self.cpu_path_choice = choose_cpu_path(model, cpu_path)
+            path = self.cpu_path_choice.path
+            return None if path == "eager" else build_cpu_path(model, path)
+        return prepare_for_inference(model, self.device, AMP_DTYPES[self.amp] if self.amp else torch.float32)
+
+    @property
+    def inference_path(self) -> str:
+        """What computes the logits: ``eager`` (the model as it is), a CPU path of
+        :mod:`effnet.cpu_path` with its precision, or ``fast`` (the GPU fast path)."""
+        if self.runner is None:
+            return "eager" + (f" ({self.amp} autocast)" if self.amp else "")
+        if self.cpu_path_choice is not None:
+            return f"{self.cpu_path_choice.path} ({self.cpu_path_choice.precision})"
+        return f"fast ({self.amp or 'fp32'})"
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -303,41 +336,48 @@ class Classifier:
         return prepare_image(image, self.transform)
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, classes)`` (float32, on the CPU) of a preprocessed ``NxCxHxW`` batch."""
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The logits ``(N, classes)``, on the device, of a preprocessed ``NxCxHxW`` batch, through
+        :attr:`inference_path` (without ``tta_flip``)."""
         if batch.dim() != 4 or not batch.is_floating_point():
             raise ConfigError(f"expected a preprocessed float batch NxCxHxW, got {batch.dtype} {list(batch.shape)}")
         batch = batch.to(self.device, non_blocking=True)
-        if self.tta_flip:
-            batch = torch.cat([batch, batch.flip(3)])
         logits = self._fast_logits(batch) if self.runner is not None else None
         if logits is None:
             with autocast_context(self.device, self.amp):
                 logits = self.model(batch)
-        probabilities = logits.float().softmax(dim=1)
+        return logits
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, classes)`` (float32, on the CPU) of a preprocessed ``NxCxHxW`` batch."""
+        if self.tta_flip and batch.dim() == 4:
+            batch = torch.cat([batch, batch.flip(3)])
+        probabilities = self.logits(batch).float().softmax(dim=1)
         if self.tta_flip:
             original, mirrored = probabilities.chunk(2)
             probabilities = (original + mirrored) / 2
         return probabilities.cpu()
 
     def _fast_logits(self, batch: torch.Tensor) -> torch.Tensor | None:
-        """The fast path's logits; ``None`` once it failed where it was chosen by default."""
-        assert self.runner is not None, "called only when the fast path was chosen"
+        """The runner's logits; ``None`` once it failed where it was chosen by default."""
+        assert self.runner is not None, "called only when a runner was chosen"
         try:
             return self.runner(batch)
         except Exception as error:
             if not self.fast_fallback or isinstance(error, EffnetError):
                 raise
-            self._fast_path_failed(error, stacklevel=5)  # past probabilities and its decorator
+            self._fast_path_failed(error, stacklevel=5)  # past logits and its decorator
             return None
 
     def _fast_path_failed(self, error: Exception, stacklevel: int) -> None:
-        """Warn that the fast path, chosen by default, failed; the model runs as it is from then on."""
-        reason = first_line(error)
-        warnings.warn(f"the fast inference path failed on {self.device} ({type(error).__name__}: {reason}); "
-                      "running the model as it is from now on (pass fast=False, or --no-fast, to skip it)",
-                      RuntimeWarning, stacklevel=stacklevel)
+        """Warn that the path chosen by default failed; the model runs as it is from then on."""
+        path = self.cpu_path_choice.path if self.cpu_path_choice is not None else "fast"
+        warnings.warn(f"the {path} inference path failed on {self.device} ({type(error).__name__}: "
+                      f"{first_line(error)}); running the model as it is from now on (pass fast=False, or "
+                      "--no-fast, to skip it)", RuntimeWarning, stacklevel=stacklevel)
         self.runner = None
+        self.cpu_path_choice = None
 
     def _decode_on_device(self, batch: list[tuple[torch.Tensor | None, str | None]],
                           names: list[str]) -> list[tuple[torch.Tensor | None, str | None]]:
@@ -401,11 +441,6 @@ class Classifier:
                     results[position] = Prediction(names[position], top, indices)
             yield from cast(list[Prediction], results)  # every position was filled
             start += len(batch)
-
-
-def _fast_by_default(device: torch.device, model: nn.Module) -> bool:
-    """Whether a :class:`Classifier` takes the fast path when not told: an EfficientNet on CUDA."""
-    return device.type == "cuda" and isinstance(model, EfficientNet)
 
 
 def _stored_num_classes(path: Path) -> int:

@@ -178,13 +178,15 @@ def test_cli_bench_writes_csv_markdown_and_plots(tmp_path, capsys):
         assert int(record["macs"]) == count_macs(network, 32)
         assert (record["batch"], record["resolution"], record["device"], record["status"]) == ("1", "32", "cpu", "ok")
         assert float(record["latency_p90_ms"]) >= float(record["latency_median_ms"]) > 0
-        assert float(record["throughput_img_s"]) == pytest.approx(1000 / float(record["latency_median_ms"]), rel=1e-3)
+        assert float(record["throughput_img_s"]) == pytest.approx(1000 / float(record["latency_median_ms"]), rel=1e-3,
+                                                                abs=1e-3)  # rounded to 3 decimals
         assert float(record["peak_memory_mib"]) > 0
     assert float(records["efficientnet_b0"]["top1"]) == published_top1("efficientnet_b0") == 77.692
     assert float(records["mobilenet_v2"]["top1"]) == torchvision_top1("mobilenet_v2")
 
     markdown = (out / "bench.md").read_text()
-    assert "| efficientnet_b0 | effnet | 1 | 32 | 77.69 | 5.29 |" in markdown
+    assert "| efficientnet_b0 | effnet (eager) | 1 | 32 | 77.69 | 5.29 |" in markdown  # EFFNET_CPU_PATH (conftest)
+    assert records["efficientnet_b0"]["path"] == "eager" and records["mobilenet_v2"]["path"] == ""
     assert all(_png(out / name) for name in PLOTS)
 
 
@@ -205,8 +207,16 @@ def test_cli_bench_refuses_an_unusable_output_folder_before_running(tmp_path, ca
     assert f"cannot create the output folder {blocker / 'report'}" in capsys.readouterr().err
 
 
-def test_bench_times_the_fast_path_by_default_on_cuda_only():
-    from effnet.cli.bench import _fast_default
-    assert _fast_default(None, "cuda:0") and _fast_default(None, "cuda")
-    assert not _fast_default(None, "cpu") and not _fast_default(None, "not-a-device")
-    assert _fast_default(True, "cpu") and not _fast_default(False, "cuda")
+def test_cli_bench_times_ours_through_the_cpu_path_a_classifier_takes(tmp_path, monkeypatch):
+    import effnet.cli.bench as bench_cli
+
+    built = []
+    real = bench_cli.build_cpu_path
+    monkeypatch.setattr(bench_cli, "build_cpu_path", lambda network, path: built.append(path) or real(network, path))
+    assert main(["bench", "--models", "efficientnet_b0,mobilenet_v2", "--resolution", "32", "--batch", "1",
+                 "--iterations", "1", "--min-iterations", "1", "--warmup", "1", "--cpu-path", "prepared",
+                 "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "bench.csv") as handle:
+        assert [(r["model"], r["path"]) for r in csv.DictReader(handle)] == [("efficientnet_b0", "prepared"),
+                                                                           ("mobilenet_v2", "")]
+    assert built == ["prepared"]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +69,14 @@ def data(tmp_path_factory):
             "eval": write_images(root / "eval", seed=1), "odd": odd}
 
 
-def ship_cli(data, target: str, out: Path, *extra: str) -> int:
+UNTRAINED = ("--min-top1", "0", "--min-agreement", "0")
+"""The gate's flags for the tiny untrained models these tests ship: their top-1 is at chance level
+and their INT8 answers may differ from fp32's, which the gate would otherwise refuse."""
+
+
+def ship_cli(data, target: str, out: Path, *extra: str, gate: tuple[str, ...] = UNTRAINED) -> int:
     return main(["ship", "--checkpoint", str(data["checkpoint"]), "--target", target, "--calib", str(data["calib"]),
-                 "--eval", str(data["eval"]), "--out", str(out), *extra])
+                 "--eval", str(data["eval"]), "--out", str(out), *gate, *extra])
 
 
 def test_onnxruntime_folder_predicts_without_torch_like_effnet_predict(data, tmp_path, capsys):
@@ -86,7 +93,8 @@ def test_onnxruntime_folder_predicts_without_torch_like_effnet_predict(data, tmp
     assert json.loads((out / "labels.json").read_text()) == CLASSES
     assert Preprocessing.from_dict(json.loads((out / "preprocessing.json").read_text())) == data["model"].preprocessing
     report, page = (out / "report.md").read_text(), (out / "report.html").read_text()
-    assert "| fp32 reference (onnxruntime) |" in report and "latency b1 ms" in report
+    assert "| fp32 reference (onnxruntime) |" in report and "latency b1 ms (p10-p90)" in report
+    assert "load average" in report and "timed in turns, round after round" in report
     assert "effnet ship --checkpoint" in report and "onnxruntime " in report.split("Versions:")[1]
     assert page.count("data:image/png;base64,") == 2 and 'src="http' not in page and "confusion.png" not in page
 
@@ -168,8 +176,9 @@ def test_a_model_losing_more_than_max_drop_is_not_shipped_and_remedies_are_named
     out = tmp_path / "refused"
     assert ship_cli(lossy_int8, "onnxruntime-int8", out, "--no-speed") == 2
     err = capsys.readouterr().err
-    assert "refused to ship efficientnet_b0 as onnxruntime-int8: it loses 50.00 top-1 points" in err
-    assert "fp32 66.67% -> 16.67%" in err and "nothing was written" in err
+    assert "refused to ship efficientnet_b0 as onnxruntime-int8: on " in err
+    assert "(fp32 66.67% -> 16.67%, agreement 0.00%) it loses 50.00 top-1 points, more than --max-drop 1" in err
+    assert "nothing was written" in err
     for remedy in ("--keep-float stem", "quantization-aware training", "a Lite variant", "--target onnxruntime (fp32)",
                    "--auto-remedy"):
         assert remedy in err
@@ -182,8 +191,9 @@ def test_auto_remedy_tries_each_remedy_and_ships_the_first_within_the_drop(lossy
     assert ship_cli(lossy_int8, "onnxruntime-int8", out, "--no-speed", "--auto-remedy",
                     "--remedies", "keep-float-stem,fp32") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == ["not shipped: onnxruntime-int8 loses 50.00 top-1 points",
-                         "not shipped: onnxruntime-int8, float stem loses 50.00 top-1 points"]
+    assert lines[:2] == ["not shipped: onnxruntime-int8: it loses 50.00 top-1 points, more than --max-drop 1",
+                         "not shipped: onnxruntime-int8, float stem: it loses 50.00 top-1 points, more than "
+                         "--max-drop 1"]
     assert lines[2].startswith("shipped efficientnet_b0 as onnxruntime to")
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["target"], manifest["precision"]) == ("onnxruntime", "fp32")
@@ -217,3 +227,80 @@ def test_auto_remedy_by_quantization_aware_training_ships_int8(lossy_int8, tmp_p
     assert (manifest["precision"], manifest["quantization"], manifest["keep_float"]) == ("int8", "PT2E QAT", ["stem"])
     assert manifest["agreement"] == 1.0
     assert len(run_predict(out, lossy_int8["eval"])) == 6
+
+
+def _constant(tmp_path: Path, answer: int) -> Path:
+    """A checkpoint whose every answer is class ``answer``: a constant predictor."""
+    model = tiny_model()
+    model.describe(class_names=CLASSES)
+    with torch.no_grad():
+        model.classifier.bias[answer] += 50
+    return save_model(model, tmp_path / f"constant{answer}.safetensors")
+
+
+def test_a_model_at_chance_level_is_refused_unless_min_top1_says_otherwise(data, tmp_path, capsys):
+    checkpoint = _constant(tmp_path, 2)  # 4 of the 12 evaluation images are 2s: top-1 33.33%, chance for 3 classes
+    common = ["ship", "--checkpoint", str(checkpoint), "--target", "onnxruntime", "--eval", str(data["eval"]),
+              "--no-speed"]
+    assert main([*common, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "the fp32 model itself is no better than a constant guess (its top-1 33.33% is below 38.33%, chance " \
+           "(33.33% for 3 classes) plus 5 points)" in err
+    assert "--min-top1 0 ships it anyway" in err and not (tmp_path / "refused").exists()
+    assert main([*common, "--out", str(tmp_path / "shipped"), "--min-top1", "0"]) == 0
+    assert json.loads((tmp_path / "shipped" / "manifest.json").read_text())["top1"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+def test_int8_that_changes_many_answers_is_refused_on_agreement(data, tmp_path, monkeypatch, capsys):
+    checkpoint = _constant(tmp_path, 2)
+    other = tiny_model()
+    with torch.no_grad():
+        other.classifier.bias[0] += 50  # "INT8" answers 0 wherever fp32 answers 2: same top-1, no agreement
+    monkeypatch.setattr(ship_module, "quantize_onnx",
+                        lambda fp32, out, calibration, recipe: export_model(other, out, "onnx").path)
+    common = ["ship", "--checkpoint", str(checkpoint), "--target", "onnxruntime-int8", "--calib", str(data["calib"]),
+              "--eval", str(data["eval"]), "--no-speed", "--min-top1", "30"]
+    assert main([*common, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "(fp32 33.33% -> 33.33%, agreement 0.00%) 100.00% of its answers differ from fp32's (agreement 0.00%, " \
+           "below --min-agreement 97%)" in err
+    assert "a lower --min-agreement" in err and "it loses" not in err
+    assert main([*common, "--out", str(tmp_path / "shipped"), "--min-agreement", "0"]) == 0
+
+
+def test_a_registry_model_with_an_eval_folder_of_other_classes_is_refused(data, tmp_path, capsys):
+    assert main(["ship", "--checkpoint", "efficientnet_lite0", "--target", "onnxruntime", "--eval", str(data["eval"]),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"classes in {data['eval']} differ from the model's classes (1000 classes): missing " in err
+    assert "not in the model's classes: 0, 1, 2. The folder needs one class folder per class of the model" in err
+    assert "training data" not in err
+
+
+def test_gate_flags_are_checked(data, tmp_path, capsys):
+    for flag, value in (("--min-agreement", "101"), ("--min-top1", "nan"), ("--max-drop", "nan")):
+        assert ship_cli(data, "onnxruntime", tmp_path / "out", flag, value) == 2
+        assert flag in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_ship_killed_mid_way_leaves_no_folder_and_the_next_ship_removes_its_leftovers(data, tmp_path):
+    out = tmp_path / "ship"
+    command = [sys.executable, "-m", "effnet", "ship", "--checkpoint", str(data["checkpoint"]), "--target",
+               "onnxruntime", "--eval", str(data["eval"]), "--out", str(out), "--no-speed", *UNTRAINED]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    # Killed while the folder is being written (manifest and model there, the reports not yet).
+    while not list(tmp_path.glob(f"{ship_module.WORK_PREFIX}*/folder/manifest.json")):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    leftovers = list(tmp_path.glob(f"{ship_module.WORK_PREFIX}*"))
+    assert len(leftovers) == 1 and not out.exists()
+    assert ship_cli(data, "onnxruntime", out, "--no-speed") == 0
+    assert not leftovers[0].exists() and not list(tmp_path.glob(f"{ship_module.WORK_PREFIX}*"))
+    assert {"manifest.json", "model.onnx", "report.md", "report.html"} <= {p.name for p in out.iterdir()}

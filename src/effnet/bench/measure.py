@@ -3,7 +3,9 @@ throughput and peak memory (by running it)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import math
 import statistics
 import time
@@ -73,12 +75,14 @@ def summarize(name: str | EfficientNetConfig, num_classes: int = 1000, resolutio
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Wall-clock time of repeated calls that each process ``batch_size`` images."""
+    """Wall-clock time of repeated calls that each process ``batch_size`` images (``p10_ms``:
+    None where only the median and p90 were kept)."""
 
     median_ms: float
     p90_ms: float
     iterations: int
     batch_size: int
+    p10_ms: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -90,11 +94,20 @@ class LatencyStats:
         if not seconds:
             raise ConfigError("no timed calls to summarize")
         ordered = sorted(seconds)
-        return cls(1000.0 * statistics.median(ordered), 1000.0 * _quantile(ordered, 0.9), len(ordered), batch_size)
+        return cls(1000.0 * statistics.median(ordered), 1000.0 * quantile(ordered, 0.9), len(ordered), batch_size,
+                   1000.0 * quantile(ordered, 0.1))
+
+    def spread(self) -> str:
+        """The median with its p10-p90 range, in ms."""
+        low = f"{self.p10_ms:.2f}" if self.p10_ms is not None else "?"
+        return f"{self.median_ms:.2f} ({low}-{self.p90_ms:.2f})"
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    """The q-quantile of sorted values, interpolating linearly between neighbours."""
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile of ``values``, interpolating linearly between sorted neighbours."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ConfigError("no values to take a quantile of")
     position = q * (len(ordered) - 1)
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
@@ -200,6 +213,51 @@ def time_interleaved(calls: Mapping[str, Callable[[], object]], rounds: int = 5,
     return times
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """Callables timed in turns, round after round: the median seconds of each one's calls in
+    each round, and whether the ratios to the reference settled (spread small) before the cap."""
+
+    seconds: dict[str, list[float]]
+    settled: bool
+
+    def ratios(self, name: str, reference: str) -> list[float]:
+        """``name``'s time over the reference's, one per round (both timed in that round)."""
+        return [a / b for a, b in zip(self.seconds[name], self.seconds[reference], strict=True)]
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """(p90 - p10) / p50: how widely repeated measurements scatter, relative to their median."""
+    return (quantile(values, 0.9) - quantile(values, 0.1)) / quantile(values, 0.5)
+
+
+def time_rounds(calls: Mapping[str, Callable[[], object]], reference: str, max_seconds: float,
+                small_spread: float = 0.10, min_rounds: int = 5, round_seconds: float = 0.2,
+                pause: float = 0.0) -> Rounds:
+    """Time ``calls`` in turns (:func:`time_interleaved`), one round at a time, until the ratio
+    of every callable to ``reference`` has a :func:`relative_spread` of at most ``small_spread``
+    over at least ``min_rounds`` rounds, or ``max_seconds`` have passed (then ``settled`` is
+    False). Each round makes as many calls of each callable as fill about ``round_seconds``."""
+    names = list(calls)
+    first = time_interleaved(calls, rounds=1, calls_per_round=1, warmup=1, pause=pause)
+    per_call = sum(seconds[0] for seconds in first.values())
+    calls_per_round = int(min(10, max(1, round_seconds // max(per_call, 1e-9))))
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    began = time.perf_counter()
+    while True:
+        order = names if len(seconds[reference]) % 2 == 0 else names[::-1]
+        times = time_interleaved({name: calls[name] for name in order}, rounds=1, calls_per_round=calls_per_round,
+                                 warmup=0, pause=pause)
+        for name in names:
+            seconds[name].append(statistics.median(times[name]))
+        rounds = Rounds(seconds, settled=False)
+        if len(seconds[reference]) >= min_rounds:
+            if all(relative_spread(rounds.ratios(name, reference)) <= small_spread for name in names):
+                return Rounds(seconds, settled=True)
+            if time.perf_counter() - began >= max_seconds:
+                return rounds
+
+
 def tensor_bytes(*items: nn.Module | torch.Tensor) -> int:
     """Bytes held by tensors and by modules' parameters and buffers."""
     total = 0
@@ -241,6 +299,14 @@ def resident_memory() -> int | None:
         return _status_bytes("VmRSS")
     except OSError:
         return None
+
+
+def release_free_memory() -> None:
+    """Hand memory that the C allocator keeps but no longer uses back to the system (glibc's
+    ``malloc_trim``), so that resident memory measured next grows by what is allocated then
+    instead of reusing pages freed earlier unseen. A no-op without glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _reset_peak_rss() -> bool:

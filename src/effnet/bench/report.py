@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..table import format_markdown, format_table
 from .runner import BenchRow
 
-CSV_COLUMNS = ("model", "source", "device", "dtype", "batch", "resolution", "top1", "params", "macs",
+CSV_COLUMNS = ("model", "source", "path", "device", "dtype", "batch", "resolution", "top1", "params", "macs",
                "latency_median_ms", "latency_p90_ms", "throughput_img_s", "peak_memory_mib", "iterations",
                "status")
 """The columns of ``bench.csv``: raw values, one row per network and batch size."""
@@ -35,8 +35,8 @@ def csv_record(row: BenchRow) -> dict[str, object]:
     """A row's raw values under :data:`CSV_COLUMNS` (empty where not measured)."""
     latency = row.latency
     return {
-        "model": row.model, "source": row.source, "device": row.device, "dtype": row.dtype, "batch": row.batch,
-        "resolution": row.resolution, "top1": row.top1, "params": row.params, "macs": row.macs,
+        "model": row.model, "source": row.source, "path": row.path, "device": row.device, "dtype": row.dtype,
+        "batch": row.batch, "resolution": row.resolution, "top1": row.top1, "params": row.params, "macs": row.macs,
         "latency_median_ms": latency and round(latency.median_ms, 4),
         "latency_p90_ms": latency and round(latency.p90_ms, 4),
         "throughput_img_s": latency and round(latency.throughput, 3),
@@ -52,7 +52,8 @@ def display_cells(row: BenchRow) -> list[object]:
     def number(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
-    return [row.model, row.source, row.batch, row.resolution, number(row.top1, 2),
+    source = f"{row.source} ({row.path})" if row.path else row.source
+    return [row.model, source, row.batch, row.resolution, number(row.top1, 2),
             number(row.params and row.params / 1e6, 2), number(row.macs and row.macs / 1e9, 3),
             number(latency and latency.median_ms, 2), number(latency and latency.p90_ms, 2),
             number(latency and latency.throughput, 1),

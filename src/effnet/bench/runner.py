@@ -25,6 +25,8 @@ DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "
 OUT_OF_MEMORY = "out of memory"
 FAST_SOURCE = "effnet-fast"
 """The source of the rows timing our networks through :func:`effnet.accelerate.prepare_for_inference`."""
+OursRunner = Callable[[nn.Module], tuple[str, Callable[[torch.Tensor], object]]]
+"""For one of our networks on the CPU: the name of the path it runs through, and what to call."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class BenchSettings:
     top-1 stays the one measured at the native size. ``fast`` adds, after each of our networks'
     rows, rows of the same network through the fast inference path (source ``effnet-fast``:
     BatchNorm folded, fused kernels, CUDA graphs on CUDA, weights in ``dtype``; with ``compile``,
-    compiled around the kernels).
+    compiled around the kernels). ``ours``: how our networks run on the CPU in fp32 without
+    ``compile`` (``effnet bench`` passes the path chosen for this machine, :mod:`effnet.cpu_path`,
+    named in the rows' ``path``); None: as they are.
     """
 
     device: str = "cpu"
@@ -46,6 +50,7 @@ class BenchSettings:
     resolution: int | None = None
     timing: TimingBudget = field(default_factory=TimingBudget)
     fast: bool = False
+    ours: OursRunner | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -81,6 +86,8 @@ class BenchRow:
     latency: LatencyStats | None = None
     peak_memory: int | None = None
     status: str = "ok"
+    path: str = ""
+    """How one of our networks ran on the CPU (a path of :mod:`effnet.cpu_path`); empty otherwise."""
 
     @property
     def ok(self) -> bool:
@@ -151,17 +158,21 @@ def _bench_model(spec: BenchModel, settings: BenchSettings, bar: tqdm) -> list[B
 
 
 def _build(spec: BenchModel, device: torch.device, resolution: int,
-           settings: BenchSettings) -> tuple[nn.Module, Callable[[torch.Tensor], object], dict[str, int]]:
-    """The network (eval mode, on ``device``), what to call (compiled, prepared or as it is),
-    params and MACs."""
+           settings: BenchSettings) -> tuple[nn.Module, Callable[[torch.Tensor], object], dict[str, object]]:
+    """The network (eval mode, on ``device``), what to call (compiled, prepared, through
+    ``settings.ours`` or as it is), params and MACs (and the path ``settings.ours`` named)."""
     network = spec.build().eval()
-    sizes = {"params": count_params(network), "macs": count_macs(network, resolution)}
+    sizes: dict[str, object] = {"params": count_params(network), "macs": count_macs(network, resolution)}
     if spec.source == FAST_SOURCE:
         dtype = DTYPES[settings.dtype] or torch.float32
         backend = "inductor" if settings.compile else None
         runnable = prepare_for_inference(network, device, dtype, compile_backend=backend)
         return runnable if isinstance(runnable, PreparedModel) else runnable.module, runnable, sizes
     network = network.to(device)
+    if (spec.source == "effnet" and settings.ours is not None and device.type == "cpu" and not settings.compile
+            and settings.dtype == "fp32"):
+        sizes["path"], runnable = settings.ours(network)
+        return network, runnable, sizes
     if settings.channels_last:
         network = network.to(memory_format=torch.channels_last)
     return network, torch.compile(network) if settings.compile else network, sizes

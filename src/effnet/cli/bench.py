@@ -4,13 +4,16 @@ the published top-1, for our networks and the usual peers."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from ..bench.measure import TimingBudget
 from ..bench.peers import DEFAULT_MODELS, resolve
 from ..bench.report import format_rows, output_folder, write_report
-from ..bench.runner import DTYPES, BenchSettings, run_bench
+from ..bench.runner import DTYPES, BenchSettings, OursRunner, run_bench
+from ..cpu_path import CPU_PATHS, build_cpu_path, choose_cpu_path
 from ..errors import ExitCode
 from . import add_command
 
@@ -47,10 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels-last", action="store_true", help="run in the channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile each network (compile time "
                         "is spent in warm-up, not timed)")
-    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--fast", action="store_true",
                         help="also time each of our networks through the fast inference path (BatchNorm folded, "
                              "fused kernels, CUDA graphs on CUDA, weights in --dtype; with --compile, compiled around "
-                             "the kernels): rows of source effnet-fast (default: on CUDA devices)")
+                             "the kernels; not yet measured on a GPU): rows of source effnet-fast")
+    parser.add_argument("--cpu-path", choices=list(CPU_PATHS), default=None,
+                        help="on the CPU, in fp32 without --compile, time our networks through this path instead of "
+                             "the one a Classifier takes by default (measured fastest on this machine, or "
+                             "$EFFNET_CPU_PATH); the rows name the path")
     parser.add_argument("--resolution", type=int, default=None,
                         help="input size for every network instead of each one's native size")
     parser.add_argument("--iterations", type=int, default=30, help="timed calls per run at most (default 30)")
@@ -63,21 +70,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _fast_default(fast: bool | None, device: str) -> bool:
-    """--fast as given; unset: on for CUDA devices (an unknown device is BenchSettings' to refuse)."""
-    if fast is not None:
-        return fast
-    try:
-        return torch.device(device).type == "cuda"
-    except RuntimeError:
-        return False
+def default_path(pinned: str | None) -> OursRunner:
+    """Our networks as a Classifier runs them on the CPU by default: through the path chosen for
+    this machine (:func:`effnet.cpu_path.choose_cpu_path`), or ``pinned``."""
+
+    def run_ours(network: nn.Module) -> tuple[str, Callable[[torch.Tensor], object]]:
+        path = choose_cpu_path(network, pinned).path
+        return path, build_cpu_path(network, path)
+
+    return run_ours
 
 
 def run(args: argparse.Namespace) -> int:
     models = [resolve(name) for name in args.models]
     timing = TimingBudget(args.warmup, args.iterations, args.min_iterations, args.max_seconds)
     settings = BenchSettings(args.device, args.batch, args.dtype, args.channels_last, args.compile,
-                             args.resolution, timing, _fast_default(args.fast, args.device))
+                             args.resolution, timing, args.fast, default_path(args.cpu_path))
     out_dir = output_folder(args.out)
     rows = run_bench(models, settings, progress=True)
     print(format_rows(rows))

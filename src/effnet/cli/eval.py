@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
                         help="where JPEGs are decoded: cpu (loader workers) or gpu (the device, in batches; "
-                             "auto: on CUDA)")
+                             "not yet measured on a GPU); auto: cpu until it is")
     parser.add_argument("--out", help="also write confusion_matrix.png/.csv, per_class.csv and mistakes.csv/.png here")
     parser.set_defaults(func=run)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from ..errors import ExitCode
 from ..pick.search import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
 from . import add_command
 
@@ -17,14 +19,17 @@ def _names(text: str) -> tuple[str, ...]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "pick",
-        description="Measure every candidate (variant x runtime x precision) on this machine, interleaved with a "
-                    "reference (torchvision's B0 in ONNX Runtime fp32), skipping larger siblings of a variant "
-                    "already over the budget and reusing cached measurements; print the table with the Pareto "
-                    "front and the pick, and write pick.csv, pick.md and pick.png to --out.")
-    parser.add_argument("--max-latency-ms", type=float, default=None, help="p50 latency budget per batch (ms)")
-    parser.add_argument("--max-latency-ratio", type=float, default=None,
-                        help="p50 latency budget relative to the reference measured alongside (1.0: as fast as "
-                             "torchvision's B0 in ONNX Runtime fp32); holds on a busy machine too")
+        description="Measure every candidate (variant x runtime x precision) on this machine in interleaved rounds "
+                    "with a reference (torchvision's B0 in ONNX Runtime fp32) until its spread is small, skipping "
+                    "larger siblings of a variant surely over the budget and reusing cached measurements; print the "
+                    "table with the Pareto front, the verdicts (fits, uncertain, over) and the pick, and write "
+                    "pick.csv, pick.md, pick.json and pick.png to --out. Exits 3 when no candidate surely fits.")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--max-latency-ms", type=float, default=None,
+                        help="latency budget per batch (ms): a candidate fits when its p10-p90 is within it")
+    budget.add_argument("--max-latency-ratio", type=float, default=None,
+                        help="latency budget relative to the reference timed alongside (1.0: as fast as torchvision's "
+                             "B0 in ONNX Runtime fp32); holds better on a busy machine")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu"],
                         help="where to run (cpu; the ONNX Runtime and OpenVINO candidates are CPU runtimes)")
@@ -46,14 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calib", default=None, help="calibration images for the checkpoints' INT8 candidates")
     parser.add_argument("--cache-dir", default=None, help="measurement cache (default: effnet's cache folder/pick)")
     parser.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
-    parser.add_argument("--out", default=None, help="folder for pick.csv, pick.md and pick.png")
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="what to print: the table, or the whole result as JSON for scripts (default table)")
+    parser.add_argument("--out", default=None, help="folder for pick.csv, pick.md, pick.json and pick.png")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..pick.report import format_result, write_outputs
+    from ..pick.report import format_result, result_record, write_outputs
     from ..pick.search import PickSettings, pick
 
     if args.threads:
@@ -68,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoints=tuple(args.checkpoint), eval_dir=Path(args.eval) if args.eval else None,
         calib_dir=Path(args.calib) if args.calib else None)
     result = pick(settings, progress=lambda message: print(message, file=sys.stderr, flush=True))
-    print(format_result(result))
+    print(json.dumps(result_record(result), indent=1) if args.format == "json" else format_result(result))
     if args.out:
         for path in write_outputs(result, Path(args.out)):
-            print(f"wrote {path}")
-    return 0
+            print(f"wrote {path}", file=sys.stderr if args.format == "json" else sys.stdout)
+    return ExitCode.OK if result.pick is not None else ExitCode.NOTHING_FITS

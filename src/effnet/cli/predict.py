@@ -7,6 +7,7 @@ import contextlib
 import sys
 import warnings
 
+from ..cpu_path import CPU_PATHS
 from ..data.device_decode import DECODE_MODES
 from ..device import AMP_DTYPES
 from ..errors import ConfigError, ExitCode
@@ -43,11 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=0, help="processes reading images (default 0: this one)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
-                        help="where JPEG files are decoded: cpu, or gpu (the device, in batches; auto: on CUDA)")
+                        help="where JPEG files are decoded: cpu, or gpu (the device, in batches; not yet measured "
+                             "on a GPU); auto: cpu until it is")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), help="mixed-precision autocast")
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                        help="the fast inference path: BatchNorm folded, fused Triton kernels, CUDA graphs, in "
-                             "--amp's precision (default: on with CUDA, off on the CPU)")
+                        help="--fast: the fast inference path (BatchNorm folded, fused kernels, CUDA graphs on CUDA; "
+                             "not yet measured on a GPU), in --amp's precision; --no-fast: the plain model. Default: "
+                             "on the CPU the path measured fastest on this machine (see --cpu-path), on CUDA the "
+                             "plain model")
+    parser.add_argument("--cpu-path", choices=list(CPU_PATHS), default=None,
+                        help="pin how the model runs on the CPU instead of the path measured fastest on this machine "
+                             "(also $EFFNET_CPU_PATH): " + "; ".join(f"{k}: {v}" for k, v in CPU_PATHS.items()))
     parser.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -69,9 +76,12 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         classifier = load_classifier(args.model, args.checkpoint, num_classes=args.num_classes,
                                      device=args.device, amp=args.amp, tta_flip=args.tta, decode=args.decode,
-                                     fast=args.fast)
+                                     fast=args.fast, cpu_path=args.cpu_path)
     for warning in caught:
         print(f"{PREFIX}warning: {warning.message}", file=sys.stderr)
+    choice = classifier.cpu_path_choice
+    if choice is not None and choice.how == "measured":
+        print(f"{PREFIX}{choice.describe()}", file=sys.stderr)
     with atomic_open(out) if out else contextlib.nullcontext(sys.stdout) as stream:
         writer = open_writer(output_format, stream, classifier.model_name)
         try:

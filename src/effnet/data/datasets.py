@@ -40,6 +40,17 @@ _FOLDER_LAYOUT = ("expected DATA/<class name>/<images> (one folder per class), o
                   "with DATA/val/<class name>/..., or a CSV file with a 'path,label' header")
 
 
+TRAINING_CLASSES = "training data"
+"""Where the classes a folder must hold come from: a training split ..."""
+MODEL_CLASSES = "model's classes"
+"""... or the model it is evaluated with."""
+_SAME_CLASSES_REMEDY = {
+    TRAINING_CLASSES: "Every split needs the same class names",
+    MODEL_CLASSES: "The folder needs one class folder per class of the model, named as the model names them "
+                   "(a model trained on other classes is fine-tuned on yours first: effnet finetune)",
+}
+
+
 def _format_paths(paths: Sequence[object], limit: int = 10) -> str:
     shown = ", ".join(str(p) for p in paths[:limit])
     return shown + (f" ... and {len(paths) - limit} more" if len(paths) > limit else "")
@@ -194,12 +205,14 @@ def image_files_under(folder: Path, on_error: Callable[[Path, str], None] | None
 
 def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str] | None = None,
                 transform: Callable[[Any], Any] | None = None, validate: str = "header",
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageDataset:
+                max_pixels: int = DEFAULT_MAX_PIXELS, classes_from: str = TRAINING_CLASSES) -> ImageDataset:
     """Images under ``root/<class name>/`` (any depth), classes in sorted folder-name order.
 
     Extensions (any case): jpg, jpeg, png, bmp, gif, tif, tiff, webp. Hidden files and folders
     are ignored; other files are skipped with a warning. ``classes`` fixes the class list
-    (for a validation folder that must match the training classes).
+    (for a validation folder that must match the training classes); ``classes_from`` says
+    where that list comes from in the error when the folders differ (:data:`TRAINING_CLASSES`
+    or :data:`MODEL_CLASSES`).
     """
     root = Path(root)
     if not root.exists():
@@ -213,7 +226,7 @@ def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str
         raise ConfigError(f"no class folders in {root}{hint}; {_FOLDER_LAYOUT}")
     names = [folder.name for folder in folders]
     if classes is not None:
-        _check_same_classes(list(classes), names, "training data", str(root))
+        _check_same_classes(list(classes), names, classes_from, str(root))
         names = list(classes)
     samples, other_files = [], []
     for label, name in enumerate(names):
@@ -243,8 +256,8 @@ def _check_same_classes(expected: list[str], found: list[str], expected_from: st
     if missing or extra:
         parts = ([f"missing {_format_paths(missing)}"] if missing else []) + (
             [f"not in the {expected_from}: {_format_paths(extra)}"] if extra else [])
-        raise ConfigError(f"classes in {where} differ from the {expected_from}: {'; '.join(parts)}. "
-                          "Every split needs the same class names")
+        raise ConfigError(f"classes in {where} differ from the {expected_from} ({len(expected)} classes): "
+                          f"{'; '.join(parts)}. {_SAME_CLASSES_REMEDY[expected_from]}")
 
 
 def _check_every_class_usable(dataset: ImageDataset, where: str) -> None:

@@ -46,10 +46,12 @@ DECODE_MODES = ("auto", "cpu", "gpu")
 
 
 def decodes_on_device(mode: str, device: torch.device) -> bool:
-    """Whether ``data.decode=mode`` decodes on ``device`` (``auto``: on CUDA devices)."""
+    """Whether ``data.decode=mode`` decodes on ``device``. ``auto`` is the measured default: the
+    CPU, on every device, until GPU decoding has been measured ahead on a GPU (see docs/speed.md);
+    ``gpu`` decodes on ``device``."""
     if mode not in DECODE_MODES:
         raise ConfigError(f"data.decode={mode!r} is not one of {', '.join(DECODE_MODES)}")
-    return mode == "gpu" or (mode == "auto" and device.type == "cuda")
+    return mode == "gpu"
 
 
 def read_jpeg_bytes(path: Path) -> torch.Tensor | None:

@@ -18,7 +18,7 @@ candidate within a budget, measured on this machine).
 """
 
 from ..fuse import fold_batchnorm
-from .compare import Accuracy, DeploymentRow, evaluate_runners, format_rows, measure_speed
+from .compare import Accuracy, DeploymentRow, evaluate_runners, format_rows, measure_speeds
 from .export import ExportResult, export_model, read_artifact_metadata
 from .pipeline import QuantizationReport, QuantizeOptions, load_deployable, quantize_checkpoint
 from .quantize import (
@@ -56,7 +56,7 @@ __all__ = [
     "load_deployable",
     "load_runner",
     "lower_for_cpu",
-    "measure_speed",
+    "measure_speeds",
     "onnx_runner",
     "quantize_aware_train",
     "quantize_checkpoint",

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import IMAGE_EXTENSIONS, ImageReadError, build_loader, eval_transforms, load_image, scan_folder
-from ..data.datasets import image_files_under
+from ..data.datasets import MODEL_CLASSES, image_files_under
 from ..description import Preprocessing
 from ..errors import ConfigError, InputFileError
 
@@ -103,9 +103,9 @@ def labelled_loader(folder: str | Path, preprocessing: Preprocessing, class_name
                     batch_size: int = 50, num_workers: int = 0) -> DataLoader:
     """The class-folder dataset at ``folder`` in eval preprocessing, in file order.
 
-    With ``class_names`` (those a checkpoint was trained on) the folder's classes must be the
-    same names, and labels follow the checkpoint's order.
+    With ``class_names`` (the model's) the folder's classes must be the same names, and labels
+    follow the model's order.
     """
     dataset = scan_folder(folder, classes=list(class_names) if class_names else None,
-                          transform=eval_transforms(preprocessing))
+                          transform=eval_transforms(preprocessing), classes_from=MODEL_CLASSES)
     return build_loader(dataset, batch_size, train=False, num_workers=num_workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bench.measure import LatencyStats, TimingBudget, measure_calls
+from ..bench.measure import LatencyStats, time_rounds
 from ..errors import ConfigError
 from ..table import format_table
 from .runtime import Runner
@@ -86,22 +87,36 @@ def _decibels(signal: float, noise: float) -> float:
 
 @dataclass(frozen=True)
 class Speed:
-    """Batch-1 latency and batch-N throughput of one runner."""
+    """Batch-1 latency and batch-N throughput of one runner: median, p10 and p90 over rounds
+    timed in turns with the runners it is compared with, and the load average meanwhile."""
 
     latency: LatencyStats
     throughput: LatencyStats
+    load_average: float | None = None
+
+    def throughput_spread(self) -> str:
+        """Images per second at the median, with the range its p90 and p10 latencies give."""
+        batch, stats = self.throughput.batch_size, self.throughput
+        low = f"{batch * 1000 / stats.p90_ms:.1f}"
+        high = f"{batch * 1000 / stats.p10_ms:.1f}" if stats.p10_ms else "?"
+        return f"{stats.throughput:.1f} ({low}-{high})"
 
 
-def measure_speed(runner: Runner, input_shape: tuple[int, ...], throughput_batch: int = 32,
-                  max_seconds: float = 10.0) -> Speed:
-    """Median batch-1 latency and batch-``throughput_batch`` throughput on random input."""
+def measure_speeds(runners: Mapping[str, Runner], input_shape: tuple[int, ...], throughput_batch: int = 32,
+                   max_seconds: float = 10.0) -> dict[str, Speed]:
+    """Batch-1 latency and batch-``throughput_batch`` throughput of every runner on random input,
+    the runners timed in turns, round after round, until their ratios to the first one settle
+    or ``max_seconds`` pass for each batch size (:func:`effnet.bench.measure.time_rounds`)."""
     generator = np.random.default_rng(0)
     one = generator.standard_normal((1, *input_shape), dtype=np.float32)
     many = generator.standard_normal((throughput_batch, *input_shape), dtype=np.float32)
-    single = measure_calls(lambda: runner(one), budget=TimingBudget(warmup=5, iterations=50, max_seconds=max_seconds))
-    batched = measure_calls(lambda: runner(many), budget=TimingBudget(warmup=1, iterations=10, max_seconds=max_seconds))
-    return Speed(LatencyStats.from_times(single.seconds, 1),
-                 LatencyStats.from_times(batched.seconds, throughput_batch))
+    reference = next(iter(runners))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    single, batched = (time_rounds({name: (lambda runner=runner, batch=batch: runner(batch))
+                                    for name, runner in runners.items()}, reference, max_seconds, pause=0.05)
+                       for batch in (one, many))
+    return {name: Speed(LatencyStats.from_times(single.seconds[name], 1),
+                        LatencyStats.from_times(batched.seconds[name], throughput_batch), load) for name in runners}
 
 
 @dataclass(frozen=True)
@@ -122,7 +137,8 @@ def row_headers(rows: Iterable[DeploymentRow]) -> list[str]:
     """Column names of :func:`row_cells`: format, file size, batch-1 latency, batch throughput,
     top-1, agreement with the reference and logit SQNR."""
     batch = next((row.speed.throughput.batch_size for row in rows if row.speed), 32)
-    return ["format", "size MB", "latency b1 ms", f"img/s b{batch}", "top-1 %", "agreement %", "SQNR dB"]
+    return ["format", "size MB", "latency b1 ms (p10-p90)", f"img/s b{batch} (p10-p90)", "top-1 %", "agreement %",
+            "SQNR dB"]
 
 
 def row_cells(row: DeploymentRow) -> list[str]:
@@ -130,8 +146,8 @@ def row_cells(row: DeploymentRow) -> list[str]:
     return [
         row.name,
         f"{row.file_bytes / 1e6:.2f}" if row.file_bytes is not None else "-",
-        f"{row.speed.latency.median_ms:.2f}" if row.speed else "-",
-        f"{row.speed.throughput.throughput:.1f}" if row.speed else "-",
+        row.speed.latency.spread() if row.speed else "-",
+        row.speed.throughput_spread() if row.speed else "-",
         f"{100 * row.accuracy.top1:.2f}" if row.accuracy else "-",
         f"{100 * row.accuracy.agreement:.2f}" if row.accuracy else "-",
         f"{row.accuracy.sqnr_db:.1f}" if row.accuracy and math.isfinite(row.accuracy.sqnr_db) else "-",

@@ -13,7 +13,7 @@ from ..model import EfficientNet
 from ..registry import list_models
 from ..weights.trained import load_trained_model
 from .calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, labelled_loader, unlabelled_loader
-from .compare import DeploymentRow, evaluate_runners, file_size, format_rows, measure_speed
+from .compare import DeploymentRow, evaluate_runners, file_size, format_rows, measure_speeds
 from .export import artifact_metadata, export_model, input_shape
 from .quantize import (
     OrtRecipe,
@@ -137,7 +137,7 @@ def quantize_checkpoint(model: EfficientNet, calib_dir: str | Path, eval_dir: st
         logger.info("evaluating on %s", eval_dir)
         names = list(runners)
         accuracy = evaluate_runners(runners, loader, reference=names[0])
-        speeds = {name: measure_speed(runner, shape) for name, runner in runners.items() if options.measure_speed}
+        speeds = measure_speeds(runners, shape) if options.measure_speed else {}
     rows = [DeploymentRow(name, size, speeds.get(name), accuracy[name])
             for name, size in zip(names, sizes, strict=True)]
     return QuantizationReport(out_path, rows)

@@ -1,51 +1,62 @@
 """``effnet pick``: which variant, in which runtime and precision, is the most accurate one that
 meets a latency (and memory, file size) budget on this machine.
 
-Every candidate (variant x runtime) is measured here, interleaved with one reference,
-torchvision's B0 exported the plain way and run in ONNX Runtime fp32 at the same batch size,
-so that a busy machine shows as noise in both instead of as a ranking
-(:func:`effnet.bench.measure.time_interleaved`). The time is bounded three ways:
+Every candidate (variant x runtime) is measured here against one reference, torchvision's B0
+exported the plain way and run in ONNX Runtime fp32 at the same batch size, the two timed in
+turns, round after round (:func:`effnet.bench.measure.time_rounds`), so that load from other
+processes hits both alike. How much to trust each figure is measured too:
 
-- skip: variants of a family are measured smallest first; once one is over the latency budget
-  in a runtime, the larger ones are skipped in that runtime (the table says so);
-- cap: each measurement stops after ``max_seconds`` (at least two rounds);
-- cache: measurements are kept in ``<effnet cache>/pick/measurements.json`` keyed by the
-  machine (CPU model and features, cores), the library versions and the candidate, so another
-  budget is answered from it in seconds.
+- rounds go on until the candidate's ratio to the reference settles, its spread
+  ``(p90 - p10) / p50`` over the rounds at most :data:`SMALL_SPREAD`, after at least
+  :data:`MIN_ROUNDS` rounds, or until the cap (``max_seconds``);
+- before measuring, the reference runs alone for a second: if its p90/p10 is over
+  :data:`BUSY_SPREAD` or its median over :data:`BUSY_MEDIAN_OVER_BEST` times its best, the
+  machine is busy: pick says so first and measures up to :data:`BUSY_CAP_FACTOR` times longer;
+- a candidate whose p10-p90 interval, in the budget's unit (ms, or the ratio to the
+  reference), contains the budget is *uncertain*: neither picked nor counted over the budget.
+
+The time is bounded three ways: variants of a family are measured smallest first and, once one
+is surely over the latency budget in a runtime, the larger ones are skipped there; each
+measurement is capped; and measurements are cached (:mod:`effnet.pick.cache`), so any budget
+is answered from the cache for what was measured.
 
 Weights are random (latency does not depend on them); the expected top-1 is the published
 ImageNet top-1 of the variant's default pretrained weights (effnet.weights.sources), an fp32
-figure: the INT8 and bf16 candidates' own accuracy is not measured then. With checkpoints and
-an evaluation folder instead, the candidates are those trained models, and every candidate's
-top-1 is measured on the user's images in its own runtime and precision (INT8 calibrated on
-``calib_dir``).
+figure: the INT8 and bf16 candidates' own accuracy is not measured then (the report labels it
+so, beside the publisher's INT8 drop where one is known). With checkpoints and an evaluation
+folder instead, the candidates are those trained models, and every candidate's top-1 is
+measured on the user's images in its own runtime and precision (INT8 calibrated on ``calib_dir``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
+import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from ..bench.measure import LatencyStats, resident_memory, tensor_bytes, time_interleaved
+from ..bench.measure import (
+    quantile,
+    release_free_memory,
+    resident_memory,
+    tensor_bytes,
+    time_interleaved,
+    time_rounds,
+)
 from ..bench.peers import published_top1
 from ..bench.runner import failure_status
 from ..deploy.compare import collect_logits
-from ..deploy.environment import cpu_description, library_versions
 from ..deploy.runtime import Runner, onnx_runner, torch_runner
 from ..errors import ConfigError
 from ..factory import create_model
-from ..files import atomic_write
 from ..registry import get_entry, list_models
-
-logger = logging.getLogger("effnet.deploy")
+from .cache import Candidate, Measurement, MeasurementCache, precision_of
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
 DEFAULT_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
@@ -55,11 +66,17 @@ V1_LARGEST = 7
 """B8 and L2 are research-scale (672 and 800 px); pick stops at B7."""
 REFERENCE = "torchvision efficientnet_b0, onnxruntime fp32"
 REFERENCE_RESOLUTION = 224
-CACHE_VERSION = 1
-
-
-def precision_of(runtime: str) -> str:
-    return "int8" if runtime.endswith("int8") else "bf16" if runtime.endswith("bf16") else "fp32"
+SMALL_SPREAD = 0.10
+"""A candidate's ratio to the reference has settled once (p90 - p10) / p50 over the rounds is at most this."""
+MIN_ROUNDS = 5
+"""Rounds every candidate gets before its spread may count as settled."""
+BUSY_SPREAD = 1.3
+"""The machine is busy when the reference alone has p90 / p10 over this ..."""
+BUSY_MEDIAN_OVER_BEST = 1.2
+"""... or a median over this many times its best call."""
+BUSY_CAP_FACTOR = 3
+"""On a busy machine each measurement may last this many times ``max_seconds``."""
+VERDICTS = ("fits", "uncertain", "over")
 
 
 def family_variants(family: str) -> list[str]:
@@ -77,58 +94,37 @@ def family_variants(family: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One thing to measure: a variant in a runtime at a batch size and input size."""
-
-    model: str
-    runtime: str
-    batch: int
-    resolution: int
-    weights: str = ""
-    """Empty for random weights; for a checkpoint, its path, size and modification time."""
-
-    @property
-    def precision(self) -> str:
-        return precision_of(self.runtime)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What a candidate costs here: latency per batch (p50, p90), the reference's p50 in the same
-    interleaved run, the growth of resident memory while loading and running it, and its file size."""
-
-    p50_ms: float
-    p90_ms: float
-    reference_p50_ms: float
-    memory_mb: float | None
-    file_mb: float
-    iterations: int
-    top1: float | None = None
-    """Top-1 (%) measured on the evaluation images in this runtime and precision, if asked for."""
-
-
-@dataclass(frozen=True)
 class PickRow:
+    """One candidate: its expected top-1, its measurement (None when skipped, unavailable or
+    failed, with ``status`` saying why), and the decision: ``verdict`` is ``fits`` (surely within
+    every budget), ``uncertain`` (its latency interval contains the budget, or its memory was not
+    measured under a memory budget) or ``over``."""
+
     candidate: Candidate
     top1: float | None
     measurement: Measurement | None = None
     status: str = "ok"
     cached: bool = False
     pareto: bool = False
-    fits: bool = False
+    verdict: str = ""
 
     @property
     def ok(self) -> bool:
         return self.measurement is not None and self.status == "ok"
 
+    @property
+    def fits(self) -> bool:
+        return self.verdict == "fits"
+
 
 @dataclass(frozen=True)
 class PickSettings:
-    """The budget and how to measure. The latency budget is in milliseconds (``max_latency_ms``),
-    or relative to the reference measured interleaved with each candidate (``max_latency_ratio``:
-    1.0 is as fast as torchvision's B0 in ONNX Runtime fp32), which holds on a busy machine too;
-    with both, both must hold. ``resolution`` replaces every variant's native input size (quick
-    runs; the published top-1 stays the native one)."""
+    """The budget and how to measure. The latency budget is one of: milliseconds per batch
+    (``max_latency_ms``), or relative to the reference timed in the same rounds as each
+    candidate (``max_latency_ratio``: 1.0 is as fast as torchvision's B0 in ONNX Runtime fp32),
+    which holds better on a busy machine. The decision, the table and the plot all use that
+    unit. ``resolution`` replaces every variant's native input size (quick runs; the published
+    top-1 stays the native one)."""
 
     max_latency_ms: float | None = None
     max_latency_ratio: float | None = None
@@ -148,14 +144,17 @@ class PickSettings:
     calib_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.max_latency_ms is None and self.max_latency_ratio is None:
-            raise ConfigError("give a latency budget: --max-latency-ms MS, or --max-latency-ratio R (relative to "
-                              "torchvision's B0 in ONNX Runtime fp32, measured alongside)")
-        if (min(self.max_latency_ms or 1, self.max_latency_ratio or 1) <= 0 or self.batch < 1
-                or self.max_seconds <= 0):
-            raise ConfigError(f"need a positive latency budget, batch and measurement cap; got "
-                              f"{self.max_latency_ms} ms, ratio {self.max_latency_ratio}, batch {self.batch}, "
-                              f"{self.max_seconds} s")
+        if (self.max_latency_ms is None) == (self.max_latency_ratio is None):
+            raise ConfigError("give one latency budget: --max-latency-ms MS, or --max-latency-ratio R (relative to "
+                              "torchvision's B0 in ONNX Runtime fp32, measured alongside), not both: the decision, "
+                              "the table and the plot use its unit")
+        for name, value in (("--max-latency-ms", self.max_latency_ms), ("--max-latency-ratio", self.max_latency_ratio),
+                            ("--max-memory-mb", self.max_memory_mb), ("--max-file-mb", self.max_file_mb),
+                            ("--max-seconds", self.max_seconds)):
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+        if self.batch < 1:
+            raise ConfigError(f"--batch must be at least 1, got {self.batch}")
         unknown = sorted(set(self.runtimes) - set(RUNTIMES))
         if unknown or not self.runtimes:
             raise ConfigError(f"unknown runtime {', '.join(unknown) or '(none given)'}; "
@@ -171,16 +170,36 @@ class PickSettings:
         if self.checkpoints and self.calib_dir is None and any(precision_of(r) == "int8" for r in self.runtimes):
             raise ConfigError("INT8 candidates of checkpoints need calibration images: pass --calib DIR")
 
-    def over_latency(self, measurement: Measurement) -> bool:
-        """Whether ``measurement`` is slower than the latency budget."""
-        ratio = measurement.p50_ms / measurement.reference_p50_ms
-        return ((self.max_latency_ms is not None and measurement.p50_ms > self.max_latency_ms)
-                or (self.max_latency_ratio is not None and ratio > self.max_latency_ratio))
+    @property
+    def unit(self) -> str:
+        """The latency budget's unit: ``ms``, or ``x ref`` (the ratio to the reference)."""
+        return "ms" if self.max_latency_ms is not None else "x ref"
+
+    @property
+    def budget(self) -> float:
+        return self.max_latency_ms if self.max_latency_ms is not None else self.max_latency_ratio
+
+    def interval(self, measurement: Measurement) -> tuple[float, float, float]:
+        """The p10, p50 and p90 of ``measurement`` in the budget's unit."""
+        m = measurement
+        if self.unit == "ms":
+            return m.p10_ms, m.p50_ms, m.p90_ms
+        return m.ratio_p10, m.ratio_p50, m.ratio_p90
+
+    def latency_verdict(self, measurement: Measurement) -> str:
+        """``fits`` when the whole p10-p90 interval is within the budget, ``over`` when it is all
+        beyond, ``uncertain`` when it straddles the budget."""
+        low, _, high = self.interval(measurement)
+        return "fits" if high <= self.budget else "over" if low > self.budget else "uncertain"
 
     def describe_latency(self) -> str:
-        parts = ([f"{self.max_latency_ms:g} ms"] if self.max_latency_ms is not None else []) + (
-            [f"{self.max_latency_ratio:g}x the reference"] if self.max_latency_ratio is not None else [])
-        return " and ".join(parts) + f" at batch {self.batch}"
+        budget = f"{self.max_latency_ms:g} ms" if self.unit == "ms" else f"{self.max_latency_ratio:g}x the reference"
+        return f"{budget} at batch {self.batch}"
+
+    def describe_budget(self) -> str:
+        return self.describe_latency() + (
+            f", {self.max_memory_mb:g} MB of memory" if self.max_memory_mb else "") + (
+            f", {self.max_file_mb:g} MB of file" if self.max_file_mb else "")
 
     def variants(self) -> list[list[str]]:
         """Groups of siblings, smallest first: one per family, or the models or checkpoints asked for."""
@@ -191,6 +210,42 @@ class PickSettings:
         return [family_variants(f) for f in self.families]
 
 
+@dataclass(frozen=True)
+class MachineCheck:
+    """The reference timed alone before measuring: how widely its calls scatter (p90 / p10), how
+    far its median is from its best call, and the load average, which together say whether the
+    machine is busy (see the module docstring)."""
+
+    spread: float
+    median_over_best: float
+    load_average: float | None
+    cores: int
+
+    @property
+    def busy(self) -> bool:
+        return self.spread > BUSY_SPREAD or self.median_over_best > BUSY_MEDIAN_OVER_BEST
+
+    def describe(self) -> str:
+        load = f"load average {self.load_average:.1f} on {self.cores} cores, " if self.load_average is not None else ""
+        figures = (f"{load}the reference's p90/p10 {self.spread:.2f} (busy over {BUSY_SPREAD:g}), its median "
+                   f"{self.median_over_best:.2f}x its best (busy over {BUSY_MEDIAN_OVER_BEST:g})")
+        if self.busy:
+            return (f"The machine is busy ({figures}): each candidate is measured up to {BUSY_CAP_FACTOR}x longer, "
+                    "a candidate whose p10-p90 straddles the budget is marked uncertain, and the milliseconds are "
+                    "slower than on a quiet machine (the ratios to the reference hold better).")
+        return f"The machine is quiet enough ({figures})."
+
+
+def check_machine(reference: Callable[[], object], seconds: float = 1.0) -> MachineCheck:
+    """Time ``reference`` alone for about ``seconds`` (10 calls at least, 50 at most)."""
+    times = time_interleaved({"reference": reference}, rounds=1, calls_per_round=10, warmup=1)["reference"]
+    while sum(times) < seconds and len(times) < 50:
+        times += time_interleaved({"reference": reference}, rounds=1, calls_per_round=5, warmup=0)["reference"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return MachineCheck(quantile(times, 0.9) / quantile(times, 0.1), quantile(times, 0.5) / min(times), load,
+                        os.cpu_count() or 1)
+
+
 @dataclass
 class PickResult:
     settings: PickSettings
@@ -198,68 +253,55 @@ class PickResult:
     pick: PickRow | None
     measured: int
     from_cache: int
+    machine: MachineCheck | None = None
+    """The check made before measuring (None: everything came from the cache)."""
 
     def reference_ms(self) -> float | None:
         values = [r.measurement.reference_p50_ms for r in self.rows if r.ok]
         return float(np.median(values)) if values else None
 
+    def closest(self) -> PickRow | None:
+        """The measured candidate nearest to the latency budget from below: the fastest in its unit."""
+        return min((r for r in self.rows if r.ok), key=lambda r: self.settings.interval(r.measurement)[1],
+                   default=None)
+
     def sentence(self) -> str:
-        """The pick in one sentence."""
+        """The pick, or why there is none and the closest candidate, in one or two sentences."""
         s = self.settings
-        budget = s.describe_latency() + (
-            f", {s.max_memory_mb:g} MB of memory" if s.max_memory_mb else "") + (
-            f", {s.max_file_mb:g} MB of file" if s.max_file_mb else "")
         if self.pick is None:
-            fastest = min((r for r in self.rows if r.ok), key=lambda r: r.measurement.p50_ms, default=None)
-            hint = (f"; the fastest is {fastest.candidate.model} in {fastest.candidate.runtime} at "
-                    f"{fastest.measurement.p50_ms:.2f} ms" if fastest else "")
-            return f"No candidate meets {budget} on this machine{hint}."
+            closest = self.closest()
+            uncertain = [r for r in self.rows if r.verdict == "uncertain"]
+            hint = (f"; the closest is {closest.candidate.model} in {closest.candidate.runtime} at "
+                    f"{describe_interval(s, closest.measurement)}" + (
+                        "" if closest.verdict != "over" or s.interval(closest.measurement)[0] <= s.budget
+                        else " (over the budget)") if closest else "")
+            maybe = (f". Uncertain (their p10-p90 straddles the budget, measure on a quieter machine or longer with "
+                     f"--max-seconds): {', '.join(f'{r.candidate.model} in {r.candidate.runtime}' for r in uncertain)}"
+                     if uncertain else "")
+            return f"No candidate is surely within {s.describe_budget()} on this machine{hint}{maybe}."
         c, m = self.pick.candidate, self.pick.measurement
-        source = (f"measured on {s.eval_dir} in {c.runtime}" if self.pick.measurement.top1 is not None
-                  else "published, fp32 weights")
+        source = (f"measured on {s.eval_dir} in {c.runtime}" if m.top1 is not None
+                  else "published figure of the fp32 weights")
         return (f"Pick {c.model} in {c.runtime} ({c.precision}): expected top-1 {_top1_text(self.pick.top1)} "
-                f"({source}), p50 {m.p50_ms:.2f} ms ({m.p50_ms / m.reference_p50_ms:.2f}x "
-                f"{REFERENCE}), the most accurate candidate within {budget} on this machine.")
+                f"({source}), {describe_interval(s, m)}, the most accurate candidate surely within "
+                f"{s.describe_budget()} on this machine.")
+
+
+def describe_interval(settings: PickSettings, measurement: Measurement) -> str:
+    """p50 and its p10-p90 in the budget's unit, e.g. ``8.21 ms (p10-p90 7.90-8.64)``."""
+    low, mid, high = settings.interval(measurement)
+    unit = " ms" if settings.unit == "ms" else "x the reference"
+    return f"{mid:.2f}{unit} (p10-p90 {low:.2f}-{high:.2f})"
 
 
 def _top1_text(top1: float | None) -> str:
     return "unknown" if top1 is None else f"{top1:.2f}%"
 
 
-# --- the cache -----------------------------------------------------------------------------
-
 def default_cache_dir() -> Path:
     from ..weights.hub import cache_home
 
     return cache_home() / "pick"
-
-
-class MeasurementCache:
-    """Measurements on disk, keyed by machine, library versions, threads, cap and candidate."""
-
-    def __init__(self, folder: Path, threads: int | None, max_seconds: float) -> None:
-        self.path = Path(folder) / "measurements.json"
-        self._context = {"version": CACHE_VERSION, "machine": cpu_description(), "libraries": library_versions(),
-                         "threads": threads, "max_seconds": max_seconds}
-        self._entries: dict[str, dict] = {}
-        if self.path.is_file():
-            try:
-                self._entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                logger.warning("ignoring an unreadable measurement cache %s", self.path)
-
-    def key(self, candidate: Candidate) -> str:
-        text = json.dumps({**self._context, "candidate": asdict(candidate)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-    def get(self, candidate: Candidate) -> Measurement | None:
-        entry = self._entries.get(self.key(candidate))
-        return Measurement(**entry["measurement"]) if entry else None
-
-    def put(self, candidate: Candidate, measurement: Measurement) -> None:
-        self._entries[self.key(candidate)] = {"candidate": asdict(candidate), "measurement": asdict(measurement)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, lambda temp: temp.write_text(json.dumps(self._entries, indent=1)))
 
 
 # --- building and timing the candidates ------------------------------------------------------
@@ -362,94 +404,137 @@ def reference_runner(work: Path, batch_shape: tuple[int, ...], threads: int | No
 
 def measure_candidate(runner: Runner, batch: np.ndarray, reference: Runner, reference_batch: np.ndarray,
                       max_seconds: float, memory_before: int | None) -> Measurement:
-    """Interleaved timing of ``runner`` on ``batch`` against ``reference`` on ``reference_batch``
-    within about ``max_seconds``."""
+    """``runner`` on ``batch`` and ``reference`` on ``reference_batch`` in turns until the ratio
+    settles or ``max_seconds`` pass (:func:`effnet.bench.measure.time_rounds`); the memory is the
+    growth of resident memory from ``memory_before`` (taken before loading) to after the first
+    call, None where it cannot be seen (not positive)."""
     runner(batch)  # load, compile or lower once before anything is timed
     after = resident_memory()
-    memory = None if memory_before is None or after is None else max(0, after - memory_before) / 2**20
-    first = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(reference_batch)},
-                             rounds=1, calls_per_round=1, warmup=1)
-    per_round = first["candidate"][0] + first["reference"][0]
-    calls = 3 if 3 * per_round * 4 <= max_seconds else 1
-    rounds = int(max(2, min(8, max_seconds // max(per_round * calls, 1e-6))))
-    times = time_interleaved({"candidate": lambda: runner(batch), "reference": lambda: reference(reference_batch)},
-                             rounds=rounds, calls_per_round=calls, warmup=0, pause=0.05)
-    size = len(batch)
-    latency = LatencyStats.from_times(times["candidate"], size)
-    reference_ms = LatencyStats.from_times(times["reference"], size).median_ms
-    return Measurement(latency.median_ms, latency.p90_ms, reference_ms, memory, 0.0, latency.iterations)
+    growth = None if memory_before is None or after is None else (after - memory_before) / 1e6
+    rounds = time_rounds({"candidate": lambda: runner(batch), "reference": lambda: reference(reference_batch)},
+                         "reference", max_seconds, SMALL_SPREAD, MIN_ROUNDS, pause=0.05)
+    ms = [1000 * s for s in rounds.seconds["candidate"]]
+    ratios = rounds.ratios("candidate", "reference")
+    return Measurement(quantile(ms, 0.1), quantile(ms, 0.5), quantile(ms, 0.9), quantile(ratios, 0.1),
+                       quantile(ratios, 0.5), quantile(ratios, 0.9),
+                       1000 * quantile(rounds.seconds["reference"], 0.5), len(ms), rounds.settled,
+                       growth if growth is not None and growth > 0 else None, 0.0)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A candidate in the order it is considered, with what is known before measuring."""
+
+    name: str
+    row: PickRow
+    unavailable: str | None
+
+
+def _plan(settings: PickSettings, builder: _Builder, bf16: bool) -> list[list[_Planned]]:
+    """Every candidate, in groups of siblings smallest first, with its expected published top-1."""
+    groups = []
+    for siblings in settings.variants():
+        group = []
+        for name in siblings:
+            resolution = builder.resolution(name)
+            label, weights, top1 = name, "", None
+            if settings.checkpoints:
+                path = Path(name)
+                label = f"{builder.model(name).model_name} ({path.name})"
+                weights = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+            else:
+                top1 = published_top1(name)
+            for runtime in settings.runtimes:
+                unavailable = "unavailable: no bf16 on this CPU" if runtime == "openvino-bf16" and not bf16 else None
+                group.append(_Planned(name, PickRow(Candidate(label, runtime, settings.batch, resolution, weights),
+                                                    top1), unavailable))
+        groups.append(group)
+    return groups
 
 
 def pick(settings: PickSettings, progress: Callable[[str], None] | None = None) -> PickResult:
     """Measure (or read from the cache) every candidate that may meet the budget; mark the Pareto
-    front of (latency, top-1) and pick the most accurate candidate within the budget."""
+    front of (latency in the budget's unit, top-1) and pick the most accurate candidate surely
+    within the budget. ``progress`` receives what is about to happen (and a progress bar is drawn
+    on stderr while measuring)."""
     from ..deploy.openvino import bf16_supported
 
-    cache = MeasurementCache(settings.cache_dir or default_cache_dir(), settings.threads, settings.max_seconds)
+    say = progress or (lambda message: None)
+    cache = MeasurementCache(settings.cache_dir or default_cache_dir(), settings.threads)
     bf16 = "openvino-bf16" not in settings.runtimes or bf16_supported()
     rows: list[PickRow] = []
     measured = from_cache = 0
-    reference: Runner | None = None
-    reference_batch: np.ndarray | None = None
+    machine: MachineCheck | None = None
     with tempfile.TemporaryDirectory(prefix="effnet-pick-") as work_name:
         builder = _Builder(Path(work_name), settings)
-        for siblings in settings.variants():
-            over: dict[str, tuple[str, float]] = {}
-            for name in siblings:
-                resolution = builder.resolution(name)
-                label, weights, top1 = name, "", None
-                if settings.checkpoints:
-                    path = Path(name)
-                    label = f"{builder.model(name).model_name} ({path.name})"
-                    weights = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
-                else:
-                    top1 = published_top1(name)
-                for runtime in settings.runtimes:
-                    candidate = Candidate(label, runtime, settings.batch, resolution, weights)
-                    row = PickRow(candidate, top1)
-                    if runtime == "openvino-bf16" and not bf16:
-                        rows.append(replace(row, status="unavailable: no bf16 on this CPU"))
-                        continue
-                    if runtime in over:
-                        smaller, slow = over[runtime]
-                        rows.append(replace(row, status=f"skipped: {smaller} already {slow.p50_ms:.1f} ms "
-                                                        f"({slow.p50_ms / slow.reference_p50_ms:.2f}x ref)"))
+        groups = _plan(settings, builder, bf16)
+        pending = [p for group in groups for p in group
+                   if p.unavailable is None and (settings.refresh or cache.get(p.row.candidate) is None)]
+        reference = reference_batch = None
+        cap = settings.max_seconds
+        if pending:
+            size = settings.resolution or REFERENCE_RESOLUTION
+            reference_batch = np.random.default_rng(0).standard_normal((settings.batch, 3, size, size),
+                                                                       dtype=np.float32)
+            reference = reference_runner(builder.work, reference_batch.shape, settings.threads)
+            machine = check_machine(lambda: reference(reference_batch))
+            say(machine.describe())
+            cap *= BUSY_CAP_FACTOR if machine.busy else 1
+            say(f"measuring up to {len(pending)} more candidate(s) not in the cache (a larger sibling of one surely "
+                "over the budget is skipped): " + ", ".join(f"{p.row.candidate.model} in {p.row.candidate.runtime}"
+                                                            for p in pending))
+        with tqdm(total=len(pending), desc="pick", unit="candidate", disable=progress is None or not pending,
+                  leave=False, file=sys.stderr) as bar:
+            for group in groups:
+                over: dict[str, PickRow] = {}
+                for planned in group:
+                    row, candidate = planned.row, planned.row.candidate
+                    if planned.unavailable:
+                        rows.append(replace(row, status=planned.unavailable))
                         continue
                     cached = None if settings.refresh else cache.get(candidate)
+                    if cached is None and candidate.runtime in over:
+                        smaller = over[candidate.runtime]
+                        rows.append(replace(row, status=f"skipped: {smaller.candidate.model} already "
+                                                        f"{describe_interval(settings, smaller.measurement)}"))
+                        bar.update(1)
+                        continue
                     if cached is not None:
-                        row = replace(row, measurement=cached, cached=True, top1=_expected(cached, top1))
+                        row = replace(row, measurement=cached, cached=True, top1=_expected(cached, row.top1))
                         from_cache += 1
                     else:
-                        if progress:
-                            progress(f"measuring {label} in {runtime} ({resolution} px, batch {settings.batch})")
+                        bar.set_postfix_str(f"{candidate.model} {candidate.runtime}")
                         try:
-                            batch = np.random.default_rng(0).standard_normal(
-                                (settings.batch, 3, resolution, resolution), dtype=np.float32)
-                            if reference is None:
-                                size = settings.resolution or REFERENCE_RESOLUTION
-                                reference_batch = np.random.default_rng(0).standard_normal(
-                                    (settings.batch, 3, size, size), dtype=np.float32)
-                                reference = reference_runner(builder.work, reference_batch.shape, settings.threads)
-                            before = resident_memory()
-                            runner, file_mb = builder.runner(name, candidate)
-                            measurement = replace(measure_candidate(runner, batch, reference, reference_batch,
-                                                                    settings.max_seconds,
-                                                                    before), file_mb=file_mb)
-                            if settings.eval_dir is not None:
-                                measurement = replace(measurement, top1=builder.top1(name, runner))
-                            del runner
+                            row = _measured(row, planned.name, builder, reference, reference_batch, cap, settings)
                         except Exception as error:  # noqa: BLE001 - the reason goes in its row, the rest still run
                             rows.append(replace(row, status=failure_status(error)))
+                            bar.update(1)
                             continue
-                        cache.put(candidate, measurement)
-                        row = replace(row, measurement=measurement, top1=_expected(measurement, top1))
+                        bar.update(1)
+                        cache.put(candidate, row.measurement)
                         measured += 1
-                    if settings.over_latency(row.measurement):
-                        over[runtime] = (label, row.measurement)
+                    if settings.latency_verdict(row.measurement) == "over":
+                        over[candidate.runtime] = row
                     rows.append(row)
     rows = mark(rows, settings)
-    choice = max((r for r in rows if r.fits), key=lambda r: (r.top1 or 0.0, -r.measurement.p50_ms), default=None)
-    return PickResult(settings, rows, choice, measured, from_cache)
+    choice = max((r for r in rows if r.fits), key=lambda r: (r.top1 or 0.0, -settings.interval(r.measurement)[1]),
+                 default=None)
+    return PickResult(settings, rows, choice, measured, from_cache, machine)
+
+
+def _measured(row: PickRow, name: str, builder: _Builder, reference: Runner, reference_batch: np.ndarray,
+              cap: float, settings: PickSettings) -> PickRow:
+    """``row`` with its candidate built, run and measured (and its top-1 measured on ``eval_dir``)."""
+    candidate = row.candidate
+    batch = np.random.default_rng(0).standard_normal((settings.batch, 3, candidate.resolution,
+                                                      candidate.resolution), dtype=np.float32)
+    release_free_memory()
+    before = resident_memory()
+    runner, file_mb = builder.runner(name, candidate)
+    measurement = replace(measure_candidate(runner, batch, reference, reference_batch, cap, before), file_mb=file_mb)
+    if settings.eval_dir is not None:
+        measurement = replace(measurement, top1=builder.top1(name, runner))
+    return replace(row, measurement=measurement, top1=_expected(measurement, row.top1))
 
 
 def _expected(measurement: Measurement, published: float | None) -> float | None:
@@ -457,22 +542,27 @@ def _expected(measurement: Measurement, published: float | None) -> float | None
 
 
 def mark(rows: Sequence[PickRow], settings: PickSettings) -> list[PickRow]:
-    """Each row with ``fits`` (within every budget) and ``pareto`` (no other measured row is at
-    least as fast and as accurate, and better in one) set."""
+    """Each measured row with its ``verdict`` (see :class:`PickRow`) and ``pareto`` (no other
+    measured row is at least as fast, in the budget's unit, and as accurate, and better in one)."""
     marked = []
     measured = [r for r in rows if r.ok and r.top1 is not None]
+
+    def p50(row: PickRow) -> float:
+        return settings.interval(row.measurement)[1]
+
     for row in rows:
         if not row.ok:
             marked.append(row)
             continue
         m = row.measurement
-        fits = (not settings.over_latency(m)
-                and (settings.max_memory_mb is None
-                     or (m.memory_mb is not None and m.memory_mb <= settings.max_memory_mb))
-                and (settings.max_file_mb is None or m.file_mb <= settings.max_file_mb))
+        verdicts = [settings.latency_verdict(m)]
+        if settings.max_memory_mb is not None:
+            verdicts.append("uncertain" if m.memory_mb is None else "fits" if m.memory_mb <= settings.max_memory_mb
+                            else "over")
+        if settings.max_file_mb is not None:
+            verdicts.append("fits" if m.file_mb <= settings.max_file_mb else "over")
+        verdict = max(verdicts, key=VERDICTS.index)
         pareto = row.top1 is not None and not any(
-            o.measurement.p50_ms <= m.p50_ms and o.top1 >= row.top1
-            and (o.measurement.p50_ms < m.p50_ms or o.top1 > row.top1) for o in measured)
-        marked.append(replace(row, fits=fits, pareto=pareto))
+            p50(o) <= p50(row) and o.top1 >= row.top1 and (p50(o) < p50(row) or o.top1 > row.top1) for o in measured)
+        marked.append(replace(row, verdict=verdict, pareto=pareto))
     return marked
-

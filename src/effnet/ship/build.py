@@ -3,7 +3,10 @@
 BatchNorm is folded, the network exported to ONNX (verified against eager PyTorch), then
 turned into the target's file (ONNX Runtime fp32 or INT8, OpenVINO fp32, bf16 or INT8,
 TorchScript), run in its own runtime on the ``--eval`` images beside the fp32 reference, and
-only shipped if it loses at most ``max_drop`` top-1 points. The folder holds:
+only shipped if it passes the gate (:func:`effnet.ship.plan.gate`: at most ``max_drop`` top-1
+points lost, at least ``min_agreement`` % of fp32's answers kept, a top-1 above chance plus 5
+points; an fp32 model at chance level is refused before anything is built). Latency and
+throughput are timed with fp32 and the shipped model in turns, round after round. The folder holds:
 
 - the model file (``model.onnx``, ``model.xml`` + ``model.bin``, or ``model.ts``);
 - ``manifest.json`` (runtime, model file, name, target, precision, input size, measured top-1),
@@ -12,7 +15,10 @@ only shipped if it loses at most ``max_drop`` top-1 points. The folder holds:
   ``effnet_portable.py`` (a copy of :mod:`effnet_runtime.portable`: effnet's decoding and preprocessing);
 - ``report.md`` and ``report.html`` (see :mod:`effnet.ship.report`), ``confusion.png``.
 
-Nothing appears in the destination until every check has passed.
+Nothing appears in the destination until every check has passed, and then all at once: the
+folder is built whole in a work folder beside it and renamed into place in one step
+(:func:`effnet.files.publish_folder`), so a ship killed at any moment leaves no folder that looks
+shipped; its work folder is removed by the next ship into the same parent folder.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +35,14 @@ from torch.utils.data import DataLoader
 from effnet_runtime import portable
 
 from ..deploy.calibration import calibration_images, labelled_loader, unlabelled_loader
-from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speed
+from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speeds
 from ..deploy.environment import library_versions
 from ..deploy.export import artifact_metadata, export_model, input_shape
 from ..deploy.quantize import OrtRecipe, Pt2eRecipe, quantize_aware_train, quantize_onnx, save_pt2e
 from ..deploy.runtime import Runner, load_runner, onnx_runner
 from ..deploy.verify import FP32_TOLERANCE, ExportVerificationError, compare_to_reference
 from ..errors import ConfigError, InputFileError
-from ..files import atomic_write, publish
+from ..files import atomic_write, publish_folder, work_folder
 from ..model import EfficientNet
 from .plan import (
     FP32_FALLBACK,
@@ -48,12 +53,17 @@ from .plan import (
     ShipRefused,
     ShipResult,
     Target,
+    below_floor,
+    gate,
     recipes,
     target,
 )
 from .report import write_reports
 
 logger = logging.getLogger("effnet.ship")
+
+WORK_PREFIX = ".effnet-ship-"
+"""The work folders beside ``--out``: the folder is built whole in one, then renamed into place."""
 
 
 def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path, out_dir: str | Path,
@@ -62,7 +72,8 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
 
     ``calib_dir`` (any folder of images) is needed for INT8 targets and for the remedies that
     quantize; ``eval_dir`` is a class-folder dataset with the model's classes. Raises
-    :class:`~effnet.ship.plan.ShipRefused` if no recipe tried stays within ``options.max_drop``.
+    :class:`~effnet.ship.plan.ShipRefused` if the fp32 model is at chance level on it, or no recipe
+    tried passes the gate.
     """
     model.eval()
     out_dir = Path(out_dir)
@@ -79,14 +90,19 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
     loader = labelled_loader(eval_dir, model.preprocessing, model.class_names, options.batch_size)
     calibration = (calibration_images(calib_dir, model.preprocessing, options.calibration_images)
                    if any(r.target.int8 for r in plan) else None)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".effnet-ship-") as work_name:
-        work = Path(work_name)
+    with work_folder(out_dir.parent, WORK_PREFIX) as work:
         fp32_onnx = work / "fp32.onnx"
         export_model(model, fp32_onnx, "onnx", fold_bn=True)
         reference = onnx_runner(fp32_onnx, options.threads, name="onnxruntime fp32")
         logger.info("evaluating the fp32 reference on %s", eval_dir)
         reference_logits, targets = _logits(reference, loader)
         reference_accuracy = accuracy_of(reference_logits, reference_logits, targets)
+        at_chance = below_floor(reference_accuracy.top1, options, model.num_classes)
+        if at_chance:
+            raise ShipRefused(f"refused to ship {model.model_name}: on {eval_dir} the fp32 model itself is no better "
+                              f"than a constant guess ({at_chance}); nothing was written. Check that the checkpoint is "
+                              f"the trained one and that {eval_dir} holds labelled images of its classes; --min-top1 0 "
+                              "ships it anyway")
         attempts: list[Attempt] = []
         for index, recipe in enumerate(plan):
             folder = work / f"attempt-{index}"
@@ -96,7 +112,7 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
             logits, _ = _logits(runner, loader)
             accuracy = accuracy_of(logits, reference_logits, targets)
             drop = 100 * (reference_accuracy.top1 - accuracy.top1)
-            attempts.append(Attempt(recipe, accuracy, drop, drop <= options.max_drop + 1e-9))
+            attempts.append(Attempt(recipe, accuracy, drop, gate(accuracy, drop, options, model.num_classes)))
             logger.info("%s: top-1 %.2f%% (fp32 %.2f%%), drop %.2f points, agreement %.2f%%", recipe.describe(),
                         100 * accuracy.top1, 100 * reference_accuracy.top1, drop, 100 * accuracy.agreement)
             if attempts[-1].accepted:
@@ -106,8 +122,8 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         shape = input_shape(model)
         speeds: dict[str, Speed | None] = {"reference": None, "shipped": None}
         if options.measure_speed:
-            logger.info("measuring latency and throughput")
-            speeds = {"reference": measure_speed(reference, shape), "shipped": measure_speed(runner, shape)}
+            logger.info("measuring latency and throughput (fp32 and shipped in turns)")
+            speeds = measure_speeds({"reference": reference, "shipped": runner}, shape)
         model_files = _model_files(folder, recipe.target)
         reference_row = DeploymentRow("fp32 reference (onnxruntime)", fp32_onnx.stat().st_size, speeds["reference"],
                                       reference_accuracy)
@@ -118,17 +134,18 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         manifest = _manifest(model, recipe, accuracy, reference_accuracy)
         result = ShipResult(out_dir, model.model_name, recipe, attempts, reference_row, shipped_row, evaluation,
                             manifest)
-        out_dir.mkdir(exist_ok=True)
+        staged = work / "folder"
+        staged.mkdir()
         for path in model_files:
-            publish(path, out_dir / path.name)
-        _write_json(out_dir / "manifest.json", manifest)
-        _write_json(out_dir / "labels.json", evaluation.class_names)
-        _write_json(out_dir / "preprocessing.json", model.preprocessing.to_dict())
+            path.rename(staged / path.name)
+        _write_json(staged / "manifest.json", manifest)
+        _write_json(staged / "labels.json", evaluation.class_names)
+        _write_json(staged / "preprocessing.json", model.preprocessing.to_dict())
         for source, name in ((Path(__file__).with_name("standalone_predict.py"), "predict.py"),
                              (Path(portable.__file__), "effnet_portable.py")):
-            text = source.read_text()
-            atomic_write(out_dir / name, lambda temp, text=text: temp.write_text(text))
-        write_reports(result, options, eval_dir)
+            shutil.copyfile(source, staged / name)
+        write_reports(result, options, eval_dir, staged)
+        publish_folder(staged, out_dir)
     return result
 
 
@@ -210,11 +227,12 @@ def _write_json(path: Path, data: object) -> None:
 def _refusal(model: EfficientNet, options: ShipOptions, attempts: list[Attempt], reference: Accuracy,
              eval_dir: str | Path) -> str:
     first = attempts[0]
-    lines = [f"refused to ship {model.model_name} as {options.target}: it loses {first.drop_points:.2f} top-1 points "
-             f"on {eval_dir} (fp32 {100 * reference.top1:.2f}% -> {100 * first.accuracy.top1:.2f}%, agreement "
-             f"{100 * first.accuracy.agreement:.2f}%), more than --max-drop {options.max_drop:g}; nothing was written."]
+    lines = [f"refused to ship {model.model_name} as {options.target}: on {eval_dir} (fp32 "
+             f"{100 * reference.top1:.2f}% -> {100 * first.accuracy.top1:.2f}%, agreement "
+             f"{100 * first.accuracy.agreement:.2f}%) {'; '.join(first.problems)}; nothing was written."]
     if len(attempts) > 1:
-        lines.append("tried: " + "; ".join(f"{a.recipe.describe()}: drop {a.drop_points:.2f}" for a in attempts))
+        lines.append("tried: " + "; ".join(f"{a.recipe.describe()}: drop {a.drop_points:.2f}, agreement "
+                                           f"{100 * a.accuracy.agreement:.2f}%" for a in attempts))
     remedies = []
     if target(options.target).int8:
         remedies += ["--keep-float stem (the stem's folded weights amplify the input's quantization noise)",
@@ -223,9 +241,11 @@ def _refusal(model: EfficientNet, options: ShipOptions, attempts: list[Attempt],
             remedies.append("a Lite variant (ReLU6, no squeeze-excitation: designed to quantize)")
     if options.target in FP32_FALLBACK:
         remedies.append(f"--target {FP32_FALLBACK[options.target]} (fp32)")
-    remedies.append("a larger --max-drop")
+    remedies.append("a larger --max-drop" if any("--max-drop" in p for p in first.problems) else
+                    "a lower --min-agreement" if any("--min-agreement" in p for p in first.problems) else
+                    "a lower --min-top1")
     lines.append("remedies: " + "; ".join(remedies) + ("" if options.auto_remedy else
                                                        ". --auto-remedy tries them in order and ships the first that "
-                                                       "meets --max-drop"))
+                                                       "passes the gate"))
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ target as asked, then the remedies :class:`ShipOptions` allows, in the order the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,13 +54,23 @@ def target(name: str) -> Target:
     return TARGETS[name]
 
 
+CHANCE_MARGIN = 5.0
+"""Top-1 points above chance (100 / classes) a shipped model must reach unless ``min_top1`` says otherwise."""
+DEFAULT_MIN_AGREEMENT = 97.0
+
+
 @dataclass(frozen=True)
 class ShipOptions:
-    """How ``effnet ship`` runs. ``keep_float``: layer groups left in float in an INT8 target;
-    ``command``: the command line recorded in the report."""
+    """How ``effnet ship`` runs. The gate: the shipped model loses at most ``max_drop`` top-1
+    points against fp32, answers as fp32 does on at least ``min_agreement`` % of the images, and
+    reaches a top-1 of ``min_top1`` % (None: chance plus :data:`CHANCE_MARGIN` points; the fp32
+    model is held to it before anything is built). ``keep_float``: layer groups left in float in
+    an INT8 target; ``command``: the command line recorded in the report."""
 
     target: str = "onnxruntime-int8"
     max_drop: float = 1.0
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    min_top1: float | None = None
     auto_remedy: bool = False
     remedies: tuple[str, ...] = REMEDIES
     keep_float: tuple[str, ...] = ()
@@ -72,8 +83,11 @@ class ShipOptions:
 
     def __post_init__(self) -> None:
         target(self.target)
-        if self.max_drop < 0:
+        if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
             raise ConfigError(f"--max-drop is the top-1 points that may be lost, 0 or more; got {self.max_drop}")
+        for flag, value in (("--min-agreement", self.min_agreement), ("--min-top1", self.min_top1)):
+            if value is not None and not 0 <= value <= 100:
+                raise ConfigError(f"{flag} is a percentage from 0 to 100; got {value}")
         unknown = sorted(set(self.remedies) - set(REMEDIES))
         if unknown:
             raise ConfigError(f"unknown remedy {', '.join(unknown)}; choose from {', '.join(REMEDIES)}")
@@ -100,16 +114,52 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Attempt:
-    """A recipe built and measured on the evaluation images, and whether it met ``max_drop``."""
+    """A recipe built and measured on the evaluation images, and what keeps it from shipping
+    (``problems``; none: accepted)."""
 
     recipe: Recipe
     accuracy: Accuracy
     drop_points: float
-    accepted: bool
+    problems: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return not self.problems
+
+
+def top1_floor(options: ShipOptions, classes: int) -> float:
+    """The lowest top-1 (%) that may ship: ``min_top1``, else chance plus :data:`CHANCE_MARGIN` points."""
+    return options.min_top1 if options.min_top1 is not None else 100.0 / classes + CHANCE_MARGIN
+
+
+def below_floor(top1: float, options: ShipOptions, classes: int) -> str | None:
+    """Why a top-1 (a fraction) is too low to ship, or None."""
+    floor = top1_floor(options, classes)
+    if 100 * top1 >= floor - 1e-9:
+        return None
+    source = (f"--min-top1 {options.min_top1:g}%" if options.min_top1 is not None else
+              f"chance ({100 / classes:.2f}% for {classes} classes) plus {CHANCE_MARGIN:g} points")
+    return f"its top-1 {100 * top1:.2f}% is below {floor:.2f}%, {source}"
+
+
+def gate(accuracy: Accuracy, drop_points: float, options: ShipOptions, classes: int) -> tuple[str, ...]:
+    """What keeps a built recipe from shipping: too much top-1 lost, too many answers changed
+    from fp32's, or a top-1 too close to chance."""
+    problems = []
+    if drop_points > options.max_drop + 1e-9:
+        problems.append(f"it loses {drop_points:.2f} top-1 points, more than --max-drop {options.max_drop:g}")
+    agreement = 100 * accuracy.agreement
+    if agreement < options.min_agreement - 1e-9:
+        problems.append(f"{100 - agreement:.2f}% of its answers differ from fp32's (agreement {agreement:.2f}%, "
+                        f"below --min-agreement {options.min_agreement:g}%)")
+    low = below_floor(accuracy.top1, options, classes)
+    if low:
+        problems.append(low)
+    return tuple(problems)
 
 
 class ShipRefused(EffnetError, ValueError):
-    """Every recipe tried lost more top-1 than allowed; nothing was shipped."""
+    """The fp32 model is no better than chance, or every recipe tried failed the gate; nothing was shipped."""
 
 
 @dataclass(frozen=True)

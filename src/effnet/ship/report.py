@@ -21,7 +21,7 @@ from ..deploy.environment import describe_cpu
 from ..files import atomic_write
 from ..table import format_markdown
 from ..train.reporting import plot_confusion
-from .plan import ShipOptions, ShipResult
+from .plan import ShipOptions, ShipResult, top1_floor
 
 MISTAKES_SHOWN = 10
 ATTEMPT_HEADERS = ["recipe", "top-1 %", "drop (points)", "agreement %", "SQNR dB", "shipped"]
@@ -63,6 +63,17 @@ def attempt_rows(result: ShipResult) -> list[list[str]]:
              "yes" if a.accepted else "no"] for a in result.attempts]
 
 
+def _timing_note(result: ShipResult) -> str:
+    """How the speeds were taken, with the load average meanwhile (empty when not measured)."""
+    speed = result.reference.speed
+    if speed is None:
+        return ""
+    load = f"; load average {speed.load_average:.1f} while timing" if speed.load_average is not None else ""
+    return (f"{load}. fp32 and shipped were timed in turns, round after round ({speed.latency.iterations} rounds at "
+            f"batch 1, {speed.throughput.iterations} at batch {speed.throughput.batch_size}): medians with their "
+            "p10-p90 over the rounds")
+
+
 def _latency_plot(result: ShipResult) -> bytes | None:
     from matplotlib.figure import Figure
 
@@ -71,17 +82,19 @@ def _latency_plot(result: ShipResult) -> bytes | None:
         return None
     figure = Figure(figsize=(6, 2.6), layout="constrained")
     axes = figure.subplots()
-    axes.barh([r.name for r in rows], [r.speed.latency.median_ms for r in rows], color=["#999999", "#1f77b4"])
+    medians = [r.speed.latency.median_ms for r in rows]
+    spread = [[m - (r.speed.latency.p10_ms or m) for r, m in zip(rows, medians, strict=True)],
+              [r.speed.latency.p90_ms - m for r, m in zip(rows, medians, strict=True)]]
+    axes.barh([r.name for r in rows], medians, xerr=spread, capsize=3, color=["#999999", "#1f77b4"])
     axes.invert_yaxis()
-    axes.set(xlabel="median latency at batch 1 (ms)", title=f"latency on {describe_cpu()}")
+    axes.set(xlabel="median latency at batch 1 (ms), bars p10-p90 over rounds", title=f"latency on {describe_cpu()}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
-def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path) -> None:
-    """Write ``confusion.png``, ``report.md`` and ``report.html`` into the ship folder."""
-    out = result.out_dir
+def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path, out: Path) -> None:
+    """Write ``confusion.png``, ``report.md`` and ``report.html`` into ``out``, the ship folder being built."""
     evaluation = result.evaluation
     matrix = confusion_matrix(evaluation.targets, evaluation.shipped, len(evaluation.class_names))
     plot_confusion(torch.from_numpy(matrix), evaluation.class_names, out / "confusion.png",
@@ -92,17 +105,18 @@ def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path
     sizes = ", ".join(f"{name} ({(out / name).stat().st_size / 1e6:.2f} MB)" for name in files
                       if name.startswith("model."))
     shipped = result.shipped.accuracy
+    floor = top1_floor(options, len(evaluation.class_names))
     summary = (f"{result.model_name} shipped as **{result.recipe.describe()}** (runtime {manifest['runtime']}, "
                f"precision {manifest['precision']}, input {manifest['resolution']} px). Top-1 on "
                f"{shipped.count} images of `{eval_dir}`: {100 * shipped.top1:.2f}% against "
                f"{100 * result.reference.accuracy.top1:.2f}% in fp32 (drop {result.attempts[-1].drop_points:.2f} "
                f"points, limit {options.max_drop:g}); {100 * shipped.agreement:.2f}% of the predictions equal "
-               f"fp32's.")
+               f"fp32's (limit {options.min_agreement:g}%); the top-1 floor was {floor:.2f}%.")
     comparison = [result.reference, result.shipped]
     headers, cells = row_headers(comparison), [row_cells(r) for r in comparison]
     mistakes = confident_mistakes(result, eval_dir)
     versions = ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())
-    machine = f"{describe_cpu()}; {options.threads or 'all'} runtime threads"
+    machine = f"{describe_cpu()}; {options.threads or 'all'} runtime threads" + _timing_note(result)
     command = options.command or "(called from Python)"
     markdown = "\n".join([
         f"# Ship report: {result.model_name} -> {result.recipe.target.name}", "", summary, "",

@@ -60,7 +60,8 @@ class DataSettings:
     ``path``: class folders, ``train/`` + ``val/``, or a CSV listing (see ``effnet.data``).
     ``decode``: where images are decoded and augmented: ``cpu`` (in the loader workers),
     ``gpu`` (workers read JPEG bytes; the training device decodes and augments whole batches,
-    see :mod:`effnet.data.device_decode`) or ``auto`` (``gpu`` on CUDA devices).
+    see :mod:`effnet.data.device_decode`) or ``auto`` (the CPU until GPU decoding has been
+    measured on a GPU; ``gpu`` is one setting away).
     ``img_size`` is the final training size, ``eval_img_size`` the evaluation size and
     ``crop_pct`` the evaluation crop; ``None`` takes the model's (:meth:`resolve_sizes` fills
     them in once, so a run's saved config records the sizes it used). ``allow_single_class``

@@ -286,3 +286,25 @@ def default_source(model: str) -> PretrainedSource:
 def find_source_by_url(url: str) -> PretrainedSource | None:
     """The registered source whose URL this is, if any (to reuse its hash and layout)."""
     return next((s for s in list_sources() if s.url == url), None)
+
+
+@dataclass(frozen=True)
+class PublishedInt8:
+    """A variant's ImageNet top-1 after INT8 post-training quantization, beside its fp32 top-1,
+    as its publisher measured both (the drop holds for their weights and quantizer, not ours)."""
+
+    fp32: float
+    int8: float
+    source: str
+
+    @property
+    def drop(self) -> float:
+        return round(self.fp32 - self.int8, 2)
+
+
+TFLITE_LITE_README = "https://github.com/tensorflow/tpu/blob/master/models/official/efficientnet/lite/README.md"
+PUBLISHED_INT8 = {f"efficientnet_lite{index}": PublishedInt8(fp32, int8, TFLITE_LITE_README)
+                  for index, (fp32, int8) in enumerate(((75.1, 74.4), (76.7, 75.9), (77.6, 77.0), (79.8, 79.0),
+                                                        (81.5, 80.2)))}
+"""TensorFlow Lite's post-training INT8 figures for EfficientNet-Lite (tensorflow/tpu, the Lite
+README); none are published for B0-B7 or V2."""
