@@ -9,6 +9,8 @@ from torchvision.transforms import v2
 
 from effnet.data.datasets import ImageDataset, build_datasets, read_csv, scan_folder, stratified_split
 from effnet.data.loaders import build_loader
+from effnet.data.transforms import eval_transforms
+from effnet.description import Preprocessing
 from effnet.errors import EffnetError
 from test_data_images import bad_files, truncated_jpeg
 
@@ -206,3 +208,20 @@ def test_dataset_rejects_labels_outside_classes(tmp_path):
         ImageDataset([(path, 2)], ["a", "b"])
     with pytest.raises(ValueError, match="unknown validate"):
         ImageDataset([(path, 0)], ["a"], validate="deep")
+
+
+def test_a_very_thin_image_in_evaluated_data_is_skipped_with_a_warning(tmp_path, caplog):
+    root = class_folders(tmp_path, {"a": 2, "b": 2})
+    thin = root / "a" / "img001.png"
+    Image.new("RGB", (1, 2_000)).save(thin)  # 256 x 512,000 pixels once resized for B0
+    dataset = scan_folder(root, transform=eval_transforms(Preprocessing(224, 0.875)))
+    assert dataset.skipped == []  # its header is fine; only the resize would not be
+    with caplog.at_level(logging.WARNING, logger="effnet.data"):
+        batches = list(build_loader(dataset, batch_size=4, train=False, num_workers=0))
+    images, labels = batches[0]
+    assert images.shape == (4, 3, 224, 224) and labels.tolist() == [0, 1, 1, 1]  # the next image stands in
+    assert [(path, "too thin" in reason) for path, reason in dataset.skipped] == [(thin, True)]
+    assert any("img001.png" in r.getMessage() and "too thin" in r.getMessage() for r in caplog.records)
+    strict = scan_folder(root, strict=True, transform=eval_transforms(Preprocessing(224, 0.875)))
+    with pytest.raises(ValueError, match="strict mode.*img001.png.*too thin"):
+        strict[1]

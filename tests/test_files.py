@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
 from effnet import files
+from effnet.errors import InputFileError
 
 
 def test_a_failed_write_keeps_the_previous_file_and_no_temp(tmp_path) -> None:
@@ -46,3 +48,20 @@ def test_stale_temps_are_removed(tmp_path) -> None:
     (tmp_path / "last.pt").write_bytes(b"y")
     assert len(files.remove_stale_temps(tmp_path)) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.timeout(60)  # opening the FIFO would block
+def test_input_file_names_what_a_path_is_without_opening_it(tmp_path) -> None:
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    regular = tmp_path / "model.safetensors"
+    regular.write_bytes(b"x")
+    link = tmp_path / "link.pt"
+    link.symlink_to(regular)
+    assert files.input_file(regular, "checkpoint") == regular and files.input_file(link, "checkpoint") == link
+    for path, kind in ((fifo, "a FIFO (named pipe)"), ("/dev/zero", "a character device"), (tmp_path, "a folder")):
+        message = f"checkpoint {path} is not a regular file but {kind}; give a file"
+        with pytest.raises(InputFileError, match=f"^{re.escape(message)}$"):
+            files.input_file(path, "checkpoint")
+    with pytest.raises(InputFileError, match="recipe file .*missing.yaml does not exist"):
+        files.input_file(tmp_path / "missing.yaml", "recipe file")

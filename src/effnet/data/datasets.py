@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, EffnetError, InputFileError
+from ..files import input_file
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, verify_image
 
 logger = logging.getLogger("effnet.data")
@@ -126,15 +127,18 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.load(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        return self._read(index, transformed=True)
 
     def load(self, index: int) -> tuple[Any, int]:
         """Sample ``index`` as ``(RGB PIL image, label)``, untransformed; an unreadable file is
         recorded in :attr:`skipped` and the next readable sample is returned in its place
         (in strict mode it is an error)."""
+        return self._read(index, transformed=False)
+
+    def _read(self, index: int, transformed: bool) -> tuple[Any, int]:
+        """:meth:`load`, and with ``transformed`` the transform applied; a file the transform
+        refuses (an image too thin to resize, see :class:`~effnet.data.transforms.BoundedResize`)
+        is skipped like an unreadable one."""
         first_error = None
         for attempt in range(min(MAX_CONSECUTIVE_LOAD_FAILURES, len(self.samples))):
             current = (index + attempt) % len(self.samples)
@@ -142,10 +146,14 @@ class ImageDataset(Dataset):
                 continue
             path, label = self.samples[current]
             try:
-                return load_image(path, self.max_pixels), label
+                image = load_image(path, self.max_pixels)
+                if transformed and self.transform is not None:
+                    image = self.transform(image)
+                return image, label
             except ImageReadError as error:
+                error = ImageReadError(path, error.reason, error.kind)  # the transform does not know the path
                 if self.strict:
-                    raise ConfigError(f"unusable image file (strict mode): {error}") from error
+                    raise ConfigError(f"unusable image file (strict mode): {error}") from None
                 self._record_load_failure(current, error)
                 first_error = first_error or error
         raise EffnetError(f"could not read any of the {MAX_CONSECUTIVE_LOAD_FAILURES} samples from index {index} "
@@ -264,9 +272,7 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     case every label must be one of them. Listed files that do not exist are skipped (an
     error in strict mode); rows without a path or label are an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"CSV listing {path} does not exist")
+    path = input_file(path, "CSV listing")
     base = Path(root) if root is not None else path.parent
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -299,7 +305,7 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     samples, missing = [], []
     for _, file, label in rows:
         file_path = Path(file) if Path(file).is_absolute() else base / file
-        (samples if file_path.is_file() else missing).append((file_path, index[label]))
+        (samples if file_path.exists() else missing).append((file_path, index[label]))  # others refused when read
     if missing and (strict or not samples):
         origin = "the root argument" if root is not None else "the CSV's folder; pass root= to change it"
         raise (ValueError if samples else FileNotFoundError)(
@@ -362,7 +368,8 @@ def build_datasets(data: str | Path, val_split: float | None = None, seed: int =
     if not data.exists():
         raise InputFileError(f"data path {data} does not exist; {_FOLDER_LAYOUT}")
     options: dict[str, Any] = {"strict": strict, "validate": validate, "max_pixels": max_pixels}
-    if data.is_file():
+    if not data.is_dir():
+        input_file(data, "data path")  # a FIFO or a device is refused without being opened
         if data.suffix.lower() != ".csv":
             raise ConfigError(f"{data} is a file but not a .csv listing; {_FOLDER_LAYOUT}")
         return _split(read_csv(data, **options), val_split, seed, str(data))

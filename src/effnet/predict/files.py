@@ -47,8 +47,8 @@ def collect_images(paths: Iterable[str | Path]) -> ImageList:
     for argument in paths:
         text = str(argument)
         path = Path(text)
-        if path.is_file():
-            add([path])
+        if path.is_file() or (path.exists() and not path.is_dir()):
+            add([path])  # a FIFO or a device is refused, unopened, when it is read
         elif path.is_dir():
             images = image_files_under(path, unreadable)
             if not images:

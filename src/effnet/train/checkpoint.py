@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
-from ..files import atomic_write
+from ..files import atomic_write, input_file
 from ..model import EfficientNet
 from ..weights.io import model_metadata
 from ..weights.trained import LAST, read_training_checkpoint
@@ -63,9 +63,9 @@ def resolve_resume(path: str | Path) -> Path:
         if not candidate.is_file():
             raise InputFileError(f"run directory {path} has no {LAST} to resume from")
         return candidate
-    if not path.is_file():
+    if not path.exists():
         raise InputFileError(f"cannot resume from {path}: no such run directory or checkpoint")
-    return path
+    return input_file(path, "checkpoint")
 
 
 @dataclass(frozen=True)

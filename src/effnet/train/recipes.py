@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError
+from ..files import input_file
 from .config import TrainConfig, get_value, set_value
 
 if TYPE_CHECKING:
@@ -35,8 +36,7 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     """A recipe's raw settings, by shipped name (``seed``, ``paper``, ...) or YAML path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise InputFileError(f"recipe file {path} does not exist")
+        input_file(path, "recipe file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
