@@ -48,7 +48,7 @@ def create_model(name: str | EfficientNetConfig, num_classes: int = 1000,
                  pretrained_layout: str | None = None, **overrides: Any) -> EfficientNet:
     """Build an EfficientNet by name (see :func:`effnet.list_models`) or from a config.
 
-    Overrides change any :class:`EfficientNetConfig` field, e.g. ``drop_rate``,
+    Overrides change any :class:`~effnet.model.EfficientNetConfig` field, e.g. ``drop_rate``,
     ``drop_path_rate``, ``activation``, ``padding`` ('symmetric' or TF 'same'),
     ``bn_momentum``, ``bn_eps``, ``in_chans`` or ``width``/``depth``/``resolution``.
     The model carries its description (name, eval preprocessing, class names, weights source)

@@ -15,8 +15,9 @@ of truth, so a picture is prepared exactly as in evaluation. What it accepts as 
 
 :meth:`Classifier.predict_batch` streams one :class:`Prediction` per input, in input order;
 an input that cannot be read comes back with its ``error`` set instead of stopping the run.
-:func:`collect_images`, :func:`predict_files` and :func:`open_writer` are what ``effnet
-predict`` runs: files, folders and globs in, a table, CSV or JSON out.
+:func:`effnet.predict.collect_images`, :func:`effnet.predict.predict_files` and
+:func:`effnet.predict.open_writer` are what ``effnet predict`` runs: files, folders and globs
+in, a table, CSV or JSON out.
 """
 
 from __future__ import annotations

@@ -182,9 +182,11 @@ class EfficientNet(nn.Module):
         self.classifier: nn.Module = self._make_classifier(num_classes)
 
         self.feature_info = self._feature_pyramid(stages)
+        """One :class:`FeatureInfo` per map :meth:`forward_multiscale` returns."""
         self._feature_stages = [info.stage for info in self.feature_info]
         self._init_weights()
         self.description = description or ModelDescription()
+        """The model's :class:`~effnet.description.ModelDescription` (name, preprocessing, class names, weights)."""
         self.describe()  # checks the class names against the head
 
     def describe(self, **changes: object) -> ModelDescription:
@@ -279,7 +281,7 @@ class EfficientNet(nn.Module):
 
     def zero_init_residual(self) -> None:
         """Start every block that has a residual connection as the identity
-        (:meth:`MBConv.zero_init_last`)."""
+        (:meth:`~effnet.layers.MBConv.zero_init_last`)."""
         for module in self.modules():
             if isinstance(module, (MBConv, FusedMBConv)) and module.has_residual:
                 module.zero_init_last()

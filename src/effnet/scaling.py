@@ -35,6 +35,7 @@ def round_repeats(repeats: int, depth: float) -> int:
 MAX_WIDTH_DEPTH = 8.0
 """The largest width or depth multiplier :meth:`CompoundScaling.check` lets through."""
 MIN_WIDTH_DEPTH = 0.01
+"""The smallest width or depth multiplier :meth:`CompoundScaling.check` lets through."""
 MAX_RESOLUTION = 1024
 """The largest input size (px) :meth:`CompoundScaling.check` lets through."""
 

@@ -64,6 +64,7 @@ V2_S_STAGES: tuple[StageSpec, ...] = (
     _fused(2, 1, 1, 24), _fused(4, 2, 4, 48), _fused(4, 2, 4, 64),
     StageSpec(6, 3, 2, 4, 128), StageSpec(9, 3, 1, 6, 160), StageSpec(15, 3, 2, 6, 256),
 )
+"""EfficientNetV2-S (google/automl efficientnetv2)."""
 V2_M_STAGES: tuple[StageSpec, ...] = (
     _fused(3, 1, 1, 24), _fused(5, 2, 4, 48), _fused(5, 2, 4, 80),
     StageSpec(7, 3, 2, 4, 160), StageSpec(14, 3, 1, 6, 176), StageSpec(18, 3, 2, 6, 304), StageSpec(5, 3, 1, 6, 512),

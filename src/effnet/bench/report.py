@@ -22,8 +22,10 @@ from .runner import BenchRow
 CSV_COLUMNS = ("model", "source", "device", "dtype", "batch", "resolution", "top1", "params", "macs",
                "latency_median_ms", "latency_p90_ms", "throughput_img_s", "peak_memory_mib", "iterations",
                "status")
+"""The columns of ``bench.csv``: raw values, one row per network and batch size."""
 TABLE_HEADERS = ("model", "source", "batch", "res", "top-1 %", "params M", "GMACs", "median ms", "p90 ms",
                  "img/s", "peak MiB", "status")
+"""The columns of the printed table and ``bench.md``: values rounded for reading."""
 PLOTS = {"accuracy_vs_macs.png": ("MACs", "GMACs per image"),
          "accuracy_vs_latency.png": ("latency", "median latency per batch (ms)"),
          "accuracy_vs_params.png": ("parameters", "parameters (millions)")}

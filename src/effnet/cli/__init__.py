@@ -4,7 +4,7 @@ Each command lives in its own module with ``register(subparsers)``, which adds i
 :func:`add_command`) and sets ``func`` to the function that runs it. Only the module of the
 command being run is imported, so ``effnet --help`` and ``effnet --version`` answer without
 loading PyTorch. :func:`main` turns every error into one line on stderr and an exit code of
-:class:`ExitCode`: an :class:`~effnet.errors.EffnetError` its ``exit_code``, other
+:class:`~effnet.errors.ExitCode`: an :class:`~effnet.errors.EffnetError` its ``exit_code``, other
 ``ValueError``/``OSError`` 2, an interruption (SIGINT, or SIGTERM, which runs the same clean-up
 so outputs are closed whole) 130, and anything else 70 as an internal error (the traceback is
 printed only with ``EFFNET_DEBUG=1``).
@@ -62,6 +62,7 @@ COMMANDS: dict[str, Command] = {
     "pick": Command("measure variants x runtimes here and pick the most accurate within a latency budget",
                     "effnet pick --max-latency-ms 10 --out runs/pick"),
 }
+"""Every command by name, in ``effnet --help``'s order: its summary and an example."""
 RUNTIME_PACKAGES = ("effnet-runtime", "torch", "torchvision", "onnxruntime", "openvino", "timm", "executorch",
                     "ai-edge-litert", "ray", "tritonclient")
 """Packages whose versions ``effnet --version`` lists when they are installed."""

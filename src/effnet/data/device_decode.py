@@ -97,7 +97,7 @@ class DeviceBatchTransform:
     """Decode a batch of :class:`EncodedImages` payloads on ``device`` and apply ``transform``
     (a v2 preset from :mod:`effnet.data.transforms`) there: as one batched preset when
     :func:`~effnet.data.batch_augment.batch_preset` knows it (its randomness from
-    :attr:`generator`, see :meth:`seed`), else to each image; returns the stacked batch in
+    ``generator``, see :meth:`seed`), else to each image; returns the stacked batch in
     ``memory_format`` and the labels, both on ``device``."""
 
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
@@ -168,7 +168,7 @@ class DeviceBatchTransform:
 
 
 class DeviceDecodeLoader:
-    """A :class:`DataLoader` over :class:`EncodedImages` whose batches come out decoded and
+    """A :class:`~torch.utils.data.DataLoader` over :class:`EncodedImages` whose batches come out decoded and
     transformed on the device. Everything else (``sampler``, ``generator``, ``num_workers``)
     is the wrapped loader's, so epoch seeding and resuming work as with the CPU path; each
     pass seeds the augmentation from the sampler's seed, epoch and rank (a replayed epoch

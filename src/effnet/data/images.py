@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "READ_ERROR_KINDS", "WHITE"
 
 
 def verify_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = False) -> None:
-    """Raise :class:`ImageReadError` unless ``path`` looks like a usable image.
+    """Raise :class:`~effnet_runtime.portable.ImageReadError` unless ``path`` looks like a usable image.
 
     The cheap check opens the header (format, size, pixel limit) and runs Pillow's
     ``verify`` (for PNG it reads every chunk and its checksum, so corrupt or truncated PNGs

@@ -57,7 +57,7 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
                  persistent_workers: bool | None = None, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader for training (shuffled, last partial batch dropped) or evaluation (in order).
 
-    ``distributed`` uses a :class:`DistributedSampler` (the process group must be
+    ``distributed`` uses a :class:`~torch.utils.data.DistributedSampler` (the process group must be
     initialised); for evaluation it pads the last batch with repeated samples so every rank
     gets the same count. Defaults: ``pin_memory`` when CUDA is available, ``persistent_workers``
     when ``num_workers > 0``, ``drop_last`` for training unless the dataset is smaller than one

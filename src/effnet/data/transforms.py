@@ -2,7 +2,7 @@
 
 Both presets take a PIL RGB image (see :mod:`effnet.data.images`) and return a normalized
 float32 CHW tensor. The evaluation preset reads everything from a
-:class:`~effnet.registry.Preprocessing`, the one source of truth for a network's input. Its
+:class:`~effnet.description.Preprocessing`, the one source of truth for a network's input. Its
 resize (:class:`BoundedResize`) refuses, before any work, an image whose resized copy would
 exceed ``max_pixels`` (a 1 x 100,000 pixel image would become 256 x 25,600,000): the rule of
 :func:`effnet_runtime.portable.check_resized_pixels`, which the torch-free path applies too.

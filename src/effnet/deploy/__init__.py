@@ -1,6 +1,6 @@
 """Deployment: BatchNorm folding, verified exports (ONNX, TorchScript, torch.export) and INT8.
 
-- :func:`fold_batchnorm` (from :mod:`effnet.fuse`, shared with :mod:`effnet.accelerate`): fold
+- :func:`~effnet.fuse.fold_batchnorm` (from :mod:`effnet.fuse`, shared with :mod:`effnet.accelerate`): fold
   BatchNorm into the convs (same outputs).
 - :mod:`.export`: export to ``onnx``, ``torchscript`` or ``pt2``, verified in the format's own
   runtime before the file appears.

@@ -98,7 +98,7 @@ def export_model(model: nn.Module, path: str | Path, format: str, *, opset: int 
     """Export ``model`` to ``path`` as ``onnx``, ``torchscript`` or ``pt2``, verified in its runtime.
 
     ``fold_bn`` folds BatchNorm into the convs first (the comparison is still against the
-    unfolded eager model). Raises :class:`ExportVerificationError` (a ValueError) if the
+    unfolded eager model). Raises :class:`~effnet.deploy.verify.ExportVerificationError` (a ValueError) if the
     artifact's logits differ from eager PyTorch by more than ``tolerance``; the destination is
     then left as it was.
     """

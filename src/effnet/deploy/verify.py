@@ -39,7 +39,7 @@ class Verification:
 
 
 def verification_inputs(input_shape: Sequence[int], batch_sizes: Sequence[int], seed: int = 0) -> list[np.ndarray]:
-    """Seeded standard-normal batches (like normalized images) of shape (b, *input_shape) for each b."""
+    """Seeded standard-normal batches (like normalized images) of shape ``(b, *input_shape)`` for each ``b``."""
     generator = np.random.default_rng(seed)
     return [generator.standard_normal((b, *input_shape), dtype=np.float32) for b in batch_sizes]
 
@@ -47,7 +47,7 @@ def verification_inputs(input_shape: Sequence[int], batch_sizes: Sequence[int], 
 def compare_to_reference(runner: Runner, reference: nn.Module, input_shape: Sequence[int],
                          batch_sizes: Sequence[int] = (2, 1, 3), tolerance: float = FP32_TOLERANCE,
                          seed: int = 0) -> Verification:
-    """Run ``runner`` and the eval-mode ``reference`` on the same batches; the largest |difference|.
+    """Run ``runner`` and the eval-mode ``reference`` on the same batches; the largest ``|difference|``.
 
     Several batch sizes check that a dynamic batch dimension really is dynamic. A runtime that
     fails on an input (e.g. a batch size it was not exported for) raises ExportVerificationError.

@@ -1,7 +1,7 @@
 """Depthwise conv + bias + activation, with the SE squeeze (per-channel sums) in the same pass.
 
 :func:`dwconv_act_squeeze` is the one entry point: the Triton kernel where it can run (see
-:func:`~effnet.kernels._triton.kernels_run_on`), else :func:`dwconv_act_squeeze_reference`,
+:func:`~effnet.kernels.kernels_run_on`), else :func:`dwconv_act_squeeze_reference`,
 the eager computation with the same meaning. The output is channels_last; the sums are fp32
 sums over the output positions of the activation as stored (in the output's dtype), so
 ``sums / (OH * OW)`` is the SE module's global average. ``input_bias`` and

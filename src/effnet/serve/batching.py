@@ -17,7 +17,9 @@ from typing import Generic, TypeVar
 from ..errors import ConfigError
 
 Item = TypeVar("Item")
+"""What one caller submits: an input of the batched function."""
 Result = TypeVar("Result")
+"""What the batched function returns for one item."""
 
 
 class QueueFullError(Exception):

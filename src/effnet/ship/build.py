@@ -62,7 +62,7 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
 
     ``calib_dir`` (any folder of images) is needed for INT8 targets and for the remedies that
     quantize; ``eval_dir`` is a class-folder dataset with the model's classes. Raises
-    :class:`ShipRefused` if no recipe tried stays within ``options.max_drop``.
+    :class:`~effnet.ship.plan.ShipRefused` if no recipe tried stays within ``options.max_drop``.
     """
     model.eval()
     out_dir = Path(out_dir)

@@ -50,7 +50,7 @@ def image_files(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def prepare(path: Path, preprocessing: dict) -> np.ndarray:
-    """One file as the model's input, or :class:`portable.ImageReadError`."""
+    """One file as the model's input, or :class:`~effnet_runtime.portable.ImageReadError`."""
     if not path.is_file():  # never open a FIFO (it would block) or a device (it never ends)
         kind = "a folder" if path.is_dir() else "not a regular file (a pipe, device or socket)"
         raise portable.ImageReadError(path, f"cannot read it: {kind}", "unreadable")
@@ -58,7 +58,7 @@ def prepare(path: Path, preprocessing: dict) -> np.ndarray:
 
 
 def classify(paths: list[Path], model: portable.ShippedModel, top_k: int = 1, batch_size: int = 32):
-    """Yield one :func:`portable.prediction_record` per path, in the order given."""
+    """Yield one :func:`~effnet_runtime.portable.prediction_record` per path, in the order given."""
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         inputs, errors = [], {}

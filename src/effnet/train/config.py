@@ -222,7 +222,7 @@ FINETUNE_STRATEGIES = ("linear", "full", "gradual")
 
 @dataclass
 class FinetuneSettings:
-    """Which layer groups train when, and their learning rates (see :mod:`effnet.finetune`).
+    """Which layer groups train when, and their learning rates (see :mod:`effnet.train.finetune`).
 
     ``strategy``: ``full`` (everything trains, the default), ``linear`` (the classifier only)
     or ``gradual`` (the classifier first, then one more group from the top every

@@ -110,7 +110,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(text: str, where: str) -> Any:
-    """``text`` parsed as YAML; a syntax error becomes a :class:`ConfigError` naming ``where`` and
+    """``text`` parsed as YAML; a syntax error becomes a :class:`~effnet.errors.ConfigError` naming ``where`` and
     the line and column."""
     try:
         return yaml.safe_load(text)

@@ -78,7 +78,9 @@ class RunLoaders:
         self.decode_on_device = decodes_on_device(config.data.decode, context.device)
         self.val_set.transform = eval_transforms(preprocessing)
         self.val = self._build_val_loader()
+        """The validation loader (this process's shard under DDP)."""
         self.train: DataLoader | DeviceDecodeLoader | None = None
+        """The training loader of the current epoch (None before the first :meth:`for_epoch`)."""
         self._train_key: tuple | None = None
 
     def _build_val_loader(self) -> DataLoader | DeviceDecodeLoader:

@@ -6,7 +6,7 @@ reference's staircase: ``lr * decay_rate ** floor(epoch / decay_epochs)`` (x0.97
 epochs), counted from the start of the run as in the reference.
 
 A param group with an ``lr_scale`` (discriminative fine-tuning rates, see
-:func:`effnet.finetune.param_groups`) gets the scheduled rate times that scale.
+:func:`effnet.train.finetune.layer_decay_groups`) gets the scheduled rate times that scale.
 """
 
 from __future__ import annotations

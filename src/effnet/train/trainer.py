@@ -15,7 +15,7 @@ TensorBoard scalars and the curves PNG. Faults are handled so that work is never
   at once (:mod:`effnet.train.signals`);
 - checkpoints are written atomically, so a kill during a save leaves the previous one.
 
-Fine-tuning (the ``finetune`` settings, :mod:`effnet.finetune`): the optimizer gets one
+Fine-tuning (the ``finetune`` settings, :mod:`effnet.train.finetune`): the optimizer gets one
 param group per layer group with its ``lr_scale`` (discriminative rates), and each epoch
 starts by freezing and unfreezing layer groups as the strategy says for that epoch (frozen
 BatchNorm stays in eval mode). ``model.pretrained`` may also name one of our trained models
@@ -100,7 +100,7 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
 class Trainer:
     """A training run; build it with a config (``data.path`` set) and call :meth:`fit`.
 
-    ``resume``: a run directory or checkpoint to continue (or a :class:`ResumePoint` already
+    ``resume``: a run directory or checkpoint to continue (or a :class:`~effnet.train.checkpoint.ResumePoint` already
     read); ``run_dir`` defaults to the resumed run's directory, else ``runs/<model>-<time>``.
     A new run refuses a folder that holds another run's files unless ``overwrite`` (see
     :mod:`effnet.train.rundir`).

@@ -60,7 +60,7 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 def verify(path: Path, sha256: str | None = None, md5: str | None = None) -> None:
     """Check ``path`` against a published sha256 (full or a prefix of at least 8 digits, as in
-    torchvision's file names) or md5; a mismatch raises :class:`ChecksumError`."""
+    torchvision's file names) or md5; a mismatch raises :class:`~effnet.weights.errors.ChecksumError`."""
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if not expected:
             continue
@@ -117,8 +117,8 @@ def download(url: str, sha256: str | None = None, md5: str | None = None, filena
     already in the cache is used as it is).
 
     ``file://`` URLs are copied. A published ``sha256``/``md5`` is checked on every new
-    download; a corrupt result is deleted and :class:`ChecksumError` says so. Offline or
-    unreachable, :class:`WeightsUnavailableError` says which file to put where.
+    download; a corrupt result is deleted and :class:`~effnet.weights.errors.ChecksumError` says so. Offline or
+    unreachable, :class:`~effnet.weights.errors.WeightsUnavailableError` says which file to put where.
     """
     directory = Path(directory) if directory is not None else cache_dir()
     target = directory / (filename or url_filename(url))

@@ -290,7 +290,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Ef
 
 @contextlib.contextmanager
 def weights_named(origin: str | Path) -> Iterator[None]:
-    """Prefix a :class:`StateDictError` raised in the block with the file it came from."""
+    """Prefix a :class:`~effnet.weights.errors.StateDictError` raised in the block with the file it came from."""
     try:
         yield
     except StateDictError as error:

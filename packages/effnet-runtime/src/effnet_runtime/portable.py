@@ -40,6 +40,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 """Pillow's default warning threshold: about 0.25 GiB of RGBA pixels."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 READ_ERROR_KINDS = ("empty", "not_an_image", "too_many_pixels", "corrupt", "missing", "unreadable")
+"""The kinds of :class:`ImageReadError`, one per way a file can fail to give an image."""
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -214,6 +215,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ predictions
 SCHEMA_VERSION = 1
+"""The version of :data:`PREDICTION_SCHEMA` that prediction records carry as ``schema_version``."""
 _RANKED = {
     "type": "object",
     "required": ["rank", "class_index", "class_name", "probability"],

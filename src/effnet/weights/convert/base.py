@@ -131,7 +131,7 @@ def check_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
 
     BatchNorm's ``num_batches_tracked`` counters (which TensorFlow checkpoints lack) are kept
     from the model when absent; anything else missing, unexpected or of another shape is a
-    :class:`StateDictError` naming the key and both shapes, and so is an integer tensor where
+    :class:`~effnet.weights.errors.StateDictError` naming the key and both shapes, and so is an integer tensor where
     the model has floating-point weights (weights cast or quantized to integers would load and
     predict nonsense) and, with ``values``, a tensor holding NaN or infinity (the first one is
     named). ``model`` may be on the ``meta`` device (shapes only).
