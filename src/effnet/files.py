@@ -4,9 +4,7 @@ Every file effnet writes (checkpoints, models, exports, reports, downloads) goes
 :func:`atomic_write`: the bytes go to a temporary file beside the target, are flushed to
 disk, and the temporary file is renamed over the target, so the target is always either
 the old file or the new one, whole. :func:`publish` is that commit point on its own, for a
-file that was written elsewhere first (a resumable download). A folder of several files is
-built in a :func:`work_folder` beside its destination and moved into place whole by
-:func:`publish_folder`; the work folders of processes that died are removed by the next one.
+file that was written elsewhere first (a resumable download).
 
 :func:`input_file` checks a file the user named before anything opens it: a FIFO or a device
 (``/dev/zero``) would block or never end, so it is refused as "not a regular file".
@@ -16,11 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import shutil
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,17 +25,7 @@ from effnet_runtime.portable import special_file
 
 from .errors import DiskFullError, InputFileError, OutputError
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
-
-logger = logging.getLogger("effnet.files")
-
 TEMP_MARK = ".tmp-"
-LOCK_NAME = ".lock"
-UNLOCKED_GRACE_SECONDS = 60.0
-"""A work folder without a lock file younger than this may be one whose lock is being created."""
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 _LOW_SPACE_BYTES = 16 * 2**20
 """Below this much free space, a writer's failure without an errno (torch.save's
@@ -196,84 +181,6 @@ def publish(temp: str | Path, path: str | Path) -> Path:
     os.replace(temp, path)
     _fsync_dir(path.parent)
     return path
-
-
-def publish_folder(folder: str | Path, target: str | Path) -> Path:
-    """Move ``folder``, built aside on the same file system, to ``target`` in one rename, and
-    persist the rename: ``target`` appears whole or not at all. ``target`` must not exist or
-    be an empty folder (which it replaces); otherwise an :class:`~effnet.errors.OutputError`."""
-    folder, target = Path(folder), Path(target)
-    try:
-        os.replace(folder, target)
-    except OSError as error:
-        if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise OutputError(f"{printable_path(target)} appeared while this command ran and is not an empty "
-                              "folder; it was left as it is: choose another name") from None
-        raise
-    _fsync_dir(target.parent)
-    return target
-
-
-def lock_file(path: str | Path) -> IO[str] | None:
-    """An exclusive ``fcntl.flock`` on ``path`` (created if needed), without waiting: the open
-    handle, whose closing (or the end of the process, even by SIGKILL) drops the lock; ``None``
-    when another process holds it. Without ``fcntl`` (Windows) the handle, unlocked."""
-    handle = open(path, "a+", encoding="utf-8")
-    if fcntl is not None:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-    return handle
-
-
-@contextlib.contextmanager
-def work_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
-    """A new hidden folder ``parent/<prefix><random>`` to build outputs in, locked (by a
-    :func:`lock_file` inside) while the block runs and removed when it ends, however it ends.
-
-    Work folders of the same ``prefix`` that a process killed on the way left behind (their
-    lock free, or older than a minute without one) are removed first, with a warning.
-    """
-    parent = Path(parent)
-    remove_dead_work_folders(parent, prefix)
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    handle = lock_file(folder / LOCK_NAME)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        if handle is not None:
-            handle.close()
-
-
-def remove_dead_work_folders(parent: Path, prefix: str) -> list[Path]:
-    """Remove the :func:`work_folder` folders named ``prefix*`` in ``parent`` whose process died."""
-    removed = []
-    for folder in sorted(parent.glob(f"{prefix}*")):
-        if not folder.is_dir() or folder.is_symlink():
-            continue
-        lock = folder / LOCK_NAME
-        try:
-            if not lock.is_file():
-                if time.time() - folder.stat().st_mtime < UNLOCKED_GRACE_SECONDS:
-                    continue
-                handle = None
-            else:
-                handle = lock_file(lock)
-                if handle is None:  # its process is still running
-                    continue
-        except OSError:  # not ours to judge (permissions): leave it
-            continue
-        try:
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            if handle is not None:
-                handle.close()
-        logger.warning("removed %s, left by an earlier run that did not finish", printable_path(folder))
-        removed.append(folder)
-    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
