@@ -239,3 +239,25 @@ def test_a_very_thin_image_in_evaluated_data_is_skipped_with_a_warning(tmp_path,
     strict = scan_folder(root, strict=True, transform=eval_transforms(Preprocessing(224, 0.875)))
     with pytest.raises(ValueError, match="strict mode.*img001.png.*too thin"):
         strict[1]
+
+
+def test_links_that_leave_the_data_folder_are_skipped_unless_followed(tmp_path, caplog):
+    elsewhere = class_folders(tmp_path / "elsewhere", {"private": 3})  # someone else's photos
+    data = class_folders(tmp_path / "data", {"train/a": 2, "train/b": 2, "val/a": 1, "val/b": 1})
+    os.symlink("/", data / "train" / "a" / "root")
+    os.symlink(elsewhere / "private" / "img000.png", data / "train" / "b" / "borrowed.png")
+    os.symlink(data / "val" / "a" / "img000.png", data / "train" / "a" / "shared.png")  # inside DATA: followed
+    with caplog.at_level(logging.WARNING, logger="effnet.data"):
+        splits = build_datasets(data)
+    assert sorted(p.name for p, _ in splits.train.samples) == ["img000.png", "img000.png", "img001.png",
+                                                               "img001.png", "shared.png"]
+    assert {p.name: reason for p, reason in splits.train.skipped} == {
+        "root": f"a link to /, outside {data}: {datasets.FOLLOW_LINKS_HINT}",
+        "borrowed.png": f"a link to {elsewhere / 'private' / 'img000.png'}, outside {data}: "
+                        f"{datasets.FOLLOW_LINKS_HINT}"}
+    assert sum("borrowed.png" in r.getMessage() and "not followed" in r.getMessage() for r in caplog.records) == 1
+    followed = scan_folder(data / "train", follow_links=True, validate="none", data_root=data)
+    assert "borrowed.png" in [p.name for p, _ in followed.samples]
+    os.symlink(elsewhere, data / "train" / "c")
+    with pytest.raises(ValueError, match=f"class folder {data / 'train' / 'c'} is a link to {elsewhere}, outside"):
+        build_datasets(data)

@@ -10,7 +10,7 @@ from ..files import check_output_folder
 from ..table import format_table
 from ..train.metrics import confusion_rows, mistake_rows, per_class_rows, summary_rows
 from ..train.reporting import save_evaluation
-from . import add_command
+from . import add_command, add_follow_links
 
 CONFUSION_PRINT_LIMIT = 20
 MISTAKES_PRINTED = 10
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where JPEGs are decoded: cpu (loader workers) or gpu (the device, in batches; "
                              "auto: on CUDA)")
     parser.add_argument("--out", help="also write confusion_matrix.png/.csv, per_class.csv and mistakes.csv/.png here")
+    add_follow_links(parser)
     parser.set_defaults(func=run)
 
 
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out) if args.out else None
     result, class_names, _ = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                                  num_workers=args.workers, weights=args.weights, device=args.device,
-                                                 val_split=args.val_split, seed=args.seed, decode=args.decode)
+                                                 val_split=args.val_split, seed=args.seed, decode=args.decode,
+                                                 follow_links=bool(args.follow_links))
     print(format_table(["metric", "value"], summary_rows(result)))
     print()
     print(format_table(["class", "images", "accuracy %"], per_class_rows(result, class_names)))

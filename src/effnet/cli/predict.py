@@ -13,7 +13,7 @@ from ..errors import ConfigError, ExitCode
 from ..files import atomic_open, check_output_file
 from ..infer import Prediction, load_classifier
 from ..predict import FORMATS, collect_images, format_for, open_writer, predict_files
-from . import add_command
+from . import add_command, add_follow_links
 
 PREFIX = "effnet predict: "
 OUTPUT_SUFFIXES = (".csv", ".json", ".txt", ".tsv", ".log", "")
@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "--amp's precision (default: on with CUDA, off on the CPU)")
     parser.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_follow_links(parser)
     parser.set_defaults(func=run)
 
 
@@ -59,7 +60,7 @@ def _report_failure(prediction: Prediction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, OUTPUT_SUFFIXES) if args.out else None
-    images = collect_images(args.paths)
+    images = collect_images(args.paths, follow_links=bool(args.follow_links))
     for argument, reason in images.problems:
         print(f"{PREFIX}{argument}: {reason}", file=sys.stderr)
     if not images.files:

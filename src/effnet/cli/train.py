@@ -13,7 +13,7 @@ from ..train.config import OPTIMIZERS, TrainConfig
 from ..train.recipes import config_for_run, recipe_names
 from ..train.reporting import result_rows
 from ..train.trainer import train
-from . import add_command
+from . import add_command, add_follow_links
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_help: str, lr_help: str) -> None:
@@ -36,6 +36,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_
     parser.add_argument("--allow-single-class", action="store_true", default=None,
                         help="train on data with a single class (refused otherwise: it scores 100%% learning nothing)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_follow_links(parser)
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "run.epochs": args.epochs, "data.img_size": args.img_size, "data.batch_size": args.batch_size,
         "optimizer.lr": args.lr, "data.num_workers": args.workers, "data.val_split": args.val_split,
         "run.device": args.device, "run.seed": args.seed, "run.progress": False if args.no_progress else None,
-        "data.allow_single_class": args.allow_single_class,
+        "data.allow_single_class": args.allow_single_class, "data.follow_links": args.follow_links,
     }
 
 
