@@ -7,7 +7,7 @@ import argparse
 from ..data.datasets import build_datasets
 from ..data.demo import write_demo_dataset
 from ..table import format_table
-from . import add_command, add_follow_links
+from . import add_command, add_follow_links, numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = commands.add_parser("info", help="classes, image counts and unusable files of a data path")
     info.add_argument("data", help="folder (train/ and val/, or class folders) or CSV listing")
-    info.add_argument("--val-split", type=float, default=None, help="fraction held out when there is no val set")
-    info.add_argument("--seed", type=int, default=0, help="seed of the val split (default 0)")
+    info.add_argument("--val-split", type=numbers.FRACTION, default=None,
+                      help="fraction held out when there is no val set")
+    info.add_argument("--seed", type=numbers.SEED, default=0, help="seed of the val split (default 0)")
     info.add_argument("--full-check", action="store_true", help="decode every image (slower, catches truncated JPEGs)")
     info.add_argument("--strict", action="store_true", help="fail on the first unusable file")
     add_follow_links(info)

@@ -10,7 +10,7 @@ from ..files import check_output_folder
 from ..table import format_table
 from ..train.metrics import confusion_rows, mistake_rows, per_class_rows, summary_rows
 from ..train.reporting import save_evaluation
-from . import add_command, add_follow_links
+from . import add_command, add_follow_links, numbers
 
 CONFUSION_PRINT_LIMIT = 20
 MISTAKES_PRINTED = 10
@@ -26,10 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="class folders, train/ + val/, or a path,label CSV")
     parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
                         help="for .pt checkpoints: raw or EMA weights (auto: the better one on validation)")
-    parser.add_argument("--val-split", type=float, help="evaluate the fraction held out in training (no val/)")
-    parser.add_argument("--seed", type=int, default=0, help="the training run's seed, for --val-split")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--val-split", type=numbers.FRACTION,
+                        help="evaluate the fraction held out in training (no val/)")
+    parser.add_argument("--seed", type=numbers.SEED, default=0, help="the training run's seed, for --val-split")
+    parser.add_argument("--batch-size", type=numbers.BATCH, default=64)
+    parser.add_argument("--workers", type=numbers.WORKERS, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
                         help="where JPEGs are decoded: cpu (loader workers) or gpu (the device, in batches; "

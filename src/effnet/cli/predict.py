@@ -13,7 +13,7 @@ from ..errors import ConfigError, ExitCode
 from ..files import atomic_open, check_output_file
 from ..infer import Prediction, load_classifier
 from ..predict import FORMATS, collect_images, format_for, open_writer, predict_files
-from . import add_command, add_follow_links
+from . import add_command, add_follow_links, numbers
 
 PREFIX = "effnet predict: "
 OUTPUT_SUFFIXES = (".csv", ".json", ".txt", ".tsv", ".log", "")
@@ -33,14 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "or the architecture of --checkpoint")
     parser.add_argument("--checkpoint", help="effnet .safetensors, a run's .pt or run directory; with --model, "
                                              "any torchvision/timm/EfficientNet-PyTorch/Keras weight file")
-    parser.add_argument("--num-classes", type=int,
+    parser.add_argument("--num-classes", type=numbers.CLASSES,
                         help="classifier size of a --model --checkpoint weight file (default: as stored in "
                              "effnet files, else 1000)")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
+    parser.add_argument("--top-k", type=numbers.CLASSES, default=5, help="classes to list per image (default 5)")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else table)")
     parser.add_argument("--out", help="write the results to this file instead of the screen")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0, help="processes reading images (default 0: this one)")
+    parser.add_argument("--batch-size", type=numbers.BATCH, default=32)
+    parser.add_argument("--workers", type=numbers.WORKERS, default=0,
+                        help="processes reading images (default 0: this one)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
                         help="where JPEG files are decoded: cpu, or gpu (the device, in batches; auto: on CUDA)")

@@ -9,7 +9,7 @@ import shlex
 from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.quantize import LAYER_GROUPS, QatSettings
 from ..ship.plan import REMEDIES, TARGETS
-from . import add_command
+from . import add_command, numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calib", default=None, help="folder of calibration images (INT8 targets and remedies)")
     parser.add_argument("--eval", required=True, help="class-folder dataset the accuracy is measured on")
     parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
-    parser.add_argument("--max-drop", type=float, default=1.0,
+    parser.add_argument("--max-drop", type=numbers.real(0.0, 100.0), default=1.0,
                         help="largest loss of top-1 points against fp32 that may be shipped (default 1.0)")
     parser.add_argument("--auto-remedy", action="store_true",
                         help="if the target loses too much, try in order: " + ", ".join(REMEDIES)
@@ -35,11 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"the remedies --auto-remedy may try, in order (default {','.join(REMEDIES)})")
     parser.add_argument("--keep-float", default="",
                         help=f"comma-separated layer groups left in float in INT8: {', '.join(LAYER_GROUPS)}")
-    parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+    parser.add_argument("--calib-images", type=numbers.IMAGES, default=DEFAULT_CALIBRATION_IMAGES,
                         help=f"calibration images taken evenly from --calib (default {DEFAULT_CALIBRATION_IMAGES})")
-    parser.add_argument("--qat-epochs", type=int, default=QatSettings.epochs, help="epochs of the QAT remedy")
-    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the runtimes (default: all)")
+    parser.add_argument("--qat-epochs", type=numbers.EPOCHS, default=QatSettings.epochs,
+                        help="epochs of the QAT remedy")
+    parser.add_argument("--batch-size", type=numbers.BATCH, default=32, help="evaluation batch size")
+    parser.add_argument("--threads", type=numbers.THREADS, default=None,
+                        help="CPU threads of the runtimes (default: all)")
     parser.add_argument("--no-speed", action="store_true", help="skip the latency and throughput measurements")
     parser.set_defaults(func=run)
 
