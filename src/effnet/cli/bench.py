@@ -34,7 +34,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     except argparse.ArgumentTypeError:
         sizes = ()
     if not sizes:
-        raise argparse.ArgumentTypeError(f"batch sizes must be whole numbers from 1 to {numbers.MAX_BATCH:,} "
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers up to {numbers.MAX_BATCH:,} "
                                          f"separated by commas, got {text[:60]!r}")
     return sizes
 

@@ -9,19 +9,15 @@ from ..registry import entry_for_phi
 from ..scaling import CompoundScaling
 from ..table import format_table
 from ..variants import nearest_published
-from . import add_command, numbers
-
-MAX_BASE = 10.0
-"""The largest scaling base accepted (the paper's are 1.1 to 1.2)."""
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "scale")
     parser.add_argument("--phi", type=float, required=True, help="compound coefficient (any real number)")
-    base = numbers.real(0.0, MAX_BASE, low_open=True)
-    parser.add_argument("--alpha", type=base, default=1.2, help="depth base (default 1.2)")
-    parser.add_argument("--beta", type=base, default=1.1, help="width base (default 1.1)")
-    parser.add_argument("--gamma", type=base, default=1.15, help="resolution base (default 1.15)")
+    parser.add_argument("--alpha", type=float, default=1.2, help="depth base (default 1.2)")
+    parser.add_argument("--beta", type=float, default=1.1, help="width base (default 1.1)")
+    parser.add_argument("--gamma", type=float, default=1.15, help="resolution base (default 1.15)")
     parser.set_defaults(func=run)
 
 

@@ -71,7 +71,8 @@ def resolve_resume(path: str | Path) -> Path:
             return best
         if not last.is_file():
             raise InputFileError(f"run directory {path} has no {LAST} (nor {BEST}) to resume from: no epoch "
-                                 "finished and no interrupted state was saved; start the run again")
+                                 "finished and no interrupted state was saved; start the run again (into this "
+                                 "folder with --overwrite)")
         return last
     if not path.exists():
         raise InputFileError(f"cannot resume from {path}: no such run directory or checkpoint")
