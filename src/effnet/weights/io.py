@@ -246,8 +246,8 @@ def described_model(metadata: Any, origin: str | Path = "the checkpoint") -> tup
     if not 0 < blocks <= MAX_BLOCKS or max(widths) > MAX_CHANNELS:
         raise refuse(f"config: {blocks} blocks, up to {max(widths)} channels (at most {MAX_BLOCKS} blocks and "
                      f"{MAX_CHANNELS} channels)")
-    description = ModelDescription(metadata.get("model_name") or CUSTOM_NAME, preprocessing, names,
-                                   metadata.get("weights"))
+    description = ModelDescription(metadata.get("model_name") or CUSTOM_NAME, preprocessing,
+                                   tuple(names) if names is not None else None, metadata.get("weights"))
     return config, num_classes, description
 
 
