@@ -216,7 +216,7 @@ def described_model(metadata: Any, origin: str | Path = "the checkpoint") -> tup
                                                                                     ModelDescription]:
     """The config, number of classes and description ``metadata`` (:func:`model_metadata`, read
     from a file) gives, after checking every field's type and range; nothing is built. Raises
-    :class:`CheckpointError` naming the field."""
+    :class:`~effnet.weights.errors.CheckpointError` naming the field."""
     def refuse(reason: str) -> CheckpointError:
         return CheckpointError(f"{origin}: its metadata does not describe a valid model: {reason}; the file is "
                                "corrupt or was edited, save or fetch it again")
