@@ -94,3 +94,23 @@ def test_a_fifo_or_a_device_named_as_any_input_is_not_a_regular_file(tmp_path, c
     out, err = capsys.readouterr()
     assert f"{fifo_image}: not a regular file but a FIFO (named pipe)" in err and "/dev/zero: not a regular" in err
     assert out.count(image) == 1
+
+
+def test_follow_links_reaches_every_command_that_reads_image_folders(tmp_path, capsys) -> None:
+    for folder in ("data/train/a", "data/train/b", "data/val/a", "data/val/b", "elsewhere"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "0.png")
+    os.symlink(tmp_path / "elsewhere" / "0.png", tmp_path / "data" / "train" / "a" / "outside.png")
+    data = str(tmp_path / "data")
+    def totals(out: str) -> list[str]:
+        return next(line.split()[1:] for line in out.splitlines() if line.startswith("total"))
+
+    assert main(["data", "info", data]) == 0
+    out = capsys.readouterr().out
+    assert totals(out) == ["2", "2"] and "outside.png: a link to" in out and "--follow-links" in out
+    assert main(["data", "info", data, "--follow-links"]) == 0
+    out = capsys.readouterr().out
+    assert totals(out) == ["3", "2"] and "outside.png" not in out
+    for command in (["train", "--data", data], ["finetune", "--from", "x", "--data", data],
+                    ["eval", "--checkpoint", "x", "--data", data], ["predict", data]):
+        assert build_parser().parse_args([*command, "--follow-links"]).follow_links is True
