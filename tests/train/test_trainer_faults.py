@@ -255,6 +255,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(image_folder, stra
     assert_same_tensors(load(straight_run.run_dir / "last.pt")["model"], load(run_dir / "last.pt")["model"])
 
 
+@pytest.mark.slow
 def test_sigkill_before_the_first_last_pt_resumes_from_best_pt(image_folder, straight_run, tmp_path, capsys) -> None:
     """An epoch end writes model.safetensors and best.pt before last.pt: killed in between, the
     run folder holds best.pt alone, which a fresh run points at and --resume continues from."""
