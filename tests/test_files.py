@@ -4,6 +4,7 @@ checks before any work, full-disk messages, printable paths."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pytest
 
 from effnet import files
 from effnet.cli import main
-from effnet.errors import DiskFullError
+from effnet.errors import DiskFullError, InputFileError
 from helpers.files import disk_full
 from helpers.predict import predict
 
@@ -153,3 +154,20 @@ def test_a_work_folder_is_removed_after_use_and_dead_runs_leftovers_by_the_next(
         assert files.remove_dead_work_folders(tmp_path, ".run-") == []  # a live owner's folder stays
         files.publish_folder(live / "built", tmp_path / "mine")  # onto an empty folder, in one rename
     assert not live.exists() and (tmp_path / "mine" / "a.txt").read_text() == "whole"
+
+
+@pytest.mark.timeout(60)  # opening the FIFO would block
+def test_input_file_names_what_a_path_is_without_opening_it(tmp_path) -> None:
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    regular = tmp_path / "model.safetensors"
+    regular.write_bytes(b"x")
+    link = tmp_path / "link.pt"
+    link.symlink_to(regular)
+    assert files.input_file(regular, "checkpoint") == regular and files.input_file(link, "checkpoint") == link
+    for path, kind in ((fifo, "a FIFO (named pipe)"), ("/dev/zero", "a character device"), (tmp_path, "a folder")):
+        message = f"checkpoint {path} is not a regular file but {kind}; give a file"
+        with pytest.raises(InputFileError, match=f"^{re.escape(message)}$"):
+            files.input_file(path, "checkpoint")
+    with pytest.raises(InputFileError, match="recipe file .*missing.yaml does not exist"):
+        files.input_file(tmp_path / "missing.yaml", "recipe file")

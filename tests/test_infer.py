@@ -7,7 +7,9 @@ import copy
 import csv
 import io
 import json
+import os
 import warnings
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -334,3 +336,23 @@ def test_a_model_name_with_our_checkpoint_reads_it_through_the_converters(tiny, 
         Classifier.from_checkpoint(tiny_path, "efficientnet_b0")
     with pytest.raises(ValueError, match="is a run directory, which records its architecture"):
         Classifier.from_checkpoint(tmp_path, "efficientnet_b0")
+
+
+@pytest.mark.timeout(120)  # a FIFO that were opened would block here
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_a_thin_image_a_fifo_and_a_device_each_fail_alone_and_the_rest_go_on(tiny, files, tmp_path, decode):
+    thin_png, thin_jpg, fifo = tmp_path / "thin.png", tmp_path / "thin.jpg", tmp_path / "fifo.png"
+    Image.new("RGB", (1, 2_000)).save(thin_png)  # 256 x 512,000 pixels once resized at 224 px
+    Image.new("RGB", (2_000, 1)).save(thin_jpg)  # decoded on the device with decode="gpu"
+    os.mkfifo(fifo)
+    inputs = [files[0], thin_png, thin_jpg, fifo, Path("/dev/zero"), files[1]]
+    classifier = Classifier(tiny, CLASSES, preprocessing=Preprocessing(224, 0.875), device="cpu", decode=decode)
+    for workers in (0, 2):
+        results = list(classifier.predict_batch(inputs, batch_size=4, num_workers=workers))
+        assert [r.ok for r in results] == [True, False, False, False, False, True]
+        assert "1x2000 pixels would be resized to 256x512000" in results[1].error
+        assert "2000x1 pixels" in results[2].error and "too thin" in results[2].error
+        assert "not a regular file but a FIFO" in results[3].error
+        assert "not a regular file but a character device" in results[4].error
+    with pytest.raises(ImageReadError, match="thin.png: .*too thin to classify"):
+        classifier.preprocess(thin_png)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +123,16 @@ def test_decoding_a_bomb_in_memory_is_refused_before_decoding() -> None:
     Image.new("L", (300, 300)).save(buffer, format="PNG")
     with pytest.raises(portable.ImageReadError, match="decompression bomb"):
         portable.decode_image(buffer.getvalue(), "big.png", max_pixels=300 * 299)
+
+
+@pytest.mark.timeout(60)  # opening the FIFO would block
+def test_a_fifo_or_a_device_is_not_a_regular_file_and_is_never_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device"),
+                       (tmp_path, "a folder")):
+        assert portable.special_file(path) == kind
+        with pytest.raises(portable.ImageReadError, match=f"not a regular file but {re.escape(kind)}") as caught:
+            portable.load_image(path)
+        assert caught.value.kind == "unreadable"
+    assert portable.special_file(tmp_path / "missing.png") is None

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,6 +22,10 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 DEFAULT_RESOLUTION = 224
+MAX_RESOLUTION = 4096
+"""The largest input size a preprocessing may give (the largest published EfficientNet takes 800 px)."""
+MAX_RESIZE = 2 * MAX_RESOLUTION
+"""The largest short side (``resolution / crop_pct``) images may be resized to before the crop."""
 CUSTOM_NAME = "efficientnet_custom"
 
 
@@ -40,13 +44,28 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        if not isinstance(self.resolution, int) or self.resolution <= 0 or not 0 < self.crop_pct <= 1:
-            raise ConfigError(f"invalid preprocessing: resolution={self.resolution!r}, crop_pct={self.crop_pct!r} "
-                              "(the resolution is a positive number of pixels, crop_pct in (0, 1])")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"unknown interpolation {self.interpolation!r}; choose one of {INTERPOLATIONS}")
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if not isinstance(self.resolution, int) or isinstance(self.resolution, bool) \
+                or not 0 < self.resolution <= MAX_RESOLUTION or not isinstance(self.crop_pct, (int, float)) \
+                or not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"invalid preprocessing: resolution={short_repr(self.resolution)}, crop_pct="
+                              f"{short_repr(self.crop_pct)} (the resolution is a number of pixels from 1 to "
+                              f"{MAX_RESOLUTION}, crop_pct in (0, 1])")
+        if self.resize_size > MAX_RESIZE:
+            raise ConfigError(f"invalid preprocessing: resolution={self.resolution} with crop_pct={self.crop_pct!r} "
+                              f"resizes images to {self.resize_size:,} px before the crop, more than {MAX_RESIZE}; "
+                              "crop_pct is the fraction of the resized image kept, usually 0.875 to 1")
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"unknown interpolation {short_repr(self.interpolation)}; choose one of "
+                              f"{INTERPOLATIONS}")
+        try:
+            mean, std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
+        except (TypeError, ValueError):
+            mean = std = ()
+        if not mean or len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise ConfigError(f"invalid preprocessing: mean={short_repr(self.mean)}, std={short_repr(self.std)} "
+                              "(one finite number per channel each, std positive)")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
 
     @property
     def resize_size(self) -> int:

@@ -44,6 +44,16 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     return (str(error).strip().splitlines() or [""])[0][:limit]
 
 
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: how a value read from a file, which may be
+    anything (a huge or deeply nested list), is quoted in a message."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<a deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class EffnetError(Exception):
     """A problem the user can act on: bad input, an unusable file, an impossible setting."""
 

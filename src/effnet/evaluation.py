@@ -20,21 +20,22 @@ from .train.metrics import EvalResult, evaluate, find_mistakes
 from .weights.trained import load_trained_model
 
 
-def evaluation_dataset(data: str | Path, val_split: float | None = None, seed: int = 0) -> ImageDataset:
+def evaluation_dataset(data: str | Path, val_split: float | None = None, seed: int = 0,
+                       follow_links: bool = False) -> ImageDataset:
     """The images to evaluate in ``data``: its validation split (``val/``, ``val.csv``, or the
     ``val_split`` held out with ``seed`` as in training), else every image of a class-folder
-    tree or CSV listing."""
+    tree or CSV listing. Links leaving ``data`` are skipped unless ``follow_links``."""
     data = Path(data)
     if val_split is not None:
-        return build_datasets(data, val_split=val_split, seed=seed).val
+        return build_datasets(data, val_split=val_split, seed=seed, follow_links=follow_links).val
     if data.is_dir():
         if any((data / name).is_dir() for name in VAL_FOLDER_NAMES) or \
                 any((data / name).is_file() for name in VAL_CSV_NAMES):
-            return build_datasets(data).val
+            return build_datasets(data, follow_links=follow_links).val
         if (data / "train").is_dir() or (data / "train.csv").is_file():
             raise ConfigError(f"{data} has a training split but no val/ (or val.csv) to evaluate; pass the "
                               "val_split used in training (--val-split) to evaluate the held-out images")
-        return scan_folder(data)
+        return scan_folder(data, follow_links=follow_links)
     if data.is_file() and data.suffix.lower() == ".csv":
         return read_csv(data)
     return build_datasets(data).val  # its errors say what is wrong with the path
@@ -42,7 +43,8 @@ def evaluation_dataset(data: str | Path, val_split: float | None = None, seed: i
 
 def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64, num_workers: int = 2,
                         weights: str = "auto", device: str = "auto", val_split: float | None = None,
-                        seed: int = 0, decode: str = "auto") -> tuple[EvalResult, list[str], EfficientNet]:
+                        seed: int = 0, decode: str = "auto",
+                        follow_links: bool = False) -> tuple[EvalResult, list[str], EfficientNet]:
     """Evaluate a run's ``.pt``, our ``.safetensors`` or a run directory on the images of
     :func:`evaluation_dataset`; returns the metrics (with the misclassified files in
     ``mistakes``), the model's class names and the model. ``decode`` as ``data.decode`` in
@@ -51,7 +53,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, batch_size: int = 64
     Classes are matched by name, so the data may list them in another order or hold only some.
     """
     model = load_trained_model(path, weights)
-    dataset = evaluation_dataset(data, val_split, seed)
+    dataset = evaluation_dataset(data, val_split, seed, follow_links)
     class_names = model.class_names or list(dataset.classes)
     if len(class_names) != model.num_classes:
         raise ConfigError(f"the model has {model.num_classes} outputs but {len(class_names)} class names")

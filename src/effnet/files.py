@@ -8,6 +8,9 @@ file that was written elsewhere first (a resumable download). A folder of severa
 folder) is built whole in a :func:`work_folder` beside its destination and moved into place in
 one rename by :func:`publish_folder`; the work folders of processes killed meanwhile are removed
 by the next one.
+
+:func:`input_file` checks a file the user named before anything opens it: a FIFO or a device
+(``/dev/zero``) would block or never end, so it is refused as "not a regular file".
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import DiskFullError, OutputError
+from effnet_runtime.portable import special_file
+
+from .errors import DiskFullError, InputFileError, OutputError
 
 TEMP_MARK = ".tmp-"
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
@@ -37,6 +42,19 @@ def printable_path(path: str | Path | bytes) -> str:
     are not valid UTF-8 (``b"img_\\xff.png"``) appear as ``\\xff`` escapes instead of making the
     write fail."""
     return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def input_file(path: str | Path, what: str) -> Path:
+    """``path`` if it is a regular file (or a link to one); otherwise an
+    :class:`~effnet.errors.InputFileError` naming ``what`` it was meant to be ("checkpoint",
+    "recipe file") and what it is: missing, a folder, a FIFO, a device. Nothing is opened."""
+    path = Path(path)
+    kind = special_file(path)
+    if kind is not None:
+        raise InputFileError(f"{what} {printable_path(path)} is not a regular file but {kind}; give a file")
+    if not path.is_file():
+        raise InputFileError(f"{what} {printable_path(path)} does not exist")
+    return path
 
 
 def temp_path_for(path: Path) -> Path:

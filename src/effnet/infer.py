@@ -50,7 +50,7 @@ from .factory import create_model
 from .files import printable_path
 from .model import EfficientNet
 from .weights.errors import CheckpointError, StateDictError
-from .weights.io import read_metadata
+from .weights.io import read_metadata, tensor_shapes
 from .weights.trained import load_trained_model, read_training_checkpoint
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -126,7 +126,10 @@ def to_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
 def prepare_image(image: ImageInput, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
     """The model input (float ``CxHxW``) for any accepted image: see the module docstring."""
     if isinstance(image, (str, Path)):
-        return transform(load_image(image))
+        try:
+            return transform(load_image(image))
+        except ImageReadError as error:  # the transform's refusal (a too thin image) names no file
+            raise ImageReadError(Path(image), error.reason, error.kind) from None
     if isinstance(image, torch.Tensor) and image.is_floating_point():
         if image.dim() == 4 and image.shape[0] == 1:
             image = image[0]
@@ -444,14 +447,15 @@ class Classifier:
 
 
 def _stored_num_classes(path: Path) -> int:
-    """The head size recorded in one of our ``.safetensors`` files or training checkpoints;
-    1000 (ImageNet) for other files."""
+    """The head size of one of our ``.safetensors`` files or training checkpoints, read from
+    its classifier's shape (not from what its metadata claims); 1000 (ImageNet) for other files."""
     if path.is_file() and path.suffix in (".safetensors", ".pt", ".pth"):
         try:
             if path.suffix == ".safetensors":
-                return int(read_metadata(path)["num_classes"])
-            return int(read_training_checkpoint(path)["model_meta"]["num_classes"])
-        except (CheckpointError, KeyError, TypeError, ValueError):  # another library's file
+                read_metadata(path)  # one of ours
+                return int(tensor_shapes(path)["classifier.weight"][0])
+            return int(read_training_checkpoint(path)["model"]["classifier.weight"].shape[0])
+        except (CheckpointError, KeyError, TypeError, ValueError, AttributeError, IndexError):  # another library's
             pass
     return 1000
 

@@ -86,6 +86,8 @@ class EfficientNetConfig:
             "drop_path_rate": 0.0 <= self.drop_path_rate < 1.0,
             "se_ratio": 0.0 <= self.se_ratio <= 1.0,
             "in_chans": self.in_chans > 0,
+            "bn_eps": 0.0 < self.bn_eps < 1.0,
+            "bn_momentum": 0.0 <= self.bn_momentum <= 1.0,
         }
         for name, ok in checks.items():
             if not ok:

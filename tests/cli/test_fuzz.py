@@ -1,10 +1,14 @@
-"""Every command on generated bad inputs: random bytes, truncated files, random ``--set``
-values and bad numbers. None may show a traceback or an internal error: each ends with a
-non-zero exit code and, for a refusal (exit 2), a one-line ``effnet CMD: error: ...``
-message. Seeded, so a failure reproduces; about a minute on two cores."""
+"""Every command on generated bad inputs: random bytes, truncated files, FIFOs and device
+files, checkpoints whose metadata lies about their shapes, random ``--set`` values, and bad
+numbers for every numeric flag (non-finite, huge, too many digits, Unicode digits). None may
+show a traceback or an internal error or hang: each ends with a non-zero exit code and, for a
+refusal (exit 2), a one-line ``effnet CMD: error: ...`` message. Seeded, so a failure
+reproduces; about two minutes on two cores."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import string
 from pathlib import Path
@@ -13,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from effnet import create_model
 from effnet.cli import main
 from effnet.train.config import SECTIONS
-from effnet.weights.io import model_metadata, save_model
+from effnet.weights.io import model_metadata, read_metadata, read_tensors, save_model
 
 SEED = 16
 CASES_PER_KIND = 24
@@ -74,11 +79,55 @@ def _bad_files(inputs: dict[str, Path], rng: random.Random) -> list[Path]:
     return made
 
 
+METADATA_LIES = [
+    (None, "num_classes", [0, -1, 3, 10**6, 10**9, "2", 2.5, None, [2]]),
+    (None, "class_names", [["a"], ["a", 1], "ab", [["a"], ["b"]], {"a": 1}]),
+    ("preprocessing", "resolution", [0, -32, 10**5, 32.5, "32", None]),
+    ("preprocessing", "crop_pct", [0, -1, 1e-4, 2, float("nan"), "x"]),
+    ("preprocessing", "mean", [[], [0.5], ["a", "b", "c"], [float("inf")] * 3]),
+    ("config", "depth", [0, -1, 1e6, float("inf"), "x"]),
+    ("config", "width", [0, -1, 1e6, float("nan")]),
+    ("config", "stages", [[], [[1]], "x", None]),
+]
+"""Fields of a checkpoint's metadata and the lies put in them: shapes, ranges and types."""
+
+
+def _special_files(inputs: dict[str, Path]) -> list[Path]:
+    """FIFOs under each input suffix (opening one would block) and device files."""
+    folder = inputs["root"] / "special"
+    folder.mkdir(exist_ok=True)
+    fifos = []
+    for suffix in (".safetensors", ".pt", ".png", ".yaml", ".csv", ".onnx"):
+        fifo = folder / f"fifo{suffix}"
+        if not fifo.exists():
+            os.mkfifo(fifo)
+        fifos.append(fifo)
+    return fifos + [Path("/dev/zero"), Path("/dev/urandom"), Path("/dev/null")]
+
+
+def _lying_checkpoints(inputs: dict[str, Path], rng: random.Random) -> list[Path]:
+    """The good model's tensors under metadata that claims other shapes, ranges or types."""
+    folder = inputs["root"] / "lies"
+    folder.mkdir(exist_ok=True)
+    tensors = read_tensors(inputs["safetensors"])
+    metadata = read_metadata(inputs["safetensors"])
+    made = []
+    for index in range(CASES_PER_KIND // 2):
+        section, field, values = rng.choice(METADATA_LIES)
+        edited = json.loads(json.dumps(metadata))
+        (edited if section is None else edited[section])[field] = rng.choice(values)
+        path = folder / f"lie{index}.safetensors"
+        save_file(tensors, str(path), metadata={"effnet": json.dumps(edited)})
+        made.append(path)
+    return made
+
+
 def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
     root, data, out = inputs["root"], str(inputs["data"]), str(inputs["root"] / "out")
     empty = str(inputs["empty"])
     cases: list[list[str]] = []
-    for bad in map(str, _bad_files(inputs, rng)):
+    bad_files = _bad_files(inputs, rng) + _special_files(inputs) + _lying_checkpoints(inputs, rng)
+    for bad in map(str, bad_files):
         cases += [
             ["predict", str(inputs["png"]), "--checkpoint", bad, "--device", "cpu", "--no-progress"],
             ["predict", bad, "--checkpoint", str(inputs["safetensors"]), "--device", "cpu", "--no-progress"],
@@ -97,16 +146,45 @@ def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
         value = rng.choice(YAML_VALUES + [_random_text(rng)])
         cases.append(["train", "--data", empty, "--out", out, "--no-progress",
                       "--set", f"{rng.choice(settings)}={value}"])
+    huge = ["1e30", "1e308", "1" + "0" * 5000, "99999999999999999999", "\u00b2", "\u0663", " ", "0x10"]
     never_valid = ["nan", "inf", "-inf", "1e308"]  # for integer flags, and for phi
-    not_positive = ["0", "-0", "-1", "nan", "inf", "-inf"]  # for positive finite numbers
-    png, weights = str(inputs["png"]), str(inputs["safetensors"])
+    not_positive = ["0", "-0", "-1", "nan", "inf", "-inf", *huge]  # for positive finite numbers
+    not_count = ["-1", *never_valid, *huge]  # for counts that may be 0
+    not_fraction = ["0", "1", "-0.5", "2", "nan", "inf", *huge]
+    png, weights, pt = str(inputs["png"]), str(inputs["safetensors"]), str(inputs["pt"])
+    train = ["train", "--data", data, "--out", out, "--no-progress"]
+    finetune = ["finetune", "--from", pt, "--data", data, "--out", out, "--no-progress"]
+    evaluate = ["eval", "--checkpoint", pt, "--data", data, "--workers", "0"]
+    quantize = ["quantize", "--checkpoint", weights, "--calib", data, "--eval", data, "--out", str(root / "q.onnx")]
+    ship = ["ship", "--checkpoint", weights, "--target", "onnxruntime", "--eval", data, "--out", out]
+    bench = ["bench", "--models", "efficientnet_b0", "--device", "cpu", "--out", out]
     numeric = [
+        *[([*train, flag], not_positive) for flag in ("--epochs", "--img-size", "--eval-img-size", "--lr")],
+        ([*train, "--seed"], not_count), ([*train, "--val-split"], not_fraction),
+        ([*finetune, "--epochs-per-group"], not_positive), ([*finetune, "--layer-decay"], [*not_positive, "1.5"]),
+        ([*finetune, "--batch-size"], not_positive), ([*finetune, "--workers"], not_count),
+        ([*evaluate, "--seed"], not_count), ([*evaluate, "--val-split"], not_fraction),
+        ([*evaluate, "--workers"], not_count),
+        ([*quantize, "--calib-images"], not_positive), ([*quantize, "--batch-size"], not_positive),
+        ([*quantize, "--threads"], not_positive), ([*quantize, "--method", "qat", "--epochs"], not_positive),
+        ([*quantize, "--method", "qat", "--lr"], not_positive),
+        ([*ship, "--max-drop"], ["-1", "101", *never_valid, *huge]), ([*ship, "--calib-images"], not_positive),
+        ([*ship, "--qat-epochs"], not_positive), ([*ship, "--batch-size"], not_positive),
+        ([*ship, "--threads"], not_positive),
+        *[([*bench, flag], not_positive) for flag in ("--resolution", "--iterations", "--min-iterations",
+                                                      "--max-seconds", "--batch")],
+        ([*bench, "--warmup"], not_count),
+        (["data", "info", data, "--val-split"], not_fraction), (["data", "info", data, "--seed"], not_count),
+        (["demo", "--out", out, "--img-size"], not_positive),
+        (["scale", "--phi", "1", "--beta"], [v for v in not_positive if v != "\u0663"]),  # float() reads it as 3
+        (["predict", png, "--checkpoint", weights, "--device", "cpu", "--num-classes"], not_positive),
+        (["export", "--checkpoint", weights, "--format", "onnx", "--out", str(root / "out.onnx"), "--opset"], huge),
         (["scale", "--phi"], never_valid),
         (["scale", "--phi", "1", "--alpha"], not_positive),
         (["scale", "--phi", "1", "--gamma"], not_positive),
         (["predict", png, "--checkpoint", weights, "--device", "cpu", "--top-k"], not_positive),
         (["predict", png, "--checkpoint", weights, "--device", "cpu", "--batch-size"], not_positive),
-        (["predict", png, "--checkpoint", weights, "--device", "cpu", "--workers"], ["-1", *never_valid]),
+        (["predict", png, "--checkpoint", weights, "--device", "cpu", "--workers"], not_count),
         (["export", "--checkpoint", weights, "--format", "onnx", "--out", str(root / "out.onnx"), "--tolerance"],
          not_positive),
         (["export", "--checkpoint", weights, "--format", "onnx", "--out", str(root / "out.onnx"), "--opset"],
@@ -115,12 +193,14 @@ def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
         (["train", "--data", data, "--out", out, "--no-progress", "--img-size"], not_positive),
         (["train", "--data", data, "--out", out, "--no-progress", "--batch-size"], not_positive),
         (["train", "--data", data, "--out", out, "--no-progress", "--lr"], not_positive),
-        (["train", "--data", data, "--out", out, "--no-progress", "--workers"], ["-1", *never_valid]),
+        (["train", "--data", data, "--out", out, "--no-progress", "--workers"], not_count),
         (["eval", "--checkpoint", str(inputs["pt"]), "--data", data, "--workers", "0", "--batch-size"], not_positive),
         (["serve", "--checkpoint", weights, "--port"], ["-1", "65536", "99999", *never_valid]),
         (["serve", "--checkpoint", weights, "--workers"], ["0", "-1", *never_valid]),
-        (["demo", "--out", out, "--epochs"], ["0", "-1", *never_valid]),
+        (["demo", "--out", out, "--epochs"], ["0", "-1", *never_valid, *huge]),
     ]
+    for prefix, pool in numeric:  # every flag at least once, then random ones
+        cases.append([*prefix, rng.choice(pool)])
     for _ in range(2 * CASES_PER_KIND):
         prefix, pool = rng.choice(numeric)
         cases.append([*prefix, rng.choice(pool)])
@@ -133,6 +213,11 @@ def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
     return cases
 
 
+def command_name(argv: list[str]) -> str:
+    """How argparse names the command of ``argv`` in its messages (``effnet data info``)."""
+    return "effnet " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+
+
 def _run(argv: list[str], capsys) -> tuple[int, str]:
     try:
         code = main(argv)
@@ -141,6 +226,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.timeout(1200)  # a command that opened a FIFO would block here
 def test_no_command_shows_a_traceback_on_bad_inputs(inputs, capsys, monkeypatch):
     monkeypatch.chdir(inputs["root"])
     torch.set_num_threads(1)
@@ -155,7 +241,7 @@ def test_no_command_shows_a_traceback_on_bad_inputs(inputs, capsys, monkeypatch)
             problem = "traceback or internal error"
         elif code == 0:
             problem = "exit code 0 on a bad input"
-        elif code == 2 and not (lines and lines[-1].startswith(f"effnet {argv[0]}: error: ")):
+        elif code == 2 and not (lines and lines[-1].startswith(f"{command_name(argv)}: error: ")):
             problem = "no one-line error message last"
         if problem:
             failures.append(f"{problem}: effnet {' '.join(argv)} -> {code}\n{err[-600:]}")

@@ -16,6 +16,7 @@ from skimage import data
 from effnet import create_model
 from effnet.cli import main
 from effnet.weights.io import model_metadata, save_model
+from helpers.process import GB, run_effnet
 
 CATS = {"tiger cat", "tabby", "Egyptian cat"}
 CLASSES = ["circle", "square", "stripes"]
@@ -157,3 +158,19 @@ def test_a_wrong_model_or_class_count_names_the_cli_flags(broken_weights, tmp_pa
     err = capsys.readouterr().err
     assert "has a 3-class classifier" in err and "give --num-classes 3" in err
     assert "{classes}" not in err and "strict_head" not in err
+
+
+@pytest.mark.slow
+def test_a_very_thin_image_is_one_files_error_in_bounded_memory(tmp_path):
+    model = create_model("efficientnet_b0", num_classes=3, width=0.25, depth=0.25)  # 224 px: resized to 256
+    model.describe(class_names=CLASSES)
+    checkpoint = save_model(model, tmp_path / "tiny224.safetensors")
+    Image.new("RGB", (1, 100_000)).save(tmp_path / "thin.png")  # 467 bytes; 19 GB of RGB once resized
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "ok.png")
+    done = run_effnet(["predict", "thin.png", "ok.png", "--checkpoint", str(checkpoint), "--device", "cpu",
+                       "--format", "csv", "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # not a MemoryError: partly done
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [row["path"] for row in rows if row["rank"] == "1"] == ["ok.png"]
+    assert "thin.png: 1x100000 pixels would be resized to 256x25600000" in done.stderr
+    assert done.peak_rss < 2.5 * GB, f"peak resident memory {done.peak_rss / GB:.2f} GB"

@@ -11,6 +11,8 @@ from torchvision.transforms import v2
 from effnet.data import datasets
 from effnet.data.datasets import ImageDataset, build_datasets, read_csv, scan_folder, stratified_split
 from effnet.data.loaders import build_loader
+from effnet.data.transforms import eval_transforms
+from effnet.description import Preprocessing
 from effnet.errors import EffnetError
 from effnet.predict import collect_images
 from helpers.images import bad_files, truncated_jpeg, write_png
@@ -220,3 +222,42 @@ def test_a_symlink_loop_is_followed_once_per_real_folder(tmp_path):
     found = datasets.files_under(root)
     assert [p.relative_to(root).as_posix() for p in found] == ["a.png", "again/b.png"]
     assert len(collect_images([root]).files) == 2
+
+
+def test_a_very_thin_image_in_evaluated_data_is_skipped_with_a_warning(tmp_path, caplog):
+    root = class_folders(tmp_path, {"a": 2, "b": 2})
+    thin = root / "a" / "img001.png"
+    Image.new("RGB", (1, 2_000)).save(thin)  # 256 x 512,000 pixels once resized for B0
+    dataset = scan_folder(root, transform=eval_transforms(Preprocessing(224, 0.875)))
+    assert dataset.skipped == []  # its header is fine; only the resize would not be
+    with caplog.at_level(logging.WARNING, logger="effnet.data"):
+        batches = list(build_loader(dataset, batch_size=4, train=False, num_workers=0))
+    images, labels = batches[0]
+    assert images.shape == (4, 3, 224, 224) and labels.tolist() == [0, 1, 1, 1]  # the next image stands in
+    assert [(path, "too thin" in reason) for path, reason in dataset.skipped] == [(thin, True)]
+    assert any("img001.png" in r.getMessage() and "too thin" in r.getMessage() for r in caplog.records)
+    strict = scan_folder(root, strict=True, transform=eval_transforms(Preprocessing(224, 0.875)))
+    with pytest.raises(ValueError, match="strict mode.*img001.png.*too thin"):
+        strict[1]
+
+
+def test_links_that_leave_the_data_folder_are_skipped_unless_followed(tmp_path, caplog):
+    elsewhere = class_folders(tmp_path / "elsewhere", {"private": 3})  # someone else's photos
+    data = class_folders(tmp_path / "data", {"train/a": 2, "train/b": 2, "val/a": 1, "val/b": 1})
+    os.symlink("/", data / "train" / "a" / "root")
+    os.symlink(elsewhere / "private" / "img000.png", data / "train" / "b" / "borrowed.png")
+    os.symlink(data / "val" / "a" / "img000.png", data / "train" / "a" / "shared.png")  # inside DATA: followed
+    with caplog.at_level(logging.WARNING, logger="effnet.data"):
+        splits = build_datasets(data)
+    assert sorted(p.name for p, _ in splits.train.samples) == ["img000.png", "img000.png", "img001.png",
+                                                               "img001.png", "shared.png"]
+    assert {p.name: reason for p, reason in splits.train.skipped} == {
+        "root": f"a link to /, outside {data}: {datasets.FOLLOW_LINKS_HINT}",
+        "borrowed.png": f"a link to {elsewhere / 'private' / 'img000.png'}, outside {data}: "
+                        f"{datasets.FOLLOW_LINKS_HINT}"}
+    assert sum("borrowed.png" in r.getMessage() and "not followed" in r.getMessage() for r in caplog.records) == 1
+    followed = scan_folder(data / "train", follow_links=True, validate="none", data_root=data)
+    assert "borrowed.png" in [p.name for p, _ in followed.samples]
+    os.symlink(elsewhere, data / "train" / "c")
+    with pytest.raises(ValueError, match=f"class folder {data / 'train' / 'c'} is a link to {elsewhere}, outside"):
+        build_datasets(data)

@@ -3,8 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
+from effnet.data.images import ImageReadError
 from effnet.data.transforms import MixupCutmix, eval_transforms, smooth_one_hot, train_transforms
 from effnet.registry import Preprocessing, get_entry
+from effnet_runtime import portable
 
 B0 = get_entry("efficientnet_b0").preprocessing
 LITE = Preprocessing(resolution=224, crop_pct=0.875, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -137,3 +139,20 @@ def test_mixup_cutmix_switch_and_prob():
         assert set(mixed.unique().tolist()) <= {0.0, 1.0}  # pasted, never blended
     with pytest.raises(ValueError, match="invalid mixup/cutmix"):
         MixupCutmix(2, mixup_alpha=-1)
+
+
+def test_eval_refuses_a_very_thin_image_before_resizing_it_with_the_portable_rule():
+    thin = Image.new("RGB", (1, 2_000))  # 256 x 512,000 pixels once resized for B0 (1 x 100,000: 19 GB of RGB)
+    with pytest.raises(ImageReadError, match="too thin to classify") as caught:
+        eval_transforms(B0)(thin)
+    assert caught.value.kind == "too_many_pixels" and "256x512000" in caught.value.reason
+    with pytest.raises(portable.ImageReadError) as torch_free:
+        portable.preprocess(thin, B0.to_dict())
+    assert torch_free.value.reason == caught.value.reason  # one rule for both paths
+    wide = Image.new("RGB", (2_000, 20))  # 25,600 x 256 once resized: allowed
+    assert eval_transforms(B0)(wide).shape == (3, 224, 224)
+    with pytest.raises(ImageReadError):
+        eval_transforms(B0, max_pixels=25_600 * 256 - 1)(wide)
+    uint8 = torch.zeros(3, 2_000, 1, dtype=torch.uint8)  # pixels decoded on the device take the same rule
+    with pytest.raises(ImageReadError, match="1x2000 pixels"):
+        eval_transforms(B0)(uint8)

@@ -24,3 +24,16 @@ def test_a_folder_that_cannot_be_listed_is_named_with_the_reason(tmp_path, monke
     images = collect_images([tmp_path])
     assert [p.name for p in images.files] == ["a.png"]
     assert images.problems == [(str(tmp_path / "locked"), "folder cannot be read: permission denied")]
+
+
+def test_a_link_leaving_a_folder_is_a_problem_not_a_tour_of_the_disk(tmp_path):
+    write_png(tmp_path / "photos" / "a.png")
+    write_png(tmp_path / "private" / "secret.png")
+    os.symlink(tmp_path / "private", tmp_path / "photos" / "more")
+    images = collect_images([tmp_path / "photos"])
+    assert [p.name for p in images.files] == ["a.png"]
+    assert images.problems == [(str(tmp_path / "photos" / "more"),
+                                f"a link to {tmp_path / 'private'}, outside {tmp_path / 'photos'}: not followed; "
+                                "--follow-links (follow_links=True) follows links that leave the data folder")]
+    followed = collect_images([tmp_path / "photos"], follow_links=True)
+    assert [p.name for p in followed.files] == ["a.png", "secret.png"] and not followed.problems

@@ -39,7 +39,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path) -> None:
 def test_resume_needs_a_last_checkpoint(tmp_path) -> None:
     empty_run = tmp_path / "empty_run"
     empty_run.mkdir()
-    with pytest.raises(FileNotFoundError, match="has no last.pt"):
+    with pytest.raises(FileNotFoundError, match="has no last.pt .nor best.pt. to resume from"):
         ckpt.resolve_resume(empty_run)
 
 

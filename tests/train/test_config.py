@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from importlib import resources
 
 import pytest
+import torch
 
 from effnet.cli import main
 from effnet.errors import ConfigError
@@ -22,6 +24,7 @@ from effnet.train.recipes import (
     recipe_names,
     save_config,
 )
+from helpers.files import listing
 
 
 def test_shipped_recipes_load_and_validate() -> None:
@@ -193,7 +196,7 @@ def test_a_recipe_warmup_longer_than_the_run_is_shortened_with_a_notice(caplog):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--set", "optimizer.lr=[1"], "--set 'optimizer.lr=[1' is not valid YAML at line 1, column 3"),
     (["--recipe", "RECIPE"], "is not valid YAML at line 2, column 1"),
-    (["--lr", "inf"], "optimizer.lr must be positive and finite, got inf"),
+    (["--set", "optimizer.lr=.inf"], "optimizer.lr must be positive and finite, got inf"),  # --lr: argparse's
 ])
 def test_bad_yaml_and_non_finite_settings_are_one_line_messages(odd_name_data, tmp_path, capsys, argv, message):
     recipe = tmp_path / "bad.yaml"
@@ -203,3 +206,22 @@ def test_bad_yaml_and_non_finite_settings_are_one_line_messages(odd_name_data, t
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_honours_an_edited_config_yaml_and_refuses_a_new_architecture(finished_run, tmp_path, capsys,
+                                                                                caplog):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("name: efficientnet_b0", "name: efficientnet_b1", 1))
+    before = listing(run)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml was edited since" in err and "model.name: 'efficientnet_b0' -> 'efficientnet_b1'" in err
+    assert listing(run) == before
+    (run / "config.yaml").write_text(saved.replace("\n  epochs: 1\n", "\n  epochs: 2\n", 1))
+    with caplog.at_level(logging.WARNING, logger="effnet.train"):
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert any("resuming with its settings: run.epochs: 1 -> 2" in r.getMessage() for r in caplog.records)
+    assert "epochs: 2\n" in (run / "config.yaml").read_text()  # kept, not overwritten with the old value
+    assert [row["epoch"] for row in torch.load(run / "last.pt", weights_only=True)["history"]] == [1, 2]

@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from effnet.train.metrics import Predictions, evaluate, find_mistakes
+from effnet.train.metrics import (
+    DENSE_CONFUSION_CLASSES,
+    Predictions,
+    confusion_entries,
+    evaluate,
+    find_mistakes,
+    per_class_rows,
+)
 
 LOGITS = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 5.0, 0.0]])
 TARGETS = torch.tensor([0, 1, 1, 2, 2])  # images 2 and 4 are wrong
@@ -56,3 +63,23 @@ def test_the_confusion_matrix_counts_true_class_rows_and_predicted_columns() -> 
     batches = [(LOGITS[:3], TARGETS[:3]), (LOGITS[3:], TARGETS[3:])]
     confusion = evaluate(nn.Identity(), batches, 3, torch.device("cpu")).confusion
     assert confusion.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]  # predicted 0, 1, 0, 2, 1
+
+
+def test_beyond_a_thousand_classes_the_confusion_matrix_is_sparse_and_counts_the_same() -> None:
+    classes = DENSE_CONFUSION_CLASSES + 1
+    logits = torch.zeros(5, classes)
+    logits[torch.arange(5), torch.tensor([0, 7, 7, 1000, 3])] = 1.0
+    targets = torch.tensor([0, 7, 3, 1000, 3])
+    result = evaluate(nn.Identity(), [(logits[:2], targets[:2]), (logits[2:], targets[2:])], classes,
+                      torch.device("cpu"))
+    assert result.confusion.is_sparse and result.confusion._nnz() == 5 and result.count == 5
+    true, predicted, counts = confusion_entries(result.confusion)
+    assert list(zip(true.tolist(), predicted.tolist(), counts.tolist(), strict=True)) == [
+        (0, 0, 1), (3, 3, 1), (3, 7, 1), (7, 7, 1), (1000, 1000, 1)]
+    dense = torch.zeros(classes, classes, dtype=torch.int64)
+    dense[targets, logits.argmax(1)] += 1
+    assert torch.equal(result.confusion.to_dense(), dense)
+    counts_per_class = result.per_class_count
+    assert counts_per_class[3] == 2 and sum(counts_per_class) == 5 and result.per_class_accuracy[3] == 50.0
+    names = [f"c{i}" for i in range(classes)]
+    assert [row[0] for row in per_class_rows(result, names)] == ["c0", "c3", "c7", "c1000"]

@@ -24,6 +24,7 @@ from helpers.train import (
     ONE_EPOCH,
     assert_same_tensors,
     load,
+    make_image_folder,
     tiny_assignments,
     tiny_config,
     without_timing,
@@ -153,13 +154,13 @@ CHILD = textwrap.dedent("""
                 marker.write_text("ready")
             time.sleep(0.3)
         trainer.Trainer._update = slow_update
-    else:  # hang in the second save of last.pt, between the temp file and the rename
+    else:  # hang in the second (kill-first: the first) save of last.pt, between the temp file and the rename
         publish = files.publish
         saves = [0]
         def hanging_publish(temp, path):
             if path.name == "last.pt":
                 saves[0] += 1
-                if saves[0] == 2:
+                if saves[0] == (1 if mode == "kill-first" else 2):
                     marker.write_text(temp.name)
                     time.sleep(600)
             publish(temp, path)
@@ -252,6 +253,29 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(image_folder, stra
     resumed = Trainer(tiny_config(image_folder, **SMALL_BATCH), resume=run_dir).fit()
     assert resumed.status == "completed" and not temp.exists()
     assert_same_tensors(load(straight_run.run_dir / "last.pt")["model"], load(run_dir / "last.pt")["model"])
+
+
+@pytest.mark.slow
+def test_sigkill_before_the_first_last_pt_resumes_from_best_pt(image_folder, straight_run, tmp_path, capsys) -> None:
+    """An epoch end writes model.safetensors and best.pt before last.pt: killed in between, the
+    run folder holds best.pt alone, which a fresh run points at and --resume continues from."""
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", str(image_folder), "--out", str(run_dir), "--no-progress"]
+    args += [a for item in tiny_assignments(**SMALL_BATCH) for a in ("--set", item)]
+    process, marker = _start_child(tmp_path, "kill-first", args)
+    _wait_for(marker, process)
+    temp = run_dir / marker.read_text()
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert not (run_dir / "last.pt").exists() and load(run_dir / "best.pt")["epoch"] == 1 and temp.exists()
+
+    from effnet.cli import main
+    assert main(args) == 2
+    assert f"continue it with --resume {run_dir}" in capsys.readouterr().err
+    resumed = Trainer(tiny_config(image_folder, **SMALL_BATCH), resume=run_dir).fit()
+    assert resumed.status == "completed" and len(resumed.history) == 2 and not temp.exists()
+    assert_same_tensors(load(straight_run.run_dir / "last.pt")["model"], load(run_dir / "last.pt")["model"])
+    assert not [p.name for p in run_dir.iterdir() if ".tmp-" in p.name]
 
 
 def test_missing_data_fails_before_anything_is_written(tmp_path) -> None:
@@ -361,3 +385,21 @@ def test_divergence_before_any_checkpoint_does_not_advise_resuming(odd_name_data
     with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet.*then start again") as caught:
         trainer.fit()
     assert "--resume" not in str(caught.value)
+
+
+def test_resuming_mid_epoch_after_the_data_shrank_goes_on_at_the_same_fraction(tmp_path, caplog) -> None:
+    data = make_image_folder(tmp_path / "data", train_per_class=8, val_per_class=2, size=24)
+    config = tiny_config(data, **SMALL_BATCH)  # 24 images: 6 batches per epoch
+    assert Trainer(config, run_dir=tmp_path / "run").fit(stop_after=1).status == "stopped"
+    state = load(tmp_path / "run" / "last.pt")
+    assert state["train_images"] == 24
+    state.update(step_in_epoch=5, epoch_rng=None)  # as if stopped at batch 6 of epoch 2
+    torch.save(state, tmp_path / "run" / "last.pt")
+    for label in range(3):
+        for index in range(2, 8):
+            (data / "train" / f"class_{label}" / f"{index:03d}.png").unlink()  # 6 images left: 1 batch
+    with caplog.at_level(logging.WARNING, logger="effnet.train"):
+        result = Trainer(tiny_config(data, **SMALL_BATCH), resume=tmp_path / "run").fit()
+    assert result.status == "completed" and [row["epoch"] for row in result.history] == [1, 2]
+    assert any("training data changed since the checkpoint (24 -> 6 images): epoch 2 goes on at batch 1 of 1"
+               in r.getMessage() for r in caplog.records)

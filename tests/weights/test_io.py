@@ -3,6 +3,7 @@ and a failed load changes nothing."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 import effnet
@@ -20,7 +22,8 @@ from effnet.weights.convert import EFFNET
 from effnet.weights.errors import StateDictError
 from effnet.weights.io import model_metadata
 from effnet.weights.pretrained import Checkpoint, load_weights
-from effnet.weights.trained import load_trained_model
+from effnet.weights.trained import load_trained_model, model_from_checkpoint
+from helpers.process import GB, run_effnet
 
 
 def small_model(name: str = "efficientnet_b0", num_classes: int = 5) -> effnet.EfficientNet:
@@ -188,3 +191,76 @@ def test_non_finite_weights_are_refused_at_load_naming_the_first_bad_tensor(brok
         with pytest.raises(StateDictError, match=r"'stages\.1\.0\.project\.conv\.weight' holds NaN or infinite "
                                                  r"values \(1 of \d+\)"):
             load()
+
+
+def _edited(metadata: dict, section: str | None, **changes: object) -> dict:
+    if section is None:
+        return {**metadata, **changes}
+    return {**metadata, section: {**metadata[section], **changes}}
+
+
+@pytest.mark.parametrize(("section", "changes", "message"), [
+    (None, {"num_classes": 100_000, "class_names": None},  # 1,000,000: the slow test below, in a bounded process
+     r"metadata does not match its tensors \(shape mismatch for 'classifier.weight': checkpoint \(5, 1280\), "
+     r"model \(100000, 1280\)"),
+    (None, {"num_classes": 10**9, "class_names": None}, r"num_classes=1000000000 \(a whole number from 0 to"),
+    (None, {"num_classes": "5"}, "num_classes='5'"),
+    (None, {"class_names": [["a"]] * 5}, r"class_names=\[\['a'\]"),
+    (None, {"class_names": list("abc")}, "a list of 5 names"),
+    ("preprocessing", {"resolution": 100_000}, "resolution=100000, crop_pct=0.9 .*from 1 to 4096"),
+    ("preprocessing", {"crop_pct": 1e-4}, "resizes images to 2,000,000 px before the crop"),
+    ("preprocessing", {"std": [0, 1, 1]}, r"std=\[0, 1, 1\]"),
+    ("config", {"depth": 70.0}, "1120 blocks, up to 1280 channels"),
+    ("config", {"width": float("inf")}, "config: cannot convert float infinity"),
+    ("config", {"divisor": 0}, "config: integer division"),
+    ("config", {"bn_eps": -1.0}, "invalid bn_eps=-1.0"),
+])
+def test_metadata_is_checked_against_the_tensors_and_sane_ranges_before_anything_is_built(
+        saved: tuple[effnet.EfficientNet, Path], tmp_path: Path, monkeypatch, section, changes, message) -> None:
+    model, _ = saved
+    tensors = dict(model.state_dict())
+    metadata = _edited(model_metadata(model), section, **changes)
+    path = tmp_path / "edited.safetensors"
+    save_file(tensors, str(path), metadata={"effnet": json.dumps(metadata)})
+    built = []
+    monkeypatch.setattr(effnet.EfficientNet, "_init_weights", lambda self: built.append(self.classifier))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+    with pytest.raises(CheckpointError, match=message):  # a training checkpoint's metadata, the same
+        model_from_checkpoint({"model": tensors, "model_meta": metadata})
+    assert all(layer.weight.is_meta for layer in built if hasattr(layer, "weight"))  # nothing allocated
+
+
+def test_deeply_nested_metadata_and_integer_weights_are_refused(saved: tuple[effnet.EfficientNet, Path],
+                                                                tmp_path: Path) -> None:
+    model, _ = saved
+    deep = tmp_path / "deep.safetensors"
+    save_file(dict(model.state_dict()), str(deep), metadata={"effnet": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(CheckpointError, match="corrupt effnet metadata .*nested too deeply"):
+        load_model(deep)
+    nested_names = {**model_metadata(model), "class_names": functools.reduce(lambda inner, _: [inner], range(10**5),
+                                                                             [])}
+    with pytest.raises(CheckpointError, match="class_names=<a deeply nested list>"):
+        model_from_checkpoint({"model": dict(model.state_dict()), "model_meta": nested_names})
+    integers = {k: (v * 100).to(torch.int8) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    cast = tmp_path / "int8.safetensors"
+    save_file(integers, str(cast), metadata={"effnet": json.dumps(model_metadata(model))})
+    for load in (lambda: load_model(cast),
+                 lambda: model_from_checkpoint({"model": integers, "model_meta": model_metadata(model)}),
+                 lambda: effnet.create_model("efficientnet_b0", num_classes=5, pretrained=cast)):
+        with pytest.raises(CheckpointError, match="'stem.conv.weight' is int8, not floating point"):
+            load()
+
+
+@pytest.mark.slow
+def test_a_million_classes_claimed_by_the_metadata_cost_no_memory(saved: tuple[effnet.EfficientNet, Path],
+                                                                   tmp_path: Path) -> None:
+    model, _ = saved
+    metadata = {**model_metadata(model), "num_classes": 1_000_000, "class_names": None}  # a 5 GB head
+    path = tmp_path / "claims.safetensors"
+    save_file(dict(model.state_dict()), str(path), metadata={"effnet": json.dumps(metadata)})
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32)).save(image)
+    done = run_effnet(["predict", str(image), "--checkpoint", str(path), "--device", "cpu", "--no-progress"])
+    assert done.returncode == 2 and "its metadata does not match its tensors" in done.stderr, done.stderr
+    assert done.peak_rss < 2.5 * GB, f"peak resident memory {done.peak_rss / GB:.2f} GB"

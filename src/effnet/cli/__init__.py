@@ -75,6 +75,13 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, **options: An
                                  formatter_class=argparse.RawDescriptionHelpFormatter, **options)
 
 
+def add_follow_links(parser: argparse.ArgumentParser) -> None:
+    """``--follow-links``: follow links in data folders that lead out of them (skipped otherwise)."""
+    parser.add_argument("--follow-links", action="store_true", default=None,
+                        help="follow links in image folders that lead outside them (skipped, with a warning, "
+                             "by default: a link to / would read every image on the machine)")
+
+
 def versions() -> str:
     """effnet's version and those of the installed runtimes, read from package metadata (nothing is
     imported)."""

@@ -15,7 +15,7 @@ from ..bench.report import format_rows, output_folder, write_report
 from ..bench.runner import DTYPES, BenchSettings, OursRunner, run_bench
 from ..cpu_path import CPU_PATHS, build_cpu_path, choose_cpu_path
 from ..errors import ExitCode
-from . import add_command
+from . import add_command, numbers
 
 
 def _names(text: str) -> list[str]:
@@ -25,13 +25,20 @@ def _names(text: str) -> list[str]:
     return names
 
 
+MAX_CALLS = 1_000_000
+"""The most timed or warm-up calls a run may ask for."""
+MAX_SECONDS = 86_400.0
+"""The longest a run may be timed (a day)."""
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
-        sizes = tuple(int(b) for b in _names(text))
-    except (ValueError, argparse.ArgumentTypeError):
+        sizes = tuple(numbers.BATCH(b) for b in _names(text))
+    except argparse.ArgumentTypeError:
         sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers separated by commas, got {text!r}")
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers up to {numbers.MAX_BATCH:,} "
+                                         f"separated by commas, got {text[:60]!r}")
     return sizes
 
 
@@ -58,13 +65,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="on the CPU, in fp32 without --compile, time our networks through this path instead of "
                              "the one a Classifier takes by default (measured fastest on this machine, or "
                              "$EFFNET_CPU_PATH); the rows name the path")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--resolution", type=numbers.IMAGE_SIZE, default=None,
                         help="input size for every network instead of each one's native size")
-    parser.add_argument("--iterations", type=int, default=30, help="timed calls per run at most (default 30)")
-    parser.add_argument("--min-iterations", type=int, default=3, help="timed calls per run at least (default 3)")
-    parser.add_argument("--max-seconds", type=float, default=10.0,
+    parser.add_argument("--iterations", type=numbers.whole(1, MAX_CALLS), default=30,
+                        help="timed calls per run at most (default 30)")
+    parser.add_argument("--min-iterations", type=numbers.whole(1, MAX_CALLS), default=3,
+                        help="timed calls per run at least (default 3)")
+    parser.add_argument("--max-seconds", type=numbers.real(0.0, MAX_SECONDS, low_open=True), default=10.0,
                         help="stop timing a run after this long, once --min-iterations are done (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="warm-up calls at most (default 3)")
+    parser.add_argument("--warmup", type=numbers.whole(0, MAX_CALLS), default=3,
+                        help="warm-up calls at most (default 3)")
     parser.add_argument("--out", default="runs/bench", help="folder for bench.csv, bench.md and the plots "
                         "(default runs/bench)")
     parser.set_defaults(func=run)

@@ -7,7 +7,7 @@ import argparse
 from ..data.datasets import build_datasets
 from ..data.demo import write_demo_dataset
 from ..table import format_table
-from . import add_command
+from . import add_command, add_follow_links, numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,10 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = commands.add_parser("info", help="classes, image counts and unusable files of a data path")
     info.add_argument("data", help="folder (train/ and val/, or class folders) or CSV listing")
-    info.add_argument("--val-split", type=float, default=None, help="fraction held out when there is no val set")
-    info.add_argument("--seed", type=int, default=0, help="seed of the val split (default 0)")
+    info.add_argument("--val-split", type=numbers.FRACTION, default=None,
+                      help="fraction held out when there is no val set")
+    info.add_argument("--seed", type=numbers.SEED, default=0, help="seed of the val split (default 0)")
     info.add_argument("--full-check", action="store_true", help="decode every image (slower, catches truncated JPEGs)")
     info.add_argument("--strict", action="store_true", help="fail on the first unusable file")
+    add_follow_links(info)
     info.set_defaults(func=run_info)
 
 
@@ -38,7 +40,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     splits = build_datasets(args.data, val_split=args.val_split, seed=args.seed, strict=args.strict,
-                            validate="full" if args.full_check else "header")
+                            validate="full" if args.full_check else "header", follow_links=bool(args.follow_links))
     train_counts, val_counts = splits.train.class_counts(), splits.val.class_counts()
     rows = [[name, train, val] for name, train, val in zip(splits.classes, train_counts, val_counts, strict=True)]
     rows.append(["total", sum(train_counts), sum(val_counts)])

@@ -7,7 +7,7 @@ import argparse
 from ..demo import DEMO_ROOT, demo_rows, run_demo
 from ..table import format_table
 from ..train.metrics import per_class_rows
-from . import add_command
+from . import add_command, numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="efficientnet_b0")
     parser.add_argument("--pretrained", action="store_true",
                         help="fine-tune ImageNet weights (recipe demo_finetune) instead of training from scratch")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--img-size", type=int)
+    parser.add_argument("--epochs", type=numbers.EPOCHS)
+    parser.add_argument("--img-size", type=numbers.IMAGE_SIZE)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a recipe setting, e.g. --set optimizer.lr=0.003")
     parser.set_defaults(func=run)

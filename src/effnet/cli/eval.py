@@ -10,7 +10,7 @@ from ..files import check_output_folder
 from ..table import format_table
 from ..train.metrics import confusion_rows, mistake_rows, per_class_rows, summary_rows
 from ..train.reporting import save_evaluation
-from . import add_command
+from . import add_command, add_follow_links, numbers
 
 CONFUSION_PRINT_LIMIT = 20
 MISTAKES_PRINTED = 10
@@ -26,15 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="class folders, train/ + val/, or a path,label CSV")
     parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
                         help="for .pt checkpoints: raw or EMA weights (auto: the better one on validation)")
-    parser.add_argument("--val-split", type=float, help="evaluate the fraction held out in training (no val/)")
-    parser.add_argument("--seed", type=int, default=0, help="the training run's seed, for --val-split")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--val-split", type=numbers.FRACTION,
+                        help="evaluate the fraction held out in training (no val/)")
+    parser.add_argument("--seed", type=numbers.SEED, default=0, help="the training run's seed, for --val-split")
+    parser.add_argument("--batch-size", type=numbers.BATCH, default=64)
+    parser.add_argument("--workers", type=numbers.WORKERS, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
                         help="where JPEGs are decoded: cpu (loader workers) or gpu (the device, in batches; "
                              "not yet measured on a GPU); auto: cpu until it is")
     parser.add_argument("--out", help="also write confusion_matrix.png/.csv, per_class.csv and mistakes.csv/.png here")
+    add_follow_links(parser)
     parser.set_defaults(func=run)
 
 
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out) if args.out else None
     result, class_names, _ = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                                  num_workers=args.workers, weights=args.weights, device=args.device,
-                                                 val_split=args.val_split, seed=args.seed, decode=args.decode)
+                                                 val_split=args.val_split, seed=args.seed, decode=args.decode,
+                                                 follow_links=bool(args.follow_links))
     print(format_table(["metric", "value"], summary_rows(result)))
     print()
     print(format_table(["class", "images", "accuracy %"], per_class_rows(result, class_names)))

@@ -6,7 +6,7 @@ import argparse
 
 from ..train.finetune import STRATEGIES, start_settings
 from ..train.recipes import build_config
-from . import add_command
+from . import add_command, numbers
 from .train import add_run_arguments, run_overrides, train_and_report
 
 
@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="linear: classifier only; full: everything; gradual: unfreeze a stage at a time "
                              "from the top (default: the recipe's, full)")
-    parser.add_argument("--epochs-per-group", type=int, help="gradual: epochs before the next group unfreezes")
-    parser.add_argument("--layer-decay", type=float,
+    parser.add_argument("--epochs-per-group", type=numbers.EPOCHS,
+                        help="gradual: epochs before the next group unfreezes")
+    parser.add_argument("--layer-decay", type=numbers.real(0.0, 1.0, low_open=True),
                         help="learning rate x this per layer group below the classifier (1: the same for all)")
     add_run_arguments(parser, recipe="finetune",
                       img_size_help="training and evaluation image size (default: the model's)",

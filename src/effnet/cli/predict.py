@@ -14,7 +14,7 @@ from ..errors import ConfigError, ExitCode
 from ..files import atomic_open, check_output_file
 from ..infer import Prediction, load_classifier
 from ..predict import FORMATS, collect_images, format_for, open_writer, predict_files
-from . import add_command
+from . import add_command, add_follow_links, numbers
 
 PREFIX = "effnet predict: "
 OUTPUT_SUFFIXES = (".csv", ".json", ".txt", ".tsv", ".log", "")
@@ -34,14 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "or the architecture of --checkpoint")
     parser.add_argument("--checkpoint", help="effnet .safetensors, a run's .pt or run directory; with --model, "
                                              "any torchvision/timm/EfficientNet-PyTorch/Keras weight file")
-    parser.add_argument("--num-classes", type=int,
+    parser.add_argument("--num-classes", type=numbers.CLASSES,
                         help="classifier size of a --model --checkpoint weight file (default: as stored in "
                              "effnet files, else 1000)")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
+    parser.add_argument("--top-k", type=numbers.CLASSES, default=5, help="classes to list per image (default 5)")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else table)")
     parser.add_argument("--out", help="write the results to this file instead of the screen")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0, help="processes reading images (default 0: this one)")
+    parser.add_argument("--batch-size", type=numbers.BATCH, default=32)
+    parser.add_argument("--workers", type=numbers.WORKERS, default=0,
+                        help="processes reading images (default 0: this one)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
                         help="where JPEG files are decoded: cpu, or gpu (the device, in batches; not yet measured "
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(also $EFFNET_CPU_PATH): " + "; ".join(f"{k}: {v}" for k, v in CPU_PATHS.items()))
     parser.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_follow_links(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,7 +68,7 @@ def _report_failure(prediction: Prediction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, OUTPUT_SUFFIXES) if args.out else None
-    images = collect_images(args.paths)
+    images = collect_images(args.paths, follow_links=bool(args.follow_links))
     for argument, reason in images.problems:
         print(f"{PREFIX}{argument}: {reason}", file=sys.stderr)
     if not images.files:

@@ -10,7 +10,7 @@ from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.pipeline import INT8_SUFFIXES, QUANT_METHODS, QuantizeOptions, default_output, load_deployable
 from ..deploy.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS, LAYER_GROUPS, OrtRecipe, Pt2eRecipe, QatSettings
 from ..files import check_output_file
-from . import add_command
+from . import add_command, numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="INT8 file, .onnx (run by ONNX Runtime) or .pt2 (PT2E methods, run on oneDNN); "
                              "default: beside the checkpoint, "
                         + ", ".join(f"{s} for {m}" for m, s in INT8_SUFFIXES.items()))
-    parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+    parser.add_argument("--calib-images", type=numbers.IMAGES, default=DEFAULT_CALIBRATION_IMAGES,
                         help=f"calibration images taken evenly from --calib (default {DEFAULT_CALIBRATION_IMAGES})")
     parser.add_argument("--keep-float", default="",
                         help=f"comma-separated layer groups left in float: {', '.join(LAYER_GROUPS)} "
@@ -46,10 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ort.add_argument("--activation-type", choices=ACTIVATION_TYPES, default="uint8",
                      help="uint8 asymmetric (default, fast on x86) or int8 symmetric")
     qat = parser.add_argument_group("qat")
-    qat.add_argument("--epochs", type=int, default=QatSettings.epochs, help="QAT epochs over --calib")
-    qat.add_argument("--lr", type=float, default=QatSettings.lr, help="QAT learning rate (SGD with momentum)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size for evaluation and QAT")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and PyTorch")
+    qat.add_argument("--epochs", type=numbers.EPOCHS, default=QatSettings.epochs, help="QAT epochs over --calib")
+    qat.add_argument("--lr", type=numbers.LEARNING_RATE, default=QatSettings.lr,
+                     help="QAT learning rate (SGD with momentum)")
+    parser.add_argument("--batch-size", type=numbers.BATCH, default=32, help="batch size for evaluation and QAT")
+    parser.add_argument("--threads", type=numbers.THREADS, default=None,
+                        help="CPU threads for ONNX Runtime and PyTorch")
     parser.add_argument("--no-speed", action="store_true", help="skip the latency and throughput measurements")
     parser.set_defaults(func=run)
 

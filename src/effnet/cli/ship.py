@@ -9,7 +9,7 @@ import shlex
 from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.quantize import LAYER_GROUPS, QatSettings
 from ..ship.plan import CHANCE_MARGIN, DEFAULT_MIN_AGREEMENT, REMEDIES, TARGETS
-from . import add_command
+from . import add_command, numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,12 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calib", default=None, help="folder of calibration images (INT8 targets and remedies)")
     parser.add_argument("--eval", required=True, help="class-folder dataset the accuracy is measured on")
     parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
-    parser.add_argument("--max-drop", type=float, default=1.0,
+    parser.add_argument("--max-drop", type=numbers.real(0.0, 100.0), default=1.0,
                         help="largest loss of top-1 points against fp32 that may be shipped (default 1.0)")
-    parser.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+    parser.add_argument("--min-agreement", type=numbers.real(0.0, 100.0), default=DEFAULT_MIN_AGREEMENT,
                         help="least share of the evaluation images (%%) on which the shipped model must answer as fp32 "
                              f"does (default {DEFAULT_MIN_AGREEMENT:g})")
-    parser.add_argument("--min-top1", type=float, default=None,
+    parser.add_argument("--min-top1", type=numbers.real(0.0, 100.0), default=None,
                         help="least top-1 (%%) on --eval that may ship, for the fp32 model too (default: chance, "
                              f"100/classes, plus {CHANCE_MARGIN:g} points; 0 ships a model at chance level)")
     parser.add_argument("--auto-remedy", action="store_true",
@@ -42,11 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"the remedies --auto-remedy may try, in order (default {','.join(REMEDIES)})")
     parser.add_argument("--keep-float", default="",
                         help=f"comma-separated layer groups left in float in INT8: {', '.join(LAYER_GROUPS)}")
-    parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+    parser.add_argument("--calib-images", type=numbers.IMAGES, default=DEFAULT_CALIBRATION_IMAGES,
                         help=f"calibration images taken evenly from --calib (default {DEFAULT_CALIBRATION_IMAGES})")
-    parser.add_argument("--qat-epochs", type=int, default=QatSettings.epochs, help="epochs of the QAT remedy")
-    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the runtimes (default: all)")
+    parser.add_argument("--qat-epochs", type=numbers.EPOCHS, default=QatSettings.epochs,
+                        help="epochs of the QAT remedy")
+    parser.add_argument("--batch-size", type=numbers.BATCH, default=32, help="evaluation batch size")
+    parser.add_argument("--threads", type=numbers.THREADS, default=None,
+                        help="CPU threads of the runtimes (default: all)")
     parser.add_argument("--no-speed", action="store_true", help="skip the latency and throughput measurements")
     parser.set_defaults(func=run)
 

@@ -13,21 +13,22 @@ from ..train.config import OPTIMIZERS, TrainConfig
 from ..train.recipes import config_for_run, recipe_names
 from ..train.reporting import result_rows
 from ..train.trainer import train
-from . import add_command
+from . import add_command, add_follow_links, numbers
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_help: str, lr_help: str) -> None:
     """The flags ``train`` and ``finetune`` share (read back by :func:`run_overrides`)."""
     parser.add_argument("--recipe", default=recipe,
                         help=f"shipped recipe ({', '.join(recipe_names())}) or a YAML file (default: {recipe})")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--img-size", type=int, help=img_size_help)
-    parser.add_argument("--batch-size", type=int, help="images per process and step")
-    parser.add_argument("--lr", type=float, help=lr_help)
-    parser.add_argument("--workers", type=int, help="DataLoader worker processes")
-    parser.add_argument("--val-split", type=float, help="hold out this fraction when there is no val/ folder")
+    parser.add_argument("--epochs", type=numbers.EPOCHS)
+    parser.add_argument("--img-size", type=numbers.IMAGE_SIZE, help=img_size_help)
+    parser.add_argument("--batch-size", type=numbers.BATCH, help="images per process and step")
+    parser.add_argument("--lr", type=numbers.LEARNING_RATE, help=lr_help)
+    parser.add_argument("--workers", type=numbers.WORKERS, help="DataLoader worker processes")
+    parser.add_argument("--val-split", type=numbers.FRACTION,
+                        help="hold out this fraction when there is no val/ folder")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=numbers.SEED)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any recipe setting, e.g. --set optimizer.weight_decay=0 (repeatable)")
     parser.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
@@ -36,6 +37,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, recipe: str, img_size_
     parser.add_argument("--allow-single-class", action="store_true", default=None,
                         help="train on data with a single class (refused otherwise: it scores 100%% learning nothing)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_follow_links(parser)
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,7 +46,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "run.epochs": args.epochs, "data.img_size": args.img_size, "data.batch_size": args.batch_size,
         "optimizer.lr": args.lr, "data.num_workers": args.workers, "data.val_split": args.val_split,
         "run.device": args.device, "run.seed": args.seed, "run.progress": False if args.no_progress else None,
-        "data.allow_single_class": args.allow_single_class,
+        "data.allow_single_class": args.allow_single_class, "data.follow_links": args.follow_links,
     }
 
 
@@ -67,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model name, e.g. efficientnet_b0 (see `effnet models`)")
     add_run_arguments(parser, recipe="seed", img_size_help="final training image size (default: the variant's)",
                       lr_help="learning rate (per optimizer.lr_base_batch images if set)")
-    parser.add_argument("--eval-img-size", type=int, help="evaluation image size (default: --img-size)")
+    parser.add_argument("--eval-img-size", type=numbers.IMAGE_SIZE, help="evaluation image size (default: --img-size)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS)
     parser.add_argument("--pretrained", nargs="?", const=True, default=None,
                         help="start from pretrained weights (optionally a tag or file) for fine-tuning")

@@ -236,7 +236,7 @@ def batch_preset(transform: Callable) -> BatchPreset | None:
     if normalize is None:
         return None
     mean, std = tuple(normalize.mean), tuple(normalize.std)
-    if kinds[:2] == [v2.Resize, v2.CenterCrop]:
+    if len(kinds) > 1 and issubclass(kinds[0], v2.Resize) and kinds[1] is v2.CenterCrop:
         rest = [v2.ToImage, v2.ToDtype, v2.Normalize, v2.ToPureTensor]
         return BatchEvalPreset(v2.Compose(steps[:2]), mean, std) if kinds[2:] == rest else None
     if not steps or not isinstance(steps[0], v2.RandomResizedCrop):

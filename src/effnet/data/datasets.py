@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, EffnetError, InputFileError
+from ..files import input_file, printable_path
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, has_image_extension, load_image, verify_image
 
 logger = logging.getLogger("effnet.data")
@@ -137,15 +138,18 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.load(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        return self._read(index, transformed=True)
 
     def load(self, index: int) -> tuple[Any, int]:
         """Sample ``index`` as ``(RGB PIL image, label)``, untransformed; an unreadable file is
         recorded in :attr:`skipped` and the next readable sample is returned in its place
         (in strict mode it is an error)."""
+        return self._read(index, transformed=False)
+
+    def _read(self, index: int, transformed: bool) -> tuple[Any, int]:
+        """:meth:`load`, and with ``transformed`` the transform applied; a file the transform
+        refuses (an image too thin to resize, see :class:`~effnet.data.transforms.BoundedResize`)
+        is skipped like an unreadable one."""
         first_error = None
         for attempt in range(min(MAX_CONSECUTIVE_LOAD_FAILURES, len(self.samples))):
             current = (index + attempt) % len(self.samples)
@@ -153,10 +157,14 @@ class ImageDataset(Dataset):
                 continue
             path, label = self.samples[current]
             try:
-                return load_image(path, self.max_pixels), label
+                image = load_image(path, self.max_pixels)
+                if transformed and self.transform is not None:
+                    image = self.transform(image)
+                return image, label
             except ImageReadError as error:
+                error = ImageReadError(path, error.reason, error.kind)  # the transform does not know the path
                 if self.strict:
-                    raise ConfigError(f"unusable image file (strict mode): {error}") from error
+                    raise ConfigError(f"unusable image file (strict mode): {error}") from None
                 self._record_load_failure(current, error)
                 first_error = first_error or error
         raise EffnetError(f"could not read any of the {MAX_CONSECUTIVE_LOAD_FAILURES} samples from index {index} "
@@ -172,47 +180,80 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def files_under(folder: Path, on_error: Callable[[Path, str], None] | None = None) -> list[Path]:
+FOLLOW_LINKS_HINT = "not followed; --follow-links (follow_links=True) follows links that leave the data folder"
+
+
+def _inside(path: str | Path, real_root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def outside_link_reason(path: Path, root: Path) -> str:
+    """Why the link ``path`` is not followed: where it points, outside ``root``."""
+    return (f"a link to {printable_path(os.path.realpath(path))}, outside {printable_path(root)}: "
+            f"{FOLLOW_LINKS_HINT}")
+
+
+def files_under(folder: Path, on_error: Callable[[Path, str], None] | None = None, *, root: Path | None = None,
+                follow_links: bool = False) -> list[Path]:
     """Every non-hidden file under ``folder`` (any depth, links followed), in path order.
 
-    Each real folder is read once: a link back to a folder already read (a symbolic link
-    loop, or two links to one folder) is not followed again. A folder that cannot be listed
-    is passed to ``on_error`` as ``(path, reason)``; by default it is logged as a warning.
+    Links are followed only where they stay inside ``root`` (by default ``folder``): a link to
+    ``/`` inside a class folder would otherwise pull in every image on the machine. A link
+    that leaves it is passed to ``on_error`` as ``(path, reason)`` and not followed, unless
+    ``follow_links``. Each real folder is read once: a link back to a folder already read (a
+    symbolic link loop, or two links to one folder) is not followed again. A folder that
+    cannot be listed is passed to ``on_error`` too; by default each is logged as a warning.
     """
     found: list[Path] = []
     seen: set[str] = set()
-    report = on_error or (lambda path, reason: logger.warning("skipping folder %s: %s", path, reason))
+    root = Path(root) if root is not None else folder
+    real_root = os.path.realpath(root)
+    report = on_error or (lambda path, reason: logger.warning("skipping %s: %s", path, reason))
 
     def unreadable(error: OSError) -> None:
         reason = "permission denied" if isinstance(error, PermissionError) else (error.strerror or str(error))
-        report(Path(error.filename or folder), reason)
+        report(Path(error.filename or folder), f"folder cannot be read: {reason}")
 
+    def followed(path: Path) -> bool:
+        if follow_links or not os.path.islink(path) or _inside(path, real_root):
+            return True
+        report(path, outside_link_reason(path, root))
+        return False
+
+    if not follow_links and not _inside(folder, real_root):
+        report(folder, outside_link_reason(folder, root))
+        return []
     for directory, subdirs, names in os.walk(folder, followlinks=True, onerror=unreadable):
         real = os.path.realpath(directory)
         if real in seen:
             subdirs[:] = []
             continue
         seen.add(real)
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))  # the first link to a folder wins
-        found.extend(Path(directory, name) for name in names if not name.startswith("."))
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and followed(Path(directory, d)))
+        found.extend(path for path in (Path(directory, n) for n in names if not n.startswith(".")) if followed(path))
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def image_files_under(folder: Path, on_error: Callable[[Path, str], None] | None = None) -> list[Path]:
-    """The files of :func:`files_under` with an image extension."""
-    return [path for path in files_under(folder, on_error) if has_image_extension(path)]
+def image_files_under(folder: Path, on_error: Callable[[Path, str], None] | None = None, *,
+                      follow_links: bool = False) -> list[Path]:
+    """The files of :func:`files_under` (links followed within ``folder``) with an image extension."""
+    return [path for path in files_under(folder, on_error, follow_links=follow_links) if has_image_extension(path)]
 
 
 def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str] | None = None,
                 transform: Callable[[Any], Any] | None = None, validate: str = "header",
-                max_pixels: int = DEFAULT_MAX_PIXELS, classes_from: str = TRAINING_CLASSES) -> ImageDataset:
+                max_pixels: int = DEFAULT_MAX_PIXELS, classes_from: str = TRAINING_CLASSES,
+                follow_links: bool = False, data_root: str | Path | None = None) -> ImageDataset:
     """Images under ``root/<class name>/`` (any depth), classes in sorted folder-name order.
 
     Extensions (any case): jpg, jpeg, png, bmp, gif, tif, tiff, webp. Hidden files and folders
     are ignored; other files are skipped with a warning. ``classes`` fixes the class list
     (for a validation folder that must match the training classes); ``classes_from`` says
     where that list comes from in the error when the folders differ (:data:`TRAINING_CLASSES`
-    or :data:`MODEL_CLASSES`).
+    or :data:`MODEL_CLASSES`). Links are followed within ``data_root`` (default ``root``)
+    only; those that leave it are skipped, each with a warning and in ``skipped``, unless
+    ``follow_links`` (see :func:`files_under`).
     """
     root = Path(root)
     if not root.exists():
@@ -228,11 +269,15 @@ def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str
     if classes is not None:
         _check_same_classes(list(classes), names, classes_from, str(root))
         names = list(classes)
-    samples, other_files = [], []
+    samples, other_files, left_out = [], [], []
+    link_root = Path(data_root) if data_root is not None else root
     for label, name in enumerate(names):
-        files = files_under(root / name)
+        files = files_under(root / name, lambda path, reason: left_out.append((path, reason)), root=link_root,
+                            follow_links=follow_links)
         images = [path for path in files if has_image_extension(path)]
         other_files += [path for path in files if not has_image_extension(path)]
+        if left_out and left_out[-1][0] == root / name:
+            raise ConfigError(f"class folder {root / name} is {left_out[-1][1]}")
         if not images:
             raise ConfigError(f"class folder {root / name} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
                               "add images or remove the folder")
@@ -244,8 +289,10 @@ def scan_folder(root: str | Path, strict: bool = False, *, classes: Sequence[str
     if skipped:
         logger.warning("skipping %d file(s) without an image extension (%s): %s", len(skipped),
                        ", ".join(IMAGE_EXTENSIONS), _format_paths(other_files, limit=20))
+    for path, reason in left_out:
+        logger.warning("skipping %s: %s", printable_path(path), reason)
     dataset = ImageDataset(samples, names, transform, strict, validate=validate, max_pixels=max_pixels,
-                           skipped=skipped)
+                           skipped=left_out + skipped)
     _check_every_class_usable(dataset, str(root))
     return dataset
 
@@ -277,9 +324,7 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     case every label must be one of them. Listed files that do not exist are skipped (an
     error in strict mode); rows without a path or label are an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"CSV listing {path} does not exist")
+    path = input_file(path, "CSV listing")
     base = Path(root) if root is not None else path.parent
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -312,7 +357,7 @@ def read_csv(path: str | Path, root: str | Path | None = None, classes: Sequence
     samples, missing = [], []
     for _, file, label in rows:
         file_path = Path(file) if Path(file).is_absolute() else base / file
-        (samples if file_path.is_file() else missing).append((file_path, index[label]))
+        (samples if file_path.exists() else missing).append((file_path, index[label]))  # others refused when read
     if missing and (strict or not samples):
         origin = "the root argument" if root is not None else "the CSV's folder; pass root= to change it"
         raise (ValueError if samples else FileNotFoundError)(
@@ -362,7 +407,8 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int = 0) ->
 
 
 def build_datasets(data: str | Path, val_split: float | None = None, seed: int = 0, strict: bool = False, *,
-                   validate: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS) -> DatasetSplits:
+                   validate: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS,
+                   follow_links: bool = False) -> DatasetSplits:
     """Training and validation datasets from one of these layouts (checked before any training):
 
     - ``DATA/train/<class>/...`` with ``DATA/val/`` (or ``valid/``, ``validation/``, ``test/``);
@@ -370,12 +416,15 @@ def build_datasets(data: str | Path, val_split: float | None = None, seed: int =
       (stratified per class, reproducible with ``seed``);
     - a CSV file ``path,label`` split by ``val_split``, or ``DATA/train.csv`` with
       ``DATA/val.csv`` (or ``valid.csv``, ``validation.csv``, ``test.csv``).
+
+    Links in class folders are followed within ``data`` only, unless ``follow_links``.
     """
     data = Path(data)
     if not data.exists():
         raise InputFileError(f"data path {data} does not exist; {_FOLDER_LAYOUT}")
     options: dict[str, Any] = {"strict": strict, "validate": validate, "max_pixels": max_pixels}
-    if data.is_file():
+    if not data.is_dir():
+        input_file(data, "data path")  # a FIFO or a device is refused without being opened
         if data.suffix.lower() != ".csv":
             raise ConfigError(f"{data} is a file but not a .csv listing; {_FOLDER_LAYOUT}")
         return _split(read_csv(data, **options), val_split, seed, str(data))
@@ -386,16 +435,17 @@ def build_datasets(data: str | Path, val_split: float | None = None, seed: int =
             return _split(train, val_split, seed, str(data / "train.csv"))
         _refuse_split(val_split, val_csv)
         return DatasetSplits(train, read_csv(val_csv, classes=train.classes, **options), train.classes)
+    folders = {**options, "follow_links": follow_links, "data_root": data}
     if (data / "train").is_dir():
-        train = scan_folder(data / "train", **options)
+        train = scan_folder(data / "train", **folders)
         val_dir = next((data / name for name in VAL_FOLDER_NAMES if (data / name).is_dir()), None)
         if val_dir is None:
             return _split(train, val_split, seed, str(data / "train"))
         _refuse_split(val_split, val_dir)
         val_classes = [folder.name for folder in _class_folders(val_dir)]
         _check_same_classes(train.classes, val_classes, f"training classes in {data / 'train'}", str(val_dir))
-        return DatasetSplits(train, scan_folder(val_dir, classes=train.classes, **options), train.classes)
-    return _split(scan_folder(data, **options), val_split, seed, str(data))
+        return DatasetSplits(train, scan_folder(val_dir, classes=train.classes, **folders), train.classes)
+    return _split(scan_folder(data, **folders), val_split, seed, str(data))
 
 
 def _refuse_split(val_split: float | None, val_source: Path) -> None:

@@ -33,12 +33,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from effnet_runtime.portable import special_file
+
 from ..errors import ConfigError
 from .batch_augment import batch_preset, host_to_device
 from .datasets import ImageDataset
 from .images import ImageReadError, decode_image
 from .jpeg import JPEG_MAGIC, decode_jpegs
 from .loaders import build_loader
+from .transforms import size_bound
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,10 @@ def decodes_on_device(mode: str, device: torch.device) -> bool:
 
 
 def read_jpeg_bytes(path: Path) -> torch.Tensor | None:
-    """The file's bytes as a 1-D uint8 tensor if it is a readable JPEG, else ``None``."""
+    """The file's bytes as a 1-D uint8 tensor if it is a readable JPEG, else ``None`` (also for
+    a FIFO or a device, which are never opened)."""
+    if special_file(path) is not None:
+        return None
     try:
         data = path.read_bytes()
     except OSError:
@@ -100,6 +106,7 @@ class DeviceBatchTransform:
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.transform = transform
         self.batched = batch_preset(transform)
+        self.size_bound = size_bound(transform)
         self.device = device
         self.memory_format = memory_format
         self.generator = torch.Generator()  # the batched preset draws its parameters on the host
@@ -110,18 +117,28 @@ class DeviceBatchTransform:
         self.generator.manual_seed(int.from_bytes(key, "little") >> 1)
 
     def decode(self, payloads: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | str]:
-        """Each payload as a uint8 CHW image on the device, or the reason it cannot be read."""
+        """Each payload as a uint8 CHW image on the device, or the reason it cannot be read
+        (or, for the eval preset, resized: see :class:`~effnet.data.transforms.BoundedResize`)."""
         images: list[torch.Tensor | str] = [host_to_device(p, self.device) if p.dim() == 3 else "" for p in payloads]
         encoded = [i for i, p in enumerate(payloads) if p.dim() == 1]
-        if not encoded:
-            return images
+        if encoded:
+            try:
+                decoded = decode_jpegs([payloads[i] for i in encoded], self.device)
+            except RuntimeError:  # one bad file fails the whole batch: decode them one by one
+                decoded = [self._decode_one(payloads[i], names[i]) for i in encoded]
+            for i, image in zip(encoded, decoded, strict=True):
+                images[i] = image
+        return [self._refused_size(image, name) for image, name in zip(images, names, strict=True)]
+
+    def _refused_size(self, image: torch.Tensor | str, name: str) -> torch.Tensor | str:
+        """``image``, or why the eval preset refuses to resize it."""
+        if self.size_bound is None or isinstance(image, str):
+            return image
         try:
-            decoded = decode_jpegs([payloads[i] for i in encoded], self.device)
-        except RuntimeError:  # one bad file fails the whole batch: decode them one by one
-            decoded = [self._decode_one(payloads[i], names[i]) for i in encoded]
-        for i, image in zip(encoded, decoded, strict=True):
-            images[i] = image
-        return images
+            self.size_bound.check(image.shape[-1], image.shape[-2], name)
+        except ImageReadError as error:
+            return error.reason
+        return image
 
     def _decode_one(self, payload: torch.Tensor, name: str) -> torch.Tensor | str:
         try:

@@ -2,7 +2,10 @@
 
 Both presets take a PIL RGB image (see :mod:`effnet.data.images`) and return a normalized
 float32 CHW tensor. The evaluation preset reads everything from a
-:class:`~effnet.description.Preprocessing`, the one source of truth for a network's input.
+:class:`~effnet.description.Preprocessing`, the one source of truth for a network's input. Its
+resize (:class:`BoundedResize`) refuses, before any work, an image whose resized copy would
+exceed ``max_pixels`` (a 1 x 100,000 pixel image would become 256 x 25,600,000): the rule of
+:func:`effnet_runtime.portable.check_resized_pixels`, which the torch-free path applies too.
 """
 
 from __future__ import annotations
@@ -10,9 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2.functional import get_size
+
+from effnet_runtime.portable import DEFAULT_MAX_PIXELS, check_resized_pixels
 
 from ..description import Preprocessing
 from ..errors import ConfigError
@@ -97,14 +105,43 @@ def train_transforms(preprocessing: Preprocessing, resolution: int | None = None
     return v2.Compose(steps)
 
 
-def eval_transforms(preprocessing: Preprocessing, resolution: int | None = None) -> Callable:
+class BoundedResize(v2.Resize):
+    """The eval preset's resize of the short side to ``preprocessing.resize_size`` (antialiased,
+    the preprocessing's interpolation), which first refuses, with an
+    :class:`~effnet.data.images.ImageReadError` of kind ``too_many_pixels``, an image whose
+    resized copy would have more than ``max_pixels`` pixels."""
+
+    def __init__(self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(preprocessing.resize_size, interpolation=interpolation_mode(preprocessing.interpolation),
+                         antialias=True)
+        self.preprocessing = preprocessing.to_dict()
+        self.max_pixels = max_pixels
+
+    def check(self, width: int, height: int, name: str | Path = "<image>") -> None:
+        """Raise :class:`~effnet.data.images.ImageReadError` if a ``width`` x ``height`` image is too thin."""
+        check_resized_pixels(Path(name), width, height, self.preprocessing, self.max_pixels)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = get_size(inpt)
+        self.check(width, height)
+        return super().transform(inpt, params)
+
+
+def size_bound(transform: Callable) -> BoundedResize | None:
+    """The :class:`BoundedResize` step of a preset, if it has one."""
+    return next((step for step in getattr(transform, "transforms", ()) if isinstance(step, BoundedResize)), None)
+
+
+def eval_transforms(preprocessing: Preprocessing, resolution: int | None = None,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable:
     """The evaluation preset: resize the short side to ``resolution / crop_pct`` (antialiased,
-    the preprocessing's interpolation), center-crop ``resolution``, scale to [0, 1], normalize."""
+    the preprocessing's interpolation; an image whose resized copy would exceed ``max_pixels``
+    is refused, see :class:`BoundedResize`), center-crop ``resolution``, scale to [0, 1],
+    normalize."""
     if resolution is not None and resolution != preprocessing.resolution:
         preprocessing = dataclasses.replace(preprocessing, resolution=resolution)
     return v2.Compose([
-        v2.Resize(preprocessing.resize_size, interpolation=interpolation_mode(preprocessing.interpolation),
-                  antialias=True),
+        BoundedResize(preprocessing, max_pixels),
         v2.CenterCrop(preprocessing.resolution),
         *_to_normalized_tensor(preprocessing),
         v2.ToPureTensor(),

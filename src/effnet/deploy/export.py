@@ -11,7 +11,6 @@ model's resolution (TF-'SAME' padding is then baked into the graph as constant p
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..files import atomic_write
 from ..fuse import fold_batchnorm
 from ..model import EfficientNet
 from .runtime import check_format, load_runner
-from .verify import FP32_TOLERANCE, ExportVerificationError, Verification, compare_to_reference
+from .verify import FP32_TOLERANCE, MAX_TOLERANCE, ExportVerificationError, Verification, compare_to_reference
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 13
@@ -88,9 +87,9 @@ def check_export_options(format: str, opset: int = DEFAULT_OPSET, tolerance: flo
     check_format(format)
     if format == "onnx":
         check_opset(opset)
-    if not 0 < tolerance < math.inf:
-        raise ConfigError(f"tolerance must be a positive number (the largest |difference| of the logits accepted, "
-                          f"default {FP32_TOLERANCE:g}), got {tolerance}")
+    if not 0 < tolerance <= MAX_TOLERANCE:
+        raise ConfigError(f"tolerance must be a positive number up to {MAX_TOLERANCE:g} (the largest |difference| "
+                          f"of the logits accepted, default {FP32_TOLERANCE:g}), got {tolerance}")
 
 
 def export_model(model: nn.Module, path: str | Path, format: str, *, opset: int = DEFAULT_OPSET,

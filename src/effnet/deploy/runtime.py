@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError
+from ..files import input_file
 
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -87,9 +88,7 @@ def load_runner(path: str | Path, format: str, threads: int | None = None) -> Ru
     ``onnx``: ONNX Runtime; ``torchscript``: ``torch.jit.load``; ``pt2``: ``torch.export.load``.
     """
     check_format(format)
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"no {format} file at {path}")
+    path = input_file(path, f"{format} file")
     if format == "onnx":
         return onnx_runner(path, threads)
     if format == "torchscript":

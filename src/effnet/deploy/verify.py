@@ -12,6 +12,8 @@ from torch import nn
 from .runtime import Runner
 
 FP32_TOLERANCE = 1e-4
+MAX_TOLERANCE = 1.0
+"""The largest tolerance accepted: beyond, an export whose logits are wrong by whole units would pass."""
 
 
 class ExportVerificationError(ValueError):

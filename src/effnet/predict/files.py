@@ -22,21 +22,23 @@ class ImageList:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def collect_images(paths: Iterable[str | Path]) -> ImageList:
+def collect_images(paths: Iterable[str | Path], follow_links: bool = False) -> ImageList:
     """Expand files, folders (recursively, image extensions only, hidden files skipped) and glob
     patterns (``*``, ``?``, ``[...]``, ``**``; expanded here, for shells that do not) into a list
     of files in argument order, without duplicates.
 
     A file named explicitly is kept whatever its extension (it fails later if it is no image).
     A missing path, a folder without images and a pattern matching nothing are listed in
-    ``problems`` as ``(argument, reason)``.
+    ``problems`` as ``(argument, reason)``, and so are a folder that cannot be read and a link
+    inside a folder that leads out of it (not followed unless ``follow_links``: a link to ``/``
+    would classify every image on the machine).
     """
     found = ImageList()
     seen: set[Path] = set()
     extensions = ", ".join(IMAGE_EXTENSIONS)
 
-    def unreadable(folder: Path, reason: str) -> None:
-        found.problems.append((printable_path(folder), f"folder cannot be read: {reason}"))
+    def unreadable(path: Path, reason: str) -> None:
+        found.problems.append((printable_path(path), reason))
 
     def add(files: Iterable[Path]) -> None:
         for file in files:
@@ -47,10 +49,10 @@ def collect_images(paths: Iterable[str | Path]) -> ImageList:
     for argument in paths:
         text = str(argument)
         path = Path(text)
-        if path.is_file():
-            add([path])
+        if path.is_file() or (path.exists() and not path.is_dir()):
+            add([path])  # a FIFO or a device is refused, unopened, when it is read
         elif path.is_dir():
-            images = image_files_under(path, unreadable)
+            images = image_files_under(path, unreadable, follow_links=follow_links)
             if not images:
                 found.problems.append((text, f"folder with no images (looked for {extensions}, in subfolders too)"))
             add(images)
@@ -59,7 +61,7 @@ def collect_images(paths: Iterable[str | Path]) -> ImageList:
             images = []
             for match in map(Path, matches):
                 if match.is_dir():
-                    images += image_files_under(match, unreadable)
+                    images += image_files_under(match, unreadable, follow_links=follow_links)
                 elif has_image_extension(match):
                     images.append(match)
             if not images:

@@ -50,10 +50,9 @@ def image_files(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def prepare(path: Path, preprocessing: dict) -> np.ndarray:
-    """One file as the model's input, or :class:`~effnet_runtime.portable.ImageReadError`."""
-    if not path.is_file():  # never open a FIFO (it would block) or a device (it never ends)
-        kind = "a folder" if path.is_dir() else "not a regular file (a pipe, device or socket)"
-        raise portable.ImageReadError(path, f"cannot read it: {kind}", "unreadable")
+    """One file as the model's input, or :class:`~effnet_runtime.portable.ImageReadError`: a FIFO
+    or a device is refused unopened, a header of too many pixels or an image too thin to resize
+    before decoding (the rules of ``effnet predict``)."""
     return portable.preprocess(portable.load_image(path), preprocessing, name=str(path))
 
 
@@ -76,20 +75,28 @@ def classify(paths: list[Path], model: portable.ShippedModel, top_k: int = 1, ba
                 yield portable.prediction_record(str(path), model.name, ranked)
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def bounded(high: int):
+    """An argparse type: a whole number from 1 to ``high``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text) if text.strip().isascii() and len(text) <= 20 else 0
+        except ValueError:
+            value = 0
+        if not 1 <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number from 1 to {high:,}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with the model shipped beside this script.")
     parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--top-k", type=positive, default=1, help="classes per image (default 1)")
+    parser.add_argument("--top-k", type=bounded(1_000_000), default=1, help="classes per image (default 1)")
     parser.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
-    parser.add_argument("--batch-size", type=positive, default=32)
-    parser.add_argument("--threads", type=positive, default=None, help="CPU threads of the runtime (default: all)")
+    parser.add_argument("--batch-size", type=bounded(65_536), default=32)
+    parser.add_argument("--threads", type=bounded(1_024), default=None,
+                        help="CPU threads of the runtime (default: all)")
     args = parser.parse_args(argv)
     files, problems = image_files(args.paths)
     for name, reason in problems:

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
-from ..files import atomic_write
+from ..files import atomic_write, input_file
 from ..model import EfficientNet
 from ..weights.io import model_metadata
-from ..weights.trained import LAST, read_training_checkpoint
+from ..weights.trained import BEST, LAST, read_training_checkpoint
 from .config import TrainConfig
 from .ema import ModelEMA
 from .schedule import LRSchedule
@@ -32,9 +32,10 @@ from .state import RunState
 def training_checkpoint(run: RunState, rng: list[dict[str, Any]], model: EfficientNet,
                         optimizer: torch.optim.Optimizer, schedule: LRSchedule, scaler: torch.amp.GradScaler,
                         ema: ModelEMA | None, eval_weights: str, config: TrainConfig,
-                        world_size: int) -> dict[str, Any]:
+                        world_size: int, train_images: int) -> dict[str, Any]:
     """Everything a resume needs, in ``weights_only``-loadable types. ``rng``: every process's
-    RNG state; ``eval_weights``: the weights (``model`` or ``ema``) the run keeps."""
+    RNG state; ``eval_weights``: the weights (``model`` or ``ema``) the run keeps;
+    ``train_images``: the size of the training set (a resume sees whether the data changed)."""
     return {
         "format": "effnet-train", "format_version": 1,
         **run.to_dict(rng),
@@ -47,6 +48,7 @@ def training_checkpoint(run: RunState, rng: list[dict[str, Any]], model: Efficie
         "config": config.to_dict(),
         "model_meta": model_metadata(model),
         "world_size": world_size,
+        "train_images": train_images,
     }
 
 
@@ -56,16 +58,25 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def resolve_resume(path: str | Path) -> Path:
-    """``--resume`` accepts a run directory (its ``last.pt``) or a checkpoint file."""
+    """``--resume`` accepts a run directory or a checkpoint file.
+
+    In a run directory, the newest of its checkpoints: ``last.pt``, or ``best.pt`` where a
+    run was killed after writing ``best.pt`` and before ``last.pt`` (an epoch end writes
+    ``best.pt`` first, so ``last.pt`` never records a best epoch whose file is missing).
+    """
     path = Path(path)
     if path.is_dir():
-        candidate = path / LAST
-        if not candidate.is_file():
-            raise InputFileError(f"run directory {path} has no {LAST} to resume from")
-        return candidate
-    if not path.is_file():
+        last, best = path / LAST, path / BEST
+        if best.is_file() and (not last.is_file() or best.stat().st_mtime_ns > last.stat().st_mtime_ns):
+            return best
+        if not last.is_file():
+            raise InputFileError(f"run directory {path} has no {LAST} (nor {BEST}) to resume from: no epoch "
+                                 "finished and no interrupted state was saved; start the run again (into this "
+                                 "folder with --overwrite)")
+        return last
+    if not path.exists():
         raise InputFileError(f"cannot resume from {path}: no such run directory or checkpoint")
-    return path
+    return input_file(path, "checkpoint")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ class DataSettings:
     ``crop_pct`` the evaluation crop; ``None`` takes the model's (:meth:`resolve_sizes` fills
     them in once, so a run's saved config records the sizes it used). ``allow_single_class``
     lets a dataset of one class train (refused otherwise: it scores 100% learning nothing).
+    ``follow_links`` follows links in class folders that lead outside ``path`` (skipped with a
+    warning otherwise).
     """
 
     path: str | None = None
@@ -79,6 +81,7 @@ class DataSettings:
     strict: bool = False
     decode: str = "auto"
     allow_single_class: bool = False
+    follow_links: bool = False
 
     def resolve_sizes(self, preprocessing: Preprocessing, min_size: int, train_size: int | None = None) -> None:
         """Fill in the sizes left to the model (``preprocessing``: its eval preprocessing;

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputFileError, first_line
 from ..factory import resolve_config
+from ..files import input_file
 from ..model import EfficientNet
 from ..registry import get_entry, list_models
 from ..weights.errors import CheckpointError
@@ -121,6 +122,8 @@ def start_settings(source: str | Path) -> dict[str, Any]:
     text = str(source)
     path = Path(text)
     if path.exists():
+        if not path.is_dir():
+            input_file(path, "--from")  # a FIFO or a device is refused without being opened
         if is_trained_checkpoint(path):
             return {"model.name": load_trained_model(path).model_name, "model.pretrained": text}
         raise ConfigError(f"{path} is not a model trained with effnet (a run directory, its .pt, or a .safetensors "
@@ -140,9 +143,11 @@ def start_settings(source: str | Path) -> dict[str, Any]:
         return {"model.name": name, "model.pretrained": True}
     if not tag:
         raise ConfigError(f"--from {text!r}: give the weights after the colon, e.g. {name}:TAG or {name}:FILE")
-    if not Path(tag).is_file():
-        if _looks_like_path(tag):
-            raise InputFileError(f"--from {text}: weight file {tag} does not exist")
+    if Path(tag).exists():
+        input_file(tag, f"--from {name}: weight file")
+    elif _looks_like_path(tag):
+        raise InputFileError(f"--from {text}: weight file {tag} does not exist")
+    else:
         get_source(name, tag)
     return {"model.name": name, "model.pretrained": tag}
 

@@ -1,4 +1,9 @@
-"""Classification metrics: top-1/top-5, loss, per-class accuracy and the confusion matrix."""
+"""Classification metrics: top-1/top-5, loss, per-class accuracy and the confusion matrix.
+
+The confusion matrix is dense up to :data:`DENSE_CONFUSION_CLASSES` classes; beyond, it is a
+sparse COO tensor of the (true, predicted) pairs that occurred, so that evaluating a model of
+10,000 classes on 30 images costs memory for 30 pairs, not 10^8 counts.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,10 @@ from torch import nn
 
 from ..device import autocast_context
 from ..errors import ConfigError
-from .distributed import DistContext, all_reduce_sum
+from .distributed import DistContext, all_gather_objects, all_reduce_sum
+
+DENSE_CONFUSION_CLASSES = 1000
+"""Up to this many classes (ImageNet's: 8 MB of counts) the confusion matrix is a dense tensor."""
 
 
 @dataclass
@@ -67,13 +75,27 @@ class EvalResult:
     @property
     def per_class_accuracy(self) -> list[float]:
         """Percent correct per true class (NaN for a class with no images)."""
-        totals = self.confusion.sum(dim=1).double()
-        correct = self.confusion.diagonal().double()
+        true, predicted, counts = confusion_entries(self.confusion)
+        totals = torch.zeros(self.confusion.shape[0], dtype=torch.float64).index_add_(0, true, counts.double())
+        hits = true == predicted
+        correct = torch.zeros_like(totals).index_add_(0, true[hits], counts[hits].double())
         return (100.0 * correct / totals).tolist()
 
     @property
     def per_class_count(self) -> list[int]:
-        return self.confusion.sum(dim=1).tolist()
+        true, _, counts = confusion_entries(self.confusion)
+        return torch.zeros(self.confusion.shape[0], dtype=torch.int64).index_add_(0, true, counts).tolist()
+
+
+def confusion_entries(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zero cells of a dense or sparse confusion matrix: ``(true, predicted, count)``
+    tensors, in row-major order."""
+    if confusion.is_sparse:
+        confusion = confusion.coalesce()
+        indices = confusion.indices()
+        return indices[0], indices[1], confusion.values()
+    true, predicted = torch.nonzero(confusion, as_tuple=True)
+    return true, predicted, confusion[true, predicted]
 
 
 @torch.no_grad()
@@ -93,7 +115,9 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
     model.eval()
     k = min(5, num_classes)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1, top-k
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    dense = num_classes <= DENSE_CONFUSION_CLASSES
+    confusion = torch.zeros(num_classes * num_classes if dense else 0, dtype=torch.int64, device=device)
+    pairs: list[torch.Tensor] = []  # beyond DENSE_CONFUSION_CLASSES: each image's true * n + predicted
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     kept: dict[str, list[torch.Tensor]] = {"targets": [], "predicted": [], "confidence": []}
     try:
@@ -111,7 +135,10 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
             sums[1] += hits[:, 0].sum()
             sums[2] += hits.any(dim=1).sum()
             # scatter_add_, not bincount: bincount on CUDA reads its input's range back to the host
-            confusion.scatter_add_(0, targets * num_classes + top[:, 0], torch.ones_like(targets))
+            if dense:
+                confusion.scatter_add_(0, targets * num_classes + top[:, 0], torch.ones_like(targets))
+            else:
+                pairs.append(targets * num_classes + top[:, 0])
             if keep_predictions:
                 kept["targets"].append(targets.cpu())
                 kept["predicted"].append(top[:, 0].cpu())
@@ -120,9 +147,13 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
         model.train(was_training)
     if context is not None:
         all_reduce_sum(sums, context)
-        all_reduce_sum(confusion, context)
-    confusion = confusion.view(num_classes, num_classes).cpu()
-    count = int(confusion.sum())
+        if dense:
+            all_reduce_sum(confusion, context)
+    if dense:
+        confusion = confusion.view(num_classes, num_classes).cpu()
+    else:
+        confusion = _sparse_confusion(pairs, num_classes, context)
+    count = int(confusion_entries(confusion)[2].sum())
     if count == 0:
         raise ConfigError("evaluation got no images; the validation set is empty")
     loss, top1, topk = (sums.cpu() / count).tolist()
@@ -132,6 +163,16 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device: torc
                                     for name, dtype in (("targets", torch.int64), ("predicted", torch.int64),
                                                         ("confidence", torch.float32))))
     return EvalResult(loss, 100.0 * top1, 100.0 * topk, count, confusion, predictions)
+
+
+def _sparse_confusion(pairs: list[torch.Tensor], num_classes: int, context: DistContext | None) -> torch.Tensor:
+    """The ``num_classes`` square confusion matrix, sparse, of every process's (true, predicted) pairs."""
+    codes = torch.cat(pairs).cpu() if pairs else torch.zeros(0, dtype=torch.int64)
+    if context is not None:
+        codes = torch.cat(all_gather_objects(codes, context))
+    cells, counts = torch.unique(codes, return_counts=True)
+    indices = torch.stack([cells // num_classes, cells % num_classes])
+    return torch.sparse_coo_tensor(indices, counts, (num_classes, num_classes), check_invariants=True).coalesce()
 
 
 def find_mistakes(predictions: Predictions, samples: Sequence[tuple[Path, int]], class_names: Sequence[str],
@@ -151,9 +192,11 @@ def find_mistakes(predictions: Predictions, samples: Sequence[tuple[Path, int]],
 
 
 def per_class_rows(result: EvalResult, class_names: Sequence[str]) -> list[list[object]]:
-    """Rows of (class, images, accuracy %) for a table."""
-    return [[name, n, f"{acc:.2f}" if n else "-"]
-            for name, n, acc in zip(class_names, result.per_class_count, result.per_class_accuracy, strict=True)]
+    """Rows of (class, images, accuracy %) for a table: every class, or beyond
+    :data:`DENSE_CONFUSION_CLASSES` classes those with images (the output grows with the images)."""
+    rows = zip(class_names, result.per_class_count, result.per_class_accuracy, strict=True)
+    every = len(class_names) <= DENSE_CONFUSION_CLASSES
+    return [[name, n, f"{acc:.2f}" if n else "-"] for name, n, acc in rows if n or every]
 
 
 def summary_rows(result: EvalResult) -> list[list[object]]:

@@ -3,23 +3,31 @@ from the command line, and a run's saved ``config.yaml``.
 
 A recipe (``src/effnet/recipes/<name>.yaml``, or any YAML path) sets some fields of a
 :class:`~effnet.train.config.TrainConfig`; the rest keep their defaults. Overrides go on top.
-A resumed run starts from the config saved in its checkpoint instead (:func:`config_for_run`;
-:func:`config_changes` lists what the overrides changed).
+A resumed run starts from the config saved in its checkpoint instead, or from its run
+folder's ``config.yaml`` where the user edited it since (:func:`config_for_run`; any setting
+but the architecture, :data:`FIXED_ON_RESUME`); :func:`config_changes` lists what changed.
 """
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError
+from ..files import input_file
 from .config import TrainConfig, get_value, set_value
 
 if TYPE_CHECKING:
     from .checkpoint import ResumePoint
+
+LOG = logging.getLogger("effnet.train")
+RUN_CONFIG = "config.yaml"
+FIXED_ON_RESUME = ("model.name", "model.overrides")
+"""Settings a resumed run cannot change: its checkpoint holds weights of that architecture."""
 
 
 def recipe_names() -> list[str]:
@@ -35,8 +43,7 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     """A recipe's raw settings, by shipped name (``seed``, ``paper``, ...) or YAML path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise InputFileError(f"recipe file {path} does not exist")
+        input_file(path, "recipe file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
@@ -71,8 +78,28 @@ def config_for_run(recipe: str | Path = "seed", overrides: dict[str, Any] | None
     if resume is None:
         return build_config(recipe, overrides, assignments)
     config = TrainConfig.from_dict(resume.state["config"], source=f"checkpoint {resume.path}")
+    edited = resume.path.parent / RUN_CONFIG
+    if edited.is_file():
+        config = _edited_run_config(config, edited, resume.path)
     apply_overrides(config, overrides or {}, assignments or [])
     return config
+
+
+def _edited_run_config(saved: TrainConfig, path: Path, checkpoint: Path) -> TrainConfig:
+    """The run folder's ``config.yaml`` where it was edited after ``checkpoint`` was saved:
+    its settings are honoured (with a warning naming them), those of :data:`FIXED_ON_RESUME`
+    refused by name."""
+    edited = read_config(path)
+    changes = config_changes(saved.to_dict(), edited.to_dict())
+    fixed = [line for line in changes if line.startswith(tuple(f"{key}:" for key in FIXED_ON_RESUME))]
+    if fixed:
+        raise ConfigError(f"{path} was edited since {checkpoint} was saved and changes the architecture "
+                          f"({'; '.join(fixed)}), which a resumed run cannot: undo that edit, or start a new run "
+                          f"from these weights with effnet finetune --from {checkpoint}")
+    if changes:
+        LOG.warning("%s was edited since %s was saved; resuming with its settings: %s", path, checkpoint.name,
+                    "; ".join(changes))
+    return edited
 
 
 def config_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
@@ -130,4 +157,12 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
 
 def read_config(path: str | Path) -> TrainConfig:
     """Read a saved ``config.yaml`` back."""
-    return TrainConfig.from_dict(read_yaml(Path(path).read_text(), str(path)), source=str(path))
+    path = input_file(path, "run config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text ({error})") from None
+    data = read_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of sections, as effnet wrote it")
+    return TrainConfig.from_dict(data, source=str(path))

@@ -20,7 +20,7 @@ from ..files import atomic_write, printable_path
 from ..weights.trained import LAST, MODEL
 from .config import TrainConfig
 from .distributed import DistContext
-from .metrics import EvalResult, Mistake
+from .metrics import EvalResult, Mistake, confusion_entries
 from .state import RunState
 
 
@@ -226,18 +226,31 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: Pa
 
 def save_evaluation(result: EvalResult, class_names: Sequence[str], out_dir: Path, title: str = "") -> list[Path]:
     """``confusion_matrix.png``, ``confusion_matrix.csv``, ``per_class.csv`` and the
-    misclassified images (``result.mistakes``): ``mistakes.csv`` and, if any, ``mistakes.png``."""
+    misclassified images (``result.mistakes``): ``mistakes.csv`` and, if any, ``mistakes.png``.
+
+    Beyond :data:`~effnet.train.metrics.DENSE_CONFUSION_CLASSES` classes (a sparse matrix) the
+    files grow with the images, not the classes: ``confusion_pairs.csv`` (``true,predicted,images``
+    for each pair that occurred) instead of the matrix and its picture, and ``per_class.csv``
+    for the classes with images."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    png, matrix_csv, per_class_csv = (out_dir / "confusion_matrix.png", out_dir / "confusion_matrix.csv",
-                                      out_dir / "per_class.csv")
-    heading = f"{title}: top-1 {result.top1:.2f}%" if title else f"top-1 {result.top1:.2f}%"
-    plot_confusion(result.confusion, class_names, png, heading)
-    matrix = zip(class_names, result.confusion.tolist(), strict=True)
-    write_csv(matrix_csv, ["true\\predicted", *class_names], ([name, *map(int, row)] for name, row in matrix))
+    written = []
+    if result.confusion.is_sparse:
+        true, predicted, counts = confusion_entries(result.confusion)
+        written.append(write_csv(out_dir / "confusion_pairs.csv", ["true", "predicted", "images"],
+                                 ([class_names[t], class_names[p], c] for t, p, c in
+                                  zip(true.tolist(), predicted.tolist(), counts.tolist(), strict=True))))
+    else:
+        png, matrix_csv = out_dir / "confusion_matrix.png", out_dir / "confusion_matrix.csv"
+        heading = f"{title}: top-1 {result.top1:.2f}%" if title else f"top-1 {result.top1:.2f}%"
+        plot_confusion(result.confusion, class_names, png, heading)
+        matrix = zip(class_names, result.confusion.tolist(), strict=True)
+        write_csv(matrix_csv, ["true\\predicted", *class_names], ([name, *map(int, row)] for name, row in matrix))
+        written += [png, matrix_csv]
+    per_class_csv = out_dir / "per_class.csv"
     per_class = zip(class_names, result.per_class_count, result.per_class_accuracy, strict=True)
     write_csv(per_class_csv, ["class", "images", "accuracy"],
-              ([name, n, f"{acc:.4f}"] for name, n, acc in per_class))
-    return [png, matrix_csv, per_class_csv, *save_mistakes(result.mistakes, out_dir)]
+              ([name, n, f"{acc:.4f}"] for name, n, acc in per_class if n or not result.confusion.is_sparse))
+    return [*written, per_class_csv, *save_mistakes(result.mistakes, out_dir)]
 
 
 def save_mistakes(mistakes: Sequence[Mistake], out_dir: Path) -> list[Path]:

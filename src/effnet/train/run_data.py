@@ -39,7 +39,8 @@ def load_datasets(config: TrainConfig, resumed_classes: list[str] | None = None)
     """The training and validation sets of ``data.path``, refused when either is empty, when
     there is a single class (unless allowed), or when the classes differ from ``resumed_classes``."""
     data = config.data
-    splits = build_datasets(data.path, val_split=data.val_split, seed=config.run.seed, strict=data.strict)
+    splits = build_datasets(data.path, val_split=data.val_split, seed=config.run.seed, strict=data.strict,
+                            follow_links=data.follow_links)
     class_names = list(splits.classes)
     check_class_count(class_names, data.allow_single_class, data.path)
     if len(splits.train) == 0:

@@ -36,7 +36,8 @@ except ImportError:  # Windows
 LOG = logging.getLogger("effnet.train")
 LOCK_NAME = ".lock"
 RUN_FILES = (LAST, BEST, MODEL, "config.yaml", "train.log", "metrics.csv", "curves.png", "confusion_matrix.png",
-             "confusion_matrix.csv", "per_class.csv", "mistakes.csv", "mistakes.png", "tensorboard")
+             "confusion_matrix.csv", "confusion_pairs.csv", "per_class.csv", "mistakes.csv", "mistakes.png",
+             "tensorboard")
 """What a run leaves in its folder (see :mod:`effnet.train.reporting`)."""
 
 
@@ -58,7 +59,7 @@ def check_fresh_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse a new run into a folder holding another run's files, unless ``overwrite``."""
     found = existing_run_files(run_dir)
     if found and not overwrite:
-        resume = f"continue it with --resume {printable_path(run_dir)}, " if LAST in found else ""
+        resume = f"continue it with --resume {printable_path(run_dir)}, " if {LAST, BEST} & set(found) else ""
         raise RunDirError(f"{printable_path(run_dir)} already holds another run ({', '.join(found[:4])}"
                           f"{' ...' if len(found) > 4 else ''}): {resume}choose another --out, or pass --overwrite "
                           "to replace it")

@@ -198,8 +198,26 @@ class Trainer:
         if run.mid_epoch and run.epoch_rng is None:
             LOG.warning("resuming mid-epoch with a different number of processes: the rest of epoch %d "
                         "sees a new data order", run.epoch + 1)
+        if run.mid_epoch:
+            self._continue_epoch_on_changed_data(state)
         if not run.mid_epoch:
             self._restore_resume_rng()
+
+    def _continue_epoch_on_changed_data(self, state: dict[str, Any]) -> None:
+        """Resuming mid-epoch on training data that changed size since the checkpoint: the
+        interrupted epoch goes on at the same fraction of its batches, in a new data order
+        (the saved order was drawn for the old data)."""
+        run = self.state
+        batches = len(self.loaders.for_epoch(self.plan.at(run.epoch)))
+        saved = state.get("train_images")  # absent from older checkpoints
+        if saved == len(self.train_set) or (saved is None and run.step_in_epoch < batches):
+            return
+        saved_batches = max(state["schedule"]["steps_per_epoch"] * self.config.run.accum_steps, 1)
+        step = min(round(run.step_in_epoch * batches / saved_batches), batches - 1)
+        LOG.warning("the training data changed since the checkpoint (%s -> %d images): epoch %d goes on at batch "
+                    "%d of %d (was %d of %d) in a new data order", saved if saved is not None else "?",
+                    len(self.train_set), run.epoch + 1, step + 1, batches, run.step_in_epoch + 1, saved_batches)
+        run.step_in_epoch, run.epoch_rng = step, None
 
     # ------------------------------------------------------------------- RNG
     def _rng_state(self) -> dict[str, Any]:
@@ -449,13 +467,13 @@ class Trainer:
         check_finite_weights(self.raw_model, epoch, self.run_dir)
         run.epoch, run.step_in_epoch, run.sums = epoch + 1, 0, EpochSums()
         state = self._state(source)
-        if context.is_main:
-            ckpt.save_checkpoint(state, self.run_dir / LAST)
+        if context.is_main:  # last.pt last: it never records a best epoch whose files are not written yet
             if improved:
-                ckpt.save_checkpoint(state, self.run_dir / BEST)
                 weights = self.ema.module if source == "ema" else self.raw_model
                 save_model(weights, self.run_dir / MODEL,
                            extra={"epoch": epoch + 1, "val_top1": evals[source].top1, "weights": source})
+                ckpt.save_checkpoint(state, self.run_dir / BEST)
+            ckpt.save_checkpoint(state, self.run_dir / LAST)
             write_metrics_csv(run.history, self.run_dir / "metrics.csv")
             plot_curves(run.history, self.run_dir / "curves.png")
             log_epoch(row, config.run.epochs, best=improved and config.run.keep == "best")
@@ -466,7 +484,8 @@ class Trainer:
         """Everything a resume needs, in ``weights_only``-loadable types."""
         rng = all_gather_objects(self._rng_state(), self.context)
         return ckpt.training_checkpoint(self.state, rng, self.raw_model, self.optimizer, self.schedule, self.scaler,
-                                        self.ema, eval_weights, self.config, self.context.world_size)
+                                        self.ema, eval_weights, self.config, self.context.world_size,
+                                        len(self.train_set))
 
     def _save_interrupted(self, epoch: int) -> None:
         check_finite_weights(self.raw_model, epoch, self.run_dir)

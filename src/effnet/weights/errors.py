@@ -18,6 +18,11 @@ class StateDictError(CheckpointError):
     tensors), or that hold NaN or infinity."""
 
 
+class WeightValuesError(StateDictError):
+    """Weights of the right shapes whose values cannot be used: NaN or infinity, or integers
+    where the network has floating-point weights."""
+
+
 class ChecksumError(CheckpointError):
     """A downloaded file whose hash differs from the published one."""
 

@@ -19,7 +19,7 @@ import json
 import pickle
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -29,18 +29,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..description import CUSTOM_NAME, ModelDescription, Preprocessing
-from ..errors import InputFileError, first_line
-from ..files import atomic_write
+from ..errors import first_line, short_repr
+from ..files import atomic_write, input_file
 from ..model import EfficientNet, EfficientNetConfig
 from ..variants import StageSpec
-from .convert.base import assign_state_dict
-from .errors import CheckpointError, StateDictError
+from .convert.base import assign_state_dict, check_state_dict
+from .errors import CheckpointError, StateDictError, WeightValuesError
 
 FORMAT_NAME = "effnet"
 FORMAT_VERSION = 1
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _MAX_HEADER_BYTES = 100_000_000
+MAX_CLASSES = 1_000_000
+"""The most classes a file's metadata may declare (ImageNet-21k has 21,841)."""
+MAX_BLOCKS = 1_000
+"""The most blocks a file's metadata may declare (the largest published EfficientNet has about 100)."""
+MAX_CHANNELS = 65_536
+"""The widest layer a file's metadata may declare."""
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_OPCODE = 0x80
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)|global: ([\w.]+)")
@@ -94,8 +100,7 @@ def save_model(model: EfficientNet, path: str | Path, extra: dict[str, Any] | No
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file, after checking the file is complete."""
-    if not path.is_file():
-        raise InputFileError(f"checkpoint {path} does not exist")
+    input_file(path, "checkpoint")
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
@@ -113,13 +118,20 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
             header = json.loads(handle.read(header_size))
             end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
                       default=0)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
             raise CheckpointError(f"{path} is not a safetensors file (corrupt): its header is not valid; "
                                   "fetch or save it again") from None
     if 8 + header_size + end > size:
         raise CheckpointError(f"{path} is truncated: its header describes {8 + header_size + end} bytes, the file "
                               f"has {size} (an interrupted download or copy?); fetch or save it again")
     return header
+
+
+def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
+    """The shape of each tensor of a ``.safetensors`` file, from its header (no tensor is read)."""
+    header = _safetensors_header(Path(path))
+    return {name: list(entry["shape"]) for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("shape"), list)}
 
 
 def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
@@ -169,8 +181,7 @@ def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     :func:`effnet.weights.convert.unwrap_state_dict`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"checkpoint {path} does not exist")
+    input_file(path, "checkpoint")
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if path.suffix in SAFETENSORS_SUFFIXES or (path.suffix not in PICKLE_SUFFIXES and magic[:1] not in (b"P", b"\x80")):
@@ -188,34 +199,92 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                               "effnet.create_model(name, pretrained=path) to convert its weights")
     try:
         metadata = json.loads(raw)
-    except ValueError:
-        raise CheckpointError(f"{path} has corrupt effnet metadata (not JSON)") from None
-    if metadata.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path} metadata is of format {metadata.get('format')!r}, not {FORMAT_NAME!r}")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer effnet (format version {metadata['format_version']},"
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path} has corrupt effnet metadata (not JSON, or nested too deeply)") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise CheckpointError(f"{path} metadata is of format {found!r}, not {FORMAT_NAME!r}")
+    version = metadata.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer effnet (format version {version!r},"
                               f" this one reads up to {FORMAT_VERSION}); upgrade effnet to read it")
+    described_model(metadata, path)
     return metadata
 
 
-def model_from_metadata(metadata: dict[str, Any]) -> EfficientNet:
-    """An untrained model with the architecture and description of ``metadata``
-    (:func:`model_metadata`)."""
+def described_model(metadata: Any, origin: str | Path = "the checkpoint") -> tuple[EfficientNetConfig, int,
+                                                                                    ModelDescription]:
+    """The config, number of classes and description ``metadata`` (:func:`model_metadata`, read
+    from a file) gives, after checking every field's type and range; nothing is built. Raises
+    :class:`~effnet.weights.errors.CheckpointError` naming the field."""
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f"{origin}: its metadata does not describe a valid model: {reason}; the file is "
+                               "corrupt or was edited, save or fetch it again")
+
+    if not isinstance(metadata, dict):
+        raise refuse(f"it is a {type(metadata).__name__}, not a mapping")
+    num_classes = metadata.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 0 <= num_classes <= MAX_CLASSES:
+        raise refuse(f"num_classes={short_repr(num_classes)} (a whole number from 0 to {MAX_CLASSES:,})")
+    names = metadata.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                              or (num_classes and len(names) != num_classes)):
+        raise refuse(f"class_names={short_repr(names)} (a list of {num_classes} names, or null)")
+    for field in ("model_name", "weights"):
+        if not isinstance(metadata.get(field), (str, type(None))):
+            raise refuse(f"{field}={short_repr(metadata.get(field))} (a name)")
     try:
-        config = config_from_dict(metadata["config"])
-        description = ModelDescription(metadata.get("model_name", CUSTOM_NAME),
-                                       Preprocessing.from_dict(metadata["preprocessing"]),
-                                       metadata.get("class_names"), metadata.get("weights"))
-        return EfficientNet(config, num_classes=metadata["num_classes"], description=description)
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint metadata does not describe a valid model: {error}") from None
+        preprocessing = Preprocessing.from_dict(dict(metadata["preprocessing"]))
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
+        raise refuse(f"preprocessing: {first_line(error)}") from None
+    try:
+        config = config_from_dict(dict(metadata["config"]))
+        widths = [config.stem_width, config.head_width] + [s.out_channels for s in config.scaled_stages()]
+        blocks = sum(s.repeats for s in config.scaled_stages())
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError, ZeroDivisionError) as error:
+        raise refuse(f"config: {first_line(error)}") from None
+    if not 0 < blocks <= MAX_BLOCKS or max(widths) > MAX_CHANNELS:
+        raise refuse(f"config: {blocks} blocks, up to {max(widths)} channels (at most {MAX_BLOCKS} blocks and "
+                     f"{MAX_CHANNELS} channels)")
+    description = ModelDescription(metadata.get("model_name") or CUSTOM_NAME, preprocessing,
+                                   tuple(names) if names is not None else None, metadata.get("weights"))
+    return config, num_classes, description
+
+
+def model_from_metadata(metadata: dict[str, Any], tensors: Mapping[str, Any] | None = None,
+                        origin: str | Path = "the checkpoint") -> EfficientNet:
+    """An untrained model with the architecture and description of ``metadata``
+    (:func:`model_metadata`, checked by :func:`described_model`).
+
+    Given the ``tensors`` the file holds, the model is first built without memory (on the
+    ``meta`` device) and every tensor's name, shape and type checked against it
+    (:func:`~effnet.weights.convert.base.check_state_dict`): metadata that claims a million
+    classes for a file with three is refused before anything is allocated.
+    """
+    config, num_classes, description = described_model(metadata, origin)
+    if tensors is not None:
+        try:
+            with torch.device("meta"):
+                skeleton = EfficientNet(config, num_classes=num_classes, description=description)
+        except (RuntimeError, ValueError, TypeError, OverflowError) as error:
+            raise CheckpointError(f"{origin}: its metadata does not describe a model that can be built "
+                                  f"({first_line(error)}); the file is corrupt or was edited") from None
+        try:
+            check_state_dict(skeleton, tensors, values=False)
+        except WeightValuesError as error:
+            raise WeightValuesError(f"{origin}: {error}") from None
+        except StateDictError as error:
+            raise StateDictError(f"{origin}: its metadata does not match its tensors ({error})") from None
+    return EfficientNet(config, num_classes=num_classes, description=description)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> EfficientNet:
     """Rebuild a model saved by :func:`save_model`, with its class names and preprocessing."""
-    model = model_from_metadata(read_metadata(path))
+    metadata = read_metadata(path)
+    tensors = read_tensors(path, device=str(map_location))
+    model = model_from_metadata(metadata, tensors, path)
     with weights_named(path):
-        assign_state_dict(model, read_tensors(path, device=str(map_location)))
+        assign_state_dict(model, tensors)
     return model.to(map_location)
 
 

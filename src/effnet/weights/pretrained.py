@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from ..description import Preprocessing
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError
+from ..files import input_file
 from ..model import EfficientNet, EfficientNetConfig
 from .convert import EFFNET, Layout, check_state_dict, detect_layout, get_layout, rename_state_dict, unwrap_state_dict
 from .convert.base import CLASSIFIER_KEYS
@@ -61,8 +62,7 @@ def read_checkpoint(path: str | Path, layout: str | None = None, hint: str = "")
     """Read a local weight file of any supported family (``.safetensors``, ``.pth``/``.pt``/``.bin``,
     Keras ``.h5``); the layout is detected from its keys unless named."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"checkpoint {path} does not exist")
+    input_file(path, "checkpoint")
     hint = hint or path.name
     if path.name.endswith(H5_SUFFIXES):
         keras_weights = read_h5(path)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, InputFileError
+from ..files import input_file
 from ..model import EfficientNet
 from .convert.base import assign_state_dict
 from .errors import CheckpointError
@@ -28,8 +29,7 @@ WEIGHT_CHOICES = ("auto", "model", "ema")
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only``), with errors that say what to do."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"checkpoint {path} does not exist")
+    input_file(path, "checkpoint")
     if path.suffix == ".safetensors":
         raise CheckpointError(f"{path} holds a model's weights only, not a training checkpoint: resume from the "
                               f"run's {LAST} or its folder, or start a new run from it with effnet finetune "
@@ -63,7 +63,7 @@ def model_from_checkpoint(state: dict[str, Any], weights: str = "auto", origin: 
         tensors = state["ema"]["module"]
     else:
         tensors = state["model"]
-    model = model_from_metadata(state["model_meta"])
+    model = model_from_metadata(state["model_meta"], tensors, origin)
     with weights_named(origin):
         assign_state_dict(model, tensors)
     return model
@@ -78,8 +78,7 @@ def load_trained_model(path: str | Path, weights: str = "auto") -> EfficientNet:
         if found is None:
             raise InputFileError(f"{path} holds no {MODEL}, {BEST} or {LAST}")
         path = found
-    if not path.is_file():
-        raise InputFileError(f"checkpoint {path} does not exist")
+    input_file(path, "checkpoint")
     if path.suffix == ".safetensors":
         return load_model(path)
     return model_from_checkpoint(read_training_checkpoint(path), weights, str(path))

@@ -27,6 +27,8 @@ import errno
 import io
 import json
 import math
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
 WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_SPECIAL_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 class ImageReadError(ValueError):
@@ -57,6 +61,19 @@ class ImageReadError(ValueError):
         self.path = path
         self.reason = reason
         self.kind = kind
+
+
+def special_file(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists but is not a regular file, links followed ("a folder",
+    "a FIFO (named pipe)", "a character device", ...), without opening it (a FIFO would block,
+    ``/dev/zero`` never end); ``None`` for a regular file and for a path that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
 
 
 def has_image_extension(path: Path) -> bool:
@@ -90,6 +107,9 @@ def _os_reason(error: OSError) -> str:
 def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> Image.Image:
     """Open ``path`` (or the in-memory file ``data`` named ``path``) without decoding its pixels,
     refusing empty files and more than ``max_pixels`` pixels."""
+    kind = special_file(path) if data is None else None
+    if kind is not None:
+        raise ImageReadError(path, f"not a regular file but {kind}; give an image file", "unreadable")
     if (len(data) if data is not None else path.stat().st_size) == 0:
         raise ImageReadError(path, "empty file (0 bytes)", "empty")
     image = Image.open(io.BytesIO(data) if data is not None else path)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...model import EfficientNetConfig, ScaledStage
-from ..errors import CheckpointError, StateDictError
+from ..errors import CheckpointError, StateDictError, WeightValuesError
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 BN_PARAMS = ("weight", "bias") + BN_BUFFERS
@@ -127,13 +127,15 @@ def rename_state_dict(tensors: Mapping[str, torch.Tensor], layout: Layout,
 
 
 def check_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
-                     origin: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+                     origin: Mapping[str, str] | None = None, values: bool = True) -> dict[str, torch.Tensor]:
     """The complete state dict for ``model`` from ``tensors``, after checking every key and shape.
 
     BatchNorm's ``num_batches_tracked`` counters (which TensorFlow checkpoints lack) are kept
     from the model when absent; anything else missing, unexpected or of another shape is a
-    :class:`~effnet.weights.errors.StateDictError` naming the key and both shapes, and so is a tensor holding NaN or
-    infinity (the first one is named).
+    :class:`~effnet.weights.errors.StateDictError` naming the key and both shapes, and so is an integer tensor where
+    the model has floating-point weights (weights cast or quantized to integers would load and
+    predict nonsense) and, with ``values``, a tensor holding NaN or infinity (the first one is
+    named). ``model`` may be on the ``meta`` device (shapes only).
     """
     origin = origin or {}
     expected = model.state_dict()
@@ -163,8 +165,14 @@ def check_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
             raise StateDictError(
                 f"shape mismatch for {named}: checkpoint {tuple(tensor.shape)}, model {tuple(current.shape)}; "
                 "the checkpoint was made for another architecture (variant, width or number of classes)")
+        if current.is_floating_point() and not tensor.is_floating_point():
+            raise WeightValuesError(
+                f"checkpoint weight {origin.get(key, key)!r} is {str(tensor.dtype).replace('torch.', '')}, not "
+                "floating point: the weights were cast or quantized to integers and would predict nonsense; use "
+                "the float checkpoint (effnet quantize and effnet ship make INT8 models from it)")
         complete[key] = tensor
-    _check_finite(complete, origin)
+    if values:
+        _check_finite(complete, origin)
     return complete
 
 
@@ -172,9 +180,9 @@ def _check_finite(tensors: Mapping[str, torch.Tensor], origin: Mapping[str, str]
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise StateDictError(f"checkpoint weight {origin.get(key, key)!r} holds NaN or infinite values ({bad} of "
-                                 f"{tensor.numel()}): the weights are broken (saved from a diverged run?); use an "
-                                 "earlier checkpoint")
+            raise WeightValuesError(f"checkpoint weight {origin.get(key, key)!r} holds NaN or infinite values ({bad} "
+                                    f"of {tensor.numel()}): the weights are broken (saved from a diverged run?); use "
+                                    "an earlier checkpoint")
 
 
 def assign_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor],
