@@ -1,0 +1,55 @@
+"""The Ray engine on a two-node cluster simulated on this machine (two 1-CPU nodes, where Ray
+Data's defaults wait forever), joined through Ray Client (``ray://``): the same predictions as
+``effnet predict``."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from _ray_helpers import assert_matches_effnet_predict, output_records, ray_environment, shared_inputs  # noqa: E402
+from _ray_helpers import short_temp_dir  # noqa: E402
+
+from effnet.predict.ray_engine import predict_on_ray  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Two 1-CPU nodes with a Ray Client server on the head; yields the ``ray://`` address."""
+    from ray.cluster_utils import Cluster
+
+    temp, port = short_temp_dir(), _free_port()
+    with ray_environment():
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": False, "object_store_memory": 128 * 2**20, "temp_dir": temp,
+            "ray_client_server_port": port})
+        try:
+            cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20)
+            cluster.wait_for_nodes()
+            yield f"ray://127.0.0.1:{port}"
+        finally:
+            cluster.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.timeout(900)
+def test_two_nodes_through_ray_client_give_effnet_predicts_results(two_nodes, tmp_path_factory, tmp_path):
+    inputs = shared_inputs(tmp_path_factory)
+    messages: list[str] = []
+    summary = predict_on_ray([inputs["val"], inputs["bad"]], tmp_path / "out", checkpoint=inputs["checkpoint"],
+                             ray_address=two_nodes, progress=False, report=messages.append)
+    assert "(2 node(s), 2 CPUs): 2 actor(s) x 0.75 CPU" in messages[0]
+    assert (summary.written, summary.failed) == (1003, 3)
+    assert_matches_effnet_predict(output_records(tmp_path / "out"), inputs["reference"])
+    assert not ray.is_initialized()  # the client disconnected
