@@ -28,7 +28,7 @@ setup() {
   echo "$want" > "$stamp"
 }
 
-# The web page test (tests/test_serve_browser.py) drives Debian's Chromium: install it when it is
+# The web page test (tests/serve/test_page.py) drives Debian's Chromium: install it when it is
 # missing and this is root with apt-get (a no-op once installed; otherwise that test is skipped).
 browser() {
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then

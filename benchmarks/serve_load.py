@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _serve_helpers import ServerProcess, metric  # noqa: E402
 from effnet import create_model  # noqa: E402
 from effnet.table import format_table  # noqa: E402
 from effnet.weights.io import save_model  # noqa: E402
+from helpers.serve import ServerProcess, metric  # noqa: E402
 
 AIM = 1.5
 MODES = ("unbatched", "batched")

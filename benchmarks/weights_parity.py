@@ -7,7 +7,7 @@ Each peer is built with random weights (BatchNorm statistics and biases randomiz
 converted through ``effnet.create_model(name, pretrained=peer.state_dict())`` and run in fp32
 eval mode on scikit-image's cat photo (eval preprocessing at ``--size``) and on the photo
 resized to the odd size ``--odd``. The tests assert the same within 1e-4
-(tests/test_weights_convert.py); this prints the figures.
+(tests/weights/test_convert.py); this prints the figures.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from _train_helpers import make_image_folder
 from effnet.cli import main
 from effnet.evaluation import evaluate_checkpoint
 from effnet.train.recipes import read_config
@@ -35,13 +34,13 @@ def test_an_old_config_reads_with_its_renamed_key() -> None:
 
 
 @pytest.fixture()
-def old_run(tmp_path: Path) -> tuple[Path, Path]:
+def old_run(tmp_path: Path, small_image_folder: Path) -> tuple[Path, Path]:
+    """A copy of the old run, and the images it was trained on (conftest's ``small_image_folder``)."""
     run = tmp_path / "run"
     run.mkdir()
     for name in ("last.pt", "best.pt", "config.yaml", "model.safetensors"):
         shutil.copy(OLD / name, run / name)
-    data = make_image_folder(tmp_path / "data", classes=3, train_per_class=4, val_per_class=2, size=24)
-    return run, data
+    return run, small_image_folder
 
 
 def test_an_old_best_checkpoint_evaluates(old_run: tuple[Path, Path]) -> None:

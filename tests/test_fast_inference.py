@@ -43,19 +43,6 @@ def _relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
     return float((out - expected).abs().max() / expected.abs().max())
 
 
-@pytest.fixture
-def interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Triton kernels on the CPU, with their eager fallback made to fail: a test passing here ran them."""
-    pytest.importorskip("triton")
-    from effnet.kernels import dwconv
-
-    def no_fallback(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the eager fallback ran instead of the kernel")
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(dwconv, "dwconv_act_squeeze_reference", no_fallback)
-
-
 @pytest.mark.parametrize("name", list(NETWORKS))
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.cpu_kinds)])
 def test_prepared_model_gives_the_original_logits(name: str, dtype: torch.dtype) -> None:

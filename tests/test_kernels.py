@@ -1,4 +1,6 @@
-"""The Triton kernels against eager PyTorch, run on the CPU by Triton's interpreter.
+"""The Triton kernels (effnet.kernels: the fused depthwise conv, the SE gate folded into the
+projection) against eager PyTorch, run on the CPU by Triton's interpreter (conftest's
+``interpreter``).
 
 ``TRITON_INTERPRET=1`` is read when a kernel is wrapped, and :mod:`effnet.kernels` wraps on
 first use in the mode the environment gives then: setting it per test is enough.
@@ -15,7 +17,6 @@ import torch
 from effnet.errors import ConfigError
 from effnet.kernels import (
     conv_padding,
-    dwconv,
     dwconv_act_squeeze,
     dwconv_act_squeeze_reference,
     gate_in_weights,
@@ -26,18 +27,6 @@ from effnet.kernels import (
 from effnet.layers import create_conv2d, make_activation
 
 pytest.importorskip("triton")
-
-
-@pytest.fixture
-def interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Kernels on CPU tensors through Triton's interpreter, with the eager fallback made to fail,
-    so that a test passing here ran the kernel."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-    def no_fallback(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the eager fallback ran instead of the kernel")
-
-    monkeypatch.setattr(dwconv, "dwconv_act_squeeze_reference", no_fallback)
 
 
 def _inputs(channels: int, height: int, width: int, kernel_size: int, dtype: torch.dtype,
@@ -184,31 +173,6 @@ def test_dwconv_refuses_what_it_cannot_compute() -> None:
         dwconv_act_squeeze(x, weight[:4], bias, 1, (1, 1, 1, 1))
 
 
-def test_gate_goes_into_the_weights_only_where_it_pays() -> None:
-    assert gate_in_weights(112 * 112, 24)  # an early stage: the activation is far larger
-    assert not gate_in_weights(7 * 7, 320)  # the last stage: the weights are
-
-
-@pytest.mark.parametrize(("size", "out_channels"), [(6, 16), (3, 16)])  # gate in the weights, on the input
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gated_projection_equals_gating_then_conv(size: int, out_channels: int, dtype: torch.dtype) -> None:
-    x = torch.randn(3, 12, size, size + 1).contiguous(memory_format=torch.channels_last)
-    gate = torch.rand(3, 12)
-    weight, bias = torch.randn(out_channels, 12, 1, 1), torch.randn(out_channels)
-    expected = torch.nn.functional.conv2d(x * gate[:, :, None, None], weight, bias)
-    out = gated_pointwise(x.to(dtype), gate, weight.to(dtype), bias.to(dtype))
-    assert out.shape == expected.shape and out.dtype == dtype
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 3e-2, "atol": 5e-2}
-    torch.testing.assert_close(out.float(), expected, **tolerance)
-    torch.testing.assert_close(gated_pointwise_reference(x, gate, weight, bias), expected)
-
-
-def test_gated_projection_checks_shapes() -> None:
-    with pytest.raises(ConfigError, match="do not fit"):
-        gated_pointwise(torch.randn(2, 8, 4, 4), torch.rand(2, 7), torch.randn(4, 8, 1, 1), None)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("kernel_size", "stride", "same"), [(3, 1, False), (5, 2, True), (3, 2, True)])
 def test_dwconv_kernel_on_cuda_matches_the_layer(kernel_size: int, stride: int, same: bool) -> None:
@@ -269,3 +233,27 @@ def test_dwconv_kernel_compiles_for_hopper_without_spills(kernel_size: int, stri
     usage = subprocess.run([os.path.join(tools, "cuobjdump"), "--dump-resource-usage", str(cubin)],
                            capture_output=True, text=True, check=True).stdout
     assert "STACK:0" in usage and "LOCAL:0" in usage, usage
+
+def test_gate_goes_into_the_weights_only_where_it_pays() -> None:
+    assert gate_in_weights(112 * 112, 24)  # an early stage: the activation is far larger
+    assert not gate_in_weights(7 * 7, 320)  # the last stage: the weights are
+
+
+@pytest.mark.parametrize(("size", "out_channels"), [(6, 16), (3, 16)])  # gate in the weights, on the input
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_projection_equals_gating_then_conv(size: int, out_channels: int, dtype: torch.dtype) -> None:
+    x = torch.randn(3, 12, size, size + 1).contiguous(memory_format=torch.channels_last)
+    gate = torch.rand(3, 12)
+    weight, bias = torch.randn(out_channels, 12, 1, 1), torch.randn(out_channels)
+    expected = torch.nn.functional.conv2d(x * gate[:, :, None, None], weight, bias)
+    out = gated_pointwise(x.to(dtype), gate, weight.to(dtype), bias.to(dtype))
+    assert out.shape == expected.shape and out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 3e-2, "atol": 5e-2}
+    torch.testing.assert_close(out.float(), expected, **tolerance)
+    torch.testing.assert_close(gated_pointwise_reference(x, gate, weight, bias), expected)
+
+
+def test_gated_projection_checks_shapes() -> None:
+    with pytest.raises(ConfigError, match="do not fit"):
+        gated_pointwise(torch.randn(2, 8, 4, 4), torch.rand(2, 7), torch.randn(4, 8, 1, 1), None)

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import effnet
-from _model_helpers import assert_checkpointing_keeps_gradients, assert_recomputing_keeps_training, saved_bytes
 from effnet.bench.measure import count_macs, count_params
 from effnet.layers import Conv2dSame, DropPath
+from helpers.model import assert_checkpointing_keeps_gradients, assert_recomputing_keeps_training, saved_bytes
 
 PARAMS = {
     "efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "efficientnet_b2": 9_109_994,

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import effnet
-from _model_helpers import assert_checkpointing_keeps_gradients, assert_recomputing_keeps_training
 from effnet.bench.measure import count_macs, count_params
 from effnet.layers import Conv2dSame, FusedMBConv, MBConv
 from effnet.registry import default_train_size
 from effnet.variants import variants
+from helpers.model import assert_checkpointing_keeps_gradients, assert_recomputing_keeps_training
 
 # google/automl efficientnetv2 (as timm and torchvision build them), 1000 classes.
 PARAMS = {

@@ -2,6 +2,8 @@ import math
 
 import pytest
 
+from effnet.cli import main
+from effnet.errors import ConfigError
 from effnet.scaling import CompoundScaling, round_filters, round_repeats
 from effnet.variants import VARIANTS, nearest_published
 
@@ -85,3 +87,25 @@ def test_nearest_published():
     assert nearest_published(1.0, 1.0, 224).name == "efficientnet_b0"
     assert nearest_published(2.05, 3.0, 590).name == "efficientnet_b7"
     assert nearest_published(1.0, 1.0, 224, lite=True).name == "efficientnet_lite0"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--phi", "inf"], "phi (--phi) must be a finite number, got inf"),
+    (["--phi", "nan"], "phi (--phi) must be a finite number, got nan"),
+    (["--phi", "1e6"], "phi=1e+06 gives width xinf, depth xinf at inf px, beyond what is built here"),
+    (["--phi", "30"], "use a smaller --phi"),
+    (["--phi=-1e6"], "use a larger --phi"),
+    (["--phi", "1", "--alpha", "0"], "alpha (--alpha) must be a positive finite number (the paper's is 1.2), got 0"),
+    (["--phi", "1", "--gamma", "-1"], "gamma (--gamma) must be a positive finite number"),
+])
+def test_scale_refuses_phi_and_bases_that_give_no_buildable_network(capsys, argv, message):
+    assert main(["scale", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_scale_still_accepts_the_published_range():
+    for phi in (-3.0, 0.0, 8.0):
+        CompoundScaling().check(phi)
+    with pytest.raises(ConfigError):
+        CompoundScaling(beta=float("inf")).check(1.0)

@@ -277,7 +277,7 @@ class _Builder:
         """The network behind ``name``: a registry variant (random weights) or a checkpoint path."""
         if name not in self._models:
             if self.settings.checkpoints:
-                from .pipeline import load_deployable
+                from ..deploy.pipeline import load_deployable
 
                 self._models[name] = load_deployable(name)
             else:
