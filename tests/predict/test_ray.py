@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-from _ray_helpers import (  # noqa: E402
+from effnet.predict.ray_engine import predict_on_ray  # noqa: E402
+from effnet.predict.ray_plan import CannotPlaceError  # noqa: E402
+from helpers.ray import (  # noqa: E402
     ACTOR_TITLE,
     assert_matches_effnet_predict,
     kill,
@@ -27,9 +29,6 @@ from _ray_helpers import (  # noqa: E402
     short_temp_dir,
     wait_for,
 )
-
-from effnet.predict.ray_engine import predict_on_ray  # noqa: E402
-from effnet.predict.ray_plan import CannotPlaceError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

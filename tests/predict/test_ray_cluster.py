@@ -10,10 +10,14 @@ import socket
 import pytest
 
 ray = pytest.importorskip("ray")
-from _ray_helpers import assert_matches_effnet_predict, output_records, ray_environment, shared_inputs  # noqa: E402
-from _ray_helpers import short_temp_dir  # noqa: E402
-
 from effnet.predict.ray_engine import predict_on_ray  # noqa: E402
+from helpers.ray import (  # noqa: E402
+    assert_matches_effnet_predict,
+    output_records,
+    ray_environment,
+    shared_inputs,
+    short_temp_dir,  # noqa: E402
+)
 
 pytestmark = pytest.mark.slow
 
