@@ -32,8 +32,13 @@ class RayClusterError(EffnetError, RuntimeError):
     """The Ray cluster cannot be reached, or stopped running the job."""
 
 
+_received: list[str] = []
+"""The names of the signals that stopped the run (Ray re-raises an interruption without its message)."""
+
+
 def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _received.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_received[-1])
 
 
 @contextlib.contextmanager
@@ -54,10 +59,15 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         _start_local()
     else:
         _connect(address)
+    _received.clear()
     try:
         if in_main_thread:
             signal.signal(signal.SIGTERM, _terminate)
         yield
+    except KeyboardInterrupt as interrupt:
+        if _received and not str(interrupt):
+            raise KeyboardInterrupt(_received[-1]) from None
+        raise
     finally:
         ray.shutdown()
         if in_main_thread:

@@ -1,0 +1,156 @@
+"""Bulk inference: ``effnet predict --engine ray`` against single-process ``effnet predict``.
+
+    python benchmarks/ray_predict.py [--images 5000] [--model efficientnet_b0] [--batch-size 32]
+        [--actors N] [--two-nodes] [--work DIR]
+
+Writes ``--images`` JPEGs of 350-500 px (crops of scikit-image's photos, seeded) and a B0 fp32
+checkpoint (random weights, 1000 classes: speed does not depend on them), then runs from the
+command line, one after the other, on the same files and with the same total threads (the
+machine's cores: torch's default in the single process; the Ray engine's plan gives its actors
+the cores left beside the reading tasks):
+
+- ``effnet predict FOLDER --out single.csv`` (decoding and the model in one process), and the same
+  over one image, whose wall time is the single process's fixed cost (imports, model load), so
+  that its steady rate is ``(images - 1) / (wall - wall of one image)``;
+- ``effnet predict FOLDER --engine ray --out ray.parquet``: a local Ray on this machine's cores;
+  its summary line gives the start-up (to the first result) and the steady rate after it;
+- with ``--two-nodes``, the Ray engine again on a cluster of two 1-CPU nodes simulated on this
+  machine (``ray.cluster_utils.Cluster``), joined with ``--ray-address``.
+
+Printed: wall time, start-up, steady images/s, each run's ratio to the single process, the load
+average and the CPU. Aims on 2 cores: steady Ray >= 0.8x the single process, whole Ray run within
+1.5x of the single process's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import data
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from effnet import create_model  # noqa: E402
+from effnet.deploy.environment import describe_cpu  # noqa: E402
+from effnet.table import format_table  # noqa: E402
+from effnet.weights.io import save_model  # noqa: E402
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field")
+SIDES = (350, 500)
+STEADY_AIM, TOTAL_AIM = 0.8, 1.5
+SUMMARY = re.compile(r"(\d+) prediction\(s\) written \((\d+) failed\) in ([\d.]+) s: start-up ([\d.]+) s, "
+                     r"then ([\d.]+) images/s")
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> None:
+    """``count`` JPEGs of 350-500 px a side: random crops of the photos, resized (quality 90)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) == count:
+        return
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in PHOTOS]
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        width, height = (int(side) for side in rng.integers(SIDES[0], SIDES[1] + 1, 2))
+        left = int(rng.integers(0, max(1, photo.width // 4)))
+        top = int(rng.integers(0, max(1, photo.height // 4)))
+        crop = photo.crop((left, top, photo.width - left // 2, photo.height - top // 2)).resize((width, height))
+        crop.save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def effnet_predict(*args: str) -> tuple[float, str]:
+    """Run ``effnet predict ARGS`` in a new process; its wall time and stdout."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "packages/effnet-runtime/src"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "effnet", "predict", *args, "--no-progress"], env=env,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"effnet predict {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def ray_run(images: Path, checkpoint: Path, out: Path, batch: int, extra: list[str]) -> dict:
+    seconds, stdout = effnet_predict(str(images), "--checkpoint", str(checkpoint), "--engine", "ray",
+                                     "--out", str(out), "--batch-size", str(batch), *extra)
+    found = SUMMARY.search(stdout)
+    if found is None:
+        raise SystemExit(f"no summary in the Ray run's output:\n{stdout}")
+    return {"wall": seconds, "startup": float(found[4]), "steady": float(found[5]), "load": os.getloadavg()}
+
+
+def two_node_run(images: Path, checkpoint: Path, out: Path, batch: int) -> dict:
+    """The Ray engine on two simulated 1-CPU nodes (cluster start-up not counted)."""
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "temp_dir": temp})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        return ray_run(images, checkpoint, out, batch, ["--ray-address", cluster.address])
+    finally:
+        cluster.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--model", default="efficientnet_b0")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--actors", type=int, help="the Ray engine's --actors (default: its plan's)")
+    parser.add_argument("--two-nodes", action="store_true", help="also run on a simulated 2 x 1-CPU cluster")
+    parser.add_argument("--work", type=Path, help="folder for images, checkpoint and outputs (default: a temporary one)")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    work = args.work or Path(tempfile.mkdtemp(prefix="ray_predict_"))
+    images, one = work / "images", work / "one"
+    write_images(images, args.images)
+    one.mkdir(exist_ok=True)
+    (one / "000000.jpg").write_bytes((images / "000000.jpg").read_bytes())
+    checkpoint = work / f"{args.model}.safetensors"
+    if not checkpoint.is_file():
+        save_model(create_model(args.model, num_classes=1000), checkpoint)
+    print(f"CPU: {describe_cpu()}")
+    print(f"{args.images} JPEGs of {SIDES[0]}-{SIDES[1]} px, {args.model} fp32, batch {args.batch_size}; "
+          f"load before: {os.getloadavg()}", flush=True)
+
+    common = ["--checkpoint", str(checkpoint), "--batch-size", str(args.batch_size), "--device", "cpu"]
+    fixed, _ = effnet_predict(str(one), *common, "--out", str(work / "one.csv"))
+    single, _ = effnet_predict(str(images), *common, "--out", str(work / "single.csv"))
+    single_load = os.getloadavg()
+    single_steady = (args.images - 1) / (single - fixed)
+    rows = [["effnet predict (1 process)", f"{single:.1f}", f"{fixed:.1f}", f"{single_steady:.1f}", "1.00", "1.00",
+             f"{single_load[0]:.1f}"]]
+    extra = ["--actors", str(args.actors)] if args.actors else []
+    runs = {"--engine ray (local, this machine's cores)": ray_run(images, checkpoint, work / "ray.parquet",
+                                                                   args.batch_size, extra)}
+    if args.two_nodes:
+        runs["--engine ray (2 simulated 1-CPU nodes)"] = two_node_run(images, checkpoint, work / "ray2.parquet",
+                                                                      args.batch_size)
+    for name, run in runs.items():
+        rows.append([name, f"{run['wall']:.1f}", f"{run['startup']:.1f}", f"{run['steady']:.1f}",
+                     f"{run['steady'] / single_steady:.2f}", f"{run['wall'] / single:.2f}", f"{run['load'][0]:.1f}"])
+    print(format_table(["run", "wall s", "start-up s", "steady img/s", "steady / single", "wall / single",
+                        "load (1 min)"], rows))
+    local = runs["--engine ray (local, this machine's cores)"]
+    print(f"Ray overhead: {local['wall'] - single:+.1f} s wall ({local['startup'] - fixed:+.1f} s of start-up); "
+          f"aims: steady >= {STEADY_AIM}x ({'met' if local['steady'] >= STEADY_AIM * single_steady else 'missed'}), "
+          f"wall <= {TOTAL_AIM}x ({'met' if local['wall'] <= TOTAL_AIM * single else 'missed'})")
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
