@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--actors", type=int, help="the Ray engine's --actors (default: its plan's)")
     parser.add_argument("--two-nodes", action="store_true", help="also run on a simulated 2 x 1-CPU cluster")
-    parser.add_argument("--work", type=Path, help="folder for images, checkpoint and outputs (default: a temporary one)")
+    parser.add_argument("--work", type=Path, help="folder for images, checkpoint and outputs (default: temporary)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = args.work or Path(tempfile.mkdtemp(prefix="ray_predict_"))

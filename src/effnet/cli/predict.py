@@ -140,6 +140,9 @@ def _check_engine_options(args: argparse.Namespace) -> None:
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:
+    from ..predict.ray_cluster import require_ray
+
+    require_ray()
     from ..predict.ray_engine import predict_on_ray
 
     def report(message: str) -> None:

@@ -41,10 +41,21 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(_received[-1])
 
 
+def require_ray() -> None:
+    """Fail with what to install when the ``ray`` extra (Ray Data, pyarrow) is missing."""
+    try:
+        import pyarrow  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f"--engine ray needs Ray Data, which is not installed here ({error}): "
+                          "pip install 'effnet[ray]'") from None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Ray connected for the block (see the module docstring); shut down after it unless the
     caller had connected already."""
+    require_ray()
     import ray
 
     if ray.is_initialized():

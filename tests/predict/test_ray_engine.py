@@ -52,18 +52,17 @@ def local_ray():
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def _effnet_predict(*args: str) -> subprocess.Popen:
+def _effnet_predict(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "effnet", "predict", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, EFFNET_DEBUG="1"))
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, EFFNET_DEBUG="1", **env))
 
 
 @pytest.mark.timeout(900)
 def test_sigterm_leaves_whole_parts_and_resume_completes_them_as_effnet_predict(local_ray, inputs, tmp_path):
     out = tmp_path / "out"
     command = [inputs["val"], inputs["bad"], "--checkpoint", inputs["checkpoint"], "--engine", "ray",
-               "--ray-address", local_ray, "--out", str(out), "--batch-size", "8", "--rows-per-part", "16",
-               "--no-progress"]
-    first = _effnet_predict(*command)
+               "--out", str(out), "--batch-size", "8", "--rows-per-part", "16", "--no-progress"]
+    first = _effnet_predict(*command, "--ray-address", local_ray)
     wait_for(lambda: any(out.glob("part-*")) or first.poll() is not None, 600, "the first part")
     first.send_signal(signal.SIGTERM)
     stdout, stderr = first.communicate(timeout=120)
@@ -76,9 +75,12 @@ def test_sigterm_leaves_whole_parts_and_resume_completes_them_as_effnet_predict(
 
     bad_left = [r for r in inputs["reference"].values() if r["error"] and r["path"] not in {d["path"] for d in done}]
 
-    second = _effnet_predict(*command, "--resume")
+    # No --ray-address: a Ray of its own on this machine's cores, which an address left in the
+    # environment (nothing listens there) must not capture.
+    second = _effnet_predict(*command, "--resume", RAY_ADDRESS="127.0.0.1:9")
     stdout, stderr = second.communicate(timeout=600)
     assert second.returncode == (1 if bad_left else 0), stderr  # 1: done, but some inputs failed
+    assert f"(1 node(s), {len(os.sched_getaffinity(0))} CPUs)" in stderr
     assert f"{1003 - len(done)} prediction(s) written ({len(bad_left)} failed)" in stdout
     assert f"; {len(done)} already in the output to {out}" in stdout
     for record in bad_left:
