@@ -132,11 +132,13 @@ def main() -> None:
     single, _ = effnet_predict(str(images), *common, "--out", str(work / "single.csv"))
     single_load = os.getloadavg()
     single_steady = (args.images - 1) / (single - fixed)
+    print(f"single process: {single:.1f} s ({fixed:.1f} s for one image), load {single_load}", flush=True)
     rows = [["effnet predict (1 process)", f"{single:.1f}", f"{fixed:.1f}", f"{single_steady:.1f}", "1.00", "1.00",
              f"{single_load[0]:.1f}"]]
     extra = ["--actors", str(args.actors)] if args.actors else []
     runs = {"--engine ray (local, this machine's cores)": ray_run(images, checkpoint, work / "ray.parquet",
                                                                    args.batch_size, extra)}
+    print(f"Ray, local: {runs[next(iter(runs))]}", flush=True)
     if args.two_nodes:
         runs["--engine ray (2 simulated 1-CPU nodes)"] = two_node_run(images, checkpoint, work / "ray2.parquet",
                                                                       args.batch_size)

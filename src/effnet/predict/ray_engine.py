@@ -97,10 +97,11 @@ def _location(entry: str) -> bytes:
 
 
 def list_inputs(arguments: Sequence[str | Path], path_column: str = "path") -> tuple[pa.Table, list[str]]:
-    """The inputs as a table of ``path`` (as ``effnet predict`` shows it) and ``location`` (see
-    :func:`_location`), each once: files, folders and globs (:func:`effnet.predict.collect_images`),
-    and the entries of CSV or Parquet lists (:func:`effnet.predict.files.read_path_list`); and
-    what was wrong with each argument that gave nothing."""
+    """The inputs, each once, as a table of ``path`` (as ``effnet predict`` shows it) and
+    ``location`` (what a reading task opens: a URI, or the path made absolute, as bytes): files,
+    folders and globs (:func:`effnet.predict.collect_images`), and the entries of CSV or Parquet
+    lists (:func:`effnet.predict.files.read_path_list`); and what was wrong with each argument
+    that gave nothing."""
     lists = [str(argument) for argument in arguments if is_path_list(argument) and Path(argument).is_file()]
     images = collect_images([argument for argument in arguments if str(argument) not in lists])
     entries = {printable_path(file): os.fsencode(os.path.abspath(file)) for file in images.files}
