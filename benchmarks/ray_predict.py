@@ -18,19 +18,27 @@ the cores left beside the reading tasks):
   machine (``ray.cluster_utils.Cluster``), joined with ``--ray-address``.
 
 Printed: wall time, start-up, steady images/s, each run's ratio to the single process, the load
-average and the CPU. Aims on 2 cores: steady Ray >= 0.8x the single process, whole Ray run within
-1.5x of the single process's wall time.
+average and the CPU, and the CPU time of all the processes of each run (the benchmark is their
+subreaper: Ray's daemons and workers, orphaned when a run ends, are reaped and counted here).
+On a machine shared with other work, wall times follow the neighbours' load (a run of many
+processes gets a larger share of the cores than one process), CPU time per image much less.
+Aims on 2 cores: steady Ray >= 0.8x the single process, whole Ray run within 1.5x of the single
+process's wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +56,8 @@ from effnet.weights.io import save_model  # noqa: E402
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field")
 SIDES = (350, 500)
 STEADY_AIM, TOTAL_AIM = 0.8, 1.5
+PR_SET_CHILD_SUBREAPER = 36
+REAP_WAIT_S = 300.0
 SUMMARY = re.compile(r"(\d+) prediction\(s\) written \((\d+) failed\) in ([\d.]+) s: start-up ([\d.]+) s, "
                      r"then ([\d.]+) images/s")
 
@@ -68,41 +78,75 @@ def write_images(folder: Path, count: int, seed: int = 0) -> None:
         crop.save(folder / f"{i:06d}.jpg", quality=90)
 
 
-def effnet_predict(*args: str) -> tuple[float, str]:
-    """Run ``effnet predict ARGS`` in a new process; its wall time and stdout."""
+@dataclass
+class Run:
+    wall: float
+    startup: float
+    steady: float
+    cpu: float
+    load: float
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def reap_all() -> None:
+    """Wait for every process left under this one (Ray's, reparented here), so that its CPU time counts."""
+    deadline = time.monotonic() + REAP_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.2)
+        except ChildProcessError:
+            return
+    print(f"warning: processes still running {REAP_WAIT_S:g} s after the run: their CPU time is not counted")
+
+
+def effnet_predict(*args: str, reap: bool = True) -> tuple[float, str, float]:
+    """Run ``effnet predict ARGS`` in a new process; its wall time, stdout, and the CPU time of it
+    (``reap``: and of every process it left; without, other children must not be running)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "packages/effnet-runtime/src"),
                                                         os.environ.get("PYTHONPATH", "")]))
+    cpu = children_cpu()
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "effnet", "predict", *args, "--no-progress"], env=env,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"effnet predict {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds, done.stdout
+    if reap:
+        reap_all()
+    return seconds, done.stdout, children_cpu() - cpu
 
 
-def ray_run(images: Path, checkpoint: Path, out: Path, batch: int, extra: list[str]) -> dict:
-    seconds, stdout = effnet_predict(str(images), "--checkpoint", str(checkpoint), "--engine", "ray",
-                                     "--out", str(out), "--batch-size", str(batch), *extra)
+def ray_run(images: Path, checkpoint: Path, out: Path, batch: int, extra: list[str], reap: bool = True) -> Run:
+    seconds, stdout, cpu = effnet_predict(str(images), "--checkpoint", str(checkpoint), "--engine", "ray",
+                                          "--out", str(out), "--batch-size", str(batch), *extra, reap=reap)
     found = SUMMARY.search(stdout)
     if found is None:
         raise SystemExit(f"no summary in the Ray run's output:\n{stdout}")
-    return {"wall": seconds, "startup": float(found[4]), "steady": float(found[5]), "load": os.getloadavg()}
+    return Run(seconds, float(found[4]), float(found[5]), cpu, os.getloadavg()[0])
 
 
-def two_node_run(images: Path, checkpoint: Path, out: Path, batch: int) -> dict:
-    """The Ray engine on two simulated 1-CPU nodes (cluster start-up not counted)."""
+def two_node_run(images: Path, checkpoint: Path, out: Path, batch: int) -> Run:
+    """The Ray engine on two simulated 1-CPU nodes (the cluster's start-up not timed; its CPU time counted)."""
     from ray.cluster_utils import Cluster
 
+    cpu = children_cpu()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                             "temp_dir": temp})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        return ray_run(images, checkpoint, out, batch, ["--ray-address", cluster.address])
+        run = ray_run(images, checkpoint, out, batch, ["--ray-address", cluster.address], reap=False)
     finally:
         cluster.shutdown()
+    reap_all()
+    run.cpu = children_cpu() - cpu
+    return run
 
 
 def main() -> None:
@@ -115,6 +159,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for images, checkpoint and outputs (default: temporary)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # Linux; elsewhere: fewer CPU-s
     work = args.work or Path(tempfile.mkdtemp(prefix="ray_predict_"))
     images, one = work / "images", work / "one"
     write_images(images, args.images)
@@ -123,34 +168,34 @@ def main() -> None:
     checkpoint = work / f"{args.model}.safetensors"
     if not checkpoint.is_file():
         save_model(create_model(args.model, num_classes=1000), checkpoint)
+    for old in ("ray.parquet", "ray2.parquet"):
+        shutil.rmtree(work / old, ignore_errors=True)
     print(f"CPU: {describe_cpu()}")
     print(f"{args.images} JPEGs of {SIDES[0]}-{SIDES[1]} px, {args.model} fp32, batch {args.batch_size}; "
           f"load before: {os.getloadavg()}", flush=True)
 
     common = ["--checkpoint", str(checkpoint), "--batch-size", str(args.batch_size), "--device", "cpu"]
-    fixed, _ = effnet_predict(str(one), *common, "--out", str(work / "one.csv"))
-    single, _ = effnet_predict(str(images), *common, "--out", str(work / "single.csv"))
-    single_load = os.getloadavg()
-    single_steady = (args.images - 1) / (single - fixed)
-    print(f"single process: {single:.1f} s ({fixed:.1f} s for one image), load {single_load}", flush=True)
-    rows = [["effnet predict (1 process)", f"{single:.1f}", f"{fixed:.1f}", f"{single_steady:.1f}", "1.00", "1.00",
-             f"{single_load[0]:.1f}"]]
+    fixed, _, _ = effnet_predict(str(one), *common, "--out", str(work / "one.csv"))
+    wall, _, cpu = effnet_predict(str(images), *common, "--out", str(work / "single.csv"))
+    single = Run(wall, fixed, (args.images - 1) / (wall - fixed), cpu, os.getloadavg()[0])
+    print(f"single process: {single}", flush=True)
+    runs = {"effnet predict (1 process)": single}
     extra = ["--actors", str(args.actors)] if args.actors else []
-    runs = {"--engine ray (local, this machine's cores)": ray_run(images, checkpoint, work / "ray.parquet",
-                                                                   args.batch_size, extra)}
-    print(f"Ray, local: {runs[next(iter(runs))]}", flush=True)
+    local = runs["--engine ray (local, this machine's cores)"] = ray_run(images, checkpoint, work / "ray.parquet",
+                                                                          args.batch_size, extra)
+    print(f"Ray, local: {local}", flush=True)
     if args.two_nodes:
         runs["--engine ray (2 simulated 1-CPU nodes)"] = two_node_run(images, checkpoint, work / "ray2.parquet",
                                                                       args.batch_size)
-    for name, run in runs.items():
-        rows.append([name, f"{run['wall']:.1f}", f"{run['startup']:.1f}", f"{run['steady']:.1f}",
-                     f"{run['steady'] / single_steady:.2f}", f"{run['wall'] / single:.2f}", f"{run['load'][0]:.1f}"])
-    print(format_table(["run", "wall s", "start-up s", "steady img/s", "steady / single", "wall / single",
-                        "load (1 min)"], rows))
-    local = runs["--engine ray (local, this machine's cores)"]
-    print(f"Ray overhead: {local['wall'] - single:+.1f} s wall ({local['startup'] - fixed:+.1f} s of start-up); "
-          f"aims: steady >= {STEADY_AIM}x ({'met' if local['steady'] >= STEADY_AIM * single_steady else 'missed'}), "
-          f"wall <= {TOTAL_AIM}x ({'met' if local['wall'] <= TOTAL_AIM * single else 'missed'})")
+    rows = [[name, f"{run.wall:.1f}", f"{run.startup:.1f}", f"{run.steady:.1f}", f"{run.steady / single.steady:.2f}",
+             f"{run.wall / single.wall:.2f}", f"{run.cpu:.0f}", f"{1000 * run.cpu / args.images:.0f}",
+             f"{run.cpu / single.cpu:.2f}", f"{run.load:.1f}"] for name, run in runs.items()]
+    print(format_table(["run", "wall s", "start-up s", "steady img/s", "steady / single", "wall / single", "CPU s",
+                        "CPU ms/image", "CPU / single", "load (1 min)"], rows))
+    print(f"Ray overhead: {local.wall - single.wall:+.1f} s wall ({local.startup - fixed:+.1f} s of start-up), "
+          f"{local.cpu - single.cpu:+.0f} CPU s; aims: steady >= {STEADY_AIM}x "
+          f"({'met' if local.steady >= STEADY_AIM * single.steady else 'missed'}), wall <= {TOTAL_AIM}x "
+          f"({'met' if local.wall <= TOTAL_AIM * single.wall else 'missed'})")
     print(f"load after: {os.getloadavg()}")
 
 
