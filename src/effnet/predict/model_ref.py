@@ -62,7 +62,7 @@ class ModelRef:
             if device != "cpu":
                 raise ConfigError(f"{self.checkpoint} is a shipped folder, which runs on the CPU: drop "
                                   "--gpus-per-actor, or give the checkpoint it was shipped from")
-            return _load_shipped(Path(self.checkpoint), threads)
+            return _load_shipped(Path(str(self.checkpoint)), threads)
         return _load_torch(self, device, threads)
 
 
@@ -106,5 +106,9 @@ def _load_torch(ref: ModelRef, device: str, threads: int | None) -> LoadedModel:
     def probabilities(batch: np.ndarray) -> np.ndarray:
         return classifier.probabilities(torch.from_numpy(batch)).numpy()
 
-    names = [class_name(classifier.class_names, i) for i in range(int(classifier.num_classes))]
+    count = classifier.num_classes
+    if count is None:  # another library's architecture: its output's width
+        size = classifier.preprocessing.resolution
+        count = probabilities(np.zeros((1, 3, size, size), np.float32)).shape[1]
+    names = [class_name(classifier.class_names, i) for i in range(count)]
     return LoadedModel(classifier.model_name, names, classifier.preprocessing.to_dict(), probabilities)

@@ -12,6 +12,7 @@ that stops the run like Ctrl-C, so that the parts written so far stay whole.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -91,7 +92,7 @@ def _start_local() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             logging_level="warning")
+             logging_level=logging.WARNING)
 
 
 def resolve_address(address: str) -> str:
@@ -122,7 +123,7 @@ def _connect(address: str) -> None:
         raise RayClusterError(f"cannot reach the Ray cluster at {target} ({error.strerror or error}): start one "
                               "with `ray start --head` or check the address (`ray status` on its head node)") from None
     try:
-        ray.init(address=target, log_to_driver=False, logging_level="warning")
+        ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING)
     except AuthenticationError as error:
         raise RayClusterError(f"the Ray cluster at {target} refused the connection ({first_line(error)}): copy its "
                               "token (~/.ray/auth_token on the head node) to this machine's ~/.ray/auth_token, or "

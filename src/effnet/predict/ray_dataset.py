@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -65,8 +66,11 @@ def predictions(job: BulkJob, inputs: pa.Table) -> Iterator[pa.Table]:
     limits = context.execution_options.resource_limits
     context.execution_options.resource_limits = limits.copy(cpu=job.plan.cluster_cpus)
     plan = job.plan
-    dataset = ray.data.from_arrow(inputs, override_num_blocks=max(1, math.ceil(inputs.num_rows / job.batch_size)))
-    dataset = dataset.map_batches(read_images, fn_kwargs={"preprocessing": preprocessing}, batch_size=job.batch_size,
+    blocks = max(1, math.ceil(inputs.num_rows / job.batch_size))
+    dataset: ray.data.Dataset = ray.data.from_arrow(inputs, override_num_blocks=blocks)
+    # fn_kwargs: Ray's stubs type the function as taking the batch alone
+    dataset = dataset.map_batches(read_images, fn_kwargs={"preprocessing": preprocessing},  # type: ignore[arg-type]
+                                  batch_size=job.batch_size,
                                   batch_format="numpy", num_cpus=TASK_CPUS,
                                   compute=ray.data.TaskPoolStrategy(size=plan.task_concurrency))
     dataset = dataset.map_batches(BatchPredictor, batch_size=job.batch_size, batch_format="numpy",
@@ -130,13 +134,13 @@ def _innermost(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error)}"
 
 
-def stream_predictions(job: BulkJob, inputs: pa.Table) -> Iterator[pa.Table]:
+def stream_predictions(job: BulkJob, inputs: pa.Table) -> Generator[pa.Table, None, None]:
     """Result tables of ``job`` over ``inputs``, run by a :class:`DatasetDriver` on the connected
     cluster. Closing the iterator stops the job."""
     import ray
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    driver = ray.remote(DatasetDriver).options(num_cpus=0, max_restarts=0).remote(job, inputs)
+    driver: Any = ray.remote(DatasetDriver).options(num_cpus=0, max_restarts=0).remote(job, inputs)
     try:
         while True:
             try:

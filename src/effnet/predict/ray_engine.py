@@ -140,8 +140,9 @@ def predict_on_ray(inputs: Sequence[str | Path], out: str | Path, *, model: str 
     start = time.perf_counter()
     folder = PartFolder(out, resume, rows_per_part)
     listed, problems = list_inputs(inputs, path_column)
-    for problem in problems if report is not None else ():
-        report(problem)
+    if report is not None:
+        for problem in problems:
+            report(problem)
     if not listed.num_rows:
         raise ConfigError("no inputs to classify (see the messages above)")
     todo = listed.filter(pa.array([path not in folder.done for path in listed.column("path").to_pylist()]))
