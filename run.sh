@@ -21,10 +21,11 @@ setup() {
   fi
   # The PyTorch pair first, from pip (it takes them from the local disk), then effnet with its
   # torch-free runtime distribution (packages/effnet-runtime), in one command so that pip takes
-  # that dependency from this repository, not from an index.
+  # that dependency from this repository, not from an index. The ray extra too, so that the Ray
+  # engine's tests (tests/predict/test_ray*.py) run in the suite rather than skip.
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-  "$VENV/bin/python" -m pip install --quiet -e ./packages/effnet-runtime -e '.[dev]'
+  "$VENV/bin/python" -m pip install --quiet -e ./packages/effnet-runtime -e '.[dev,ray]'
   echo "$want" > "$stamp"
 }
 

@@ -43,11 +43,13 @@ autodoc_default_options = {"members": True, "undoc-members": True, "show-inherit
 autodoc_member_order = "bysource"
 autodoc_inherit_docstrings = False  # torch.nn.Module's docstrings are not effnet's to document
 
-# The serve and grpc extras are imported at module level by effnet_runtime.serve: mocked where
-# they are not installed. The other optional runtimes (onnxruntime, openvino, torchao, triton, ...)
-# are imported inside functions, and must not be mocked: torch itself probes for some of them.
+# The serve and grpc extras are imported at module level by effnet_runtime.serve, the ray extra
+# by effnet.predict's Ray engine: mocked where they are not installed. The other optional
+# runtimes (onnxruntime, openvino, torchao, triton, ...) are imported inside functions, and must
+# not be mocked: torch itself probes for some of them.
 SERVE_EXTRA = ("starlette", "uvicorn", "prometheus_client", "multipart", "grpc", "tritonclient", "google")
-autodoc_mock_imports = [name for name in SERVE_EXTRA if importlib.util.find_spec(name) is None]
+RAY_EXTRA = ("ray", "pyarrow")
+autodoc_mock_imports = [name for name in (*SERVE_EXTRA, *RAY_EXTRA) if importlib.util.find_spec(name) is None]
 # A shipped folder's predict.py (effnet.ship.standalone_predict) imports the copy of
 # effnet_runtime.portable that lies beside it as effnet_portable: here, the original.
 sys.modules.setdefault("effnet_portable", importlib.import_module("effnet_runtime.portable"))
@@ -57,7 +59,7 @@ sys.modules.setdefault("effnet_portable", importlib.import_module("effnet_runtim
 # Our own names never are: a reference to one that does not exist fails the build.
 EXTERNAL = sorted(set(sys.stdlib_module_names) | {
     "torch", "torchvision", "numpy", "PIL", "safetensors", "yaml", "tqdm", "matplotlib", "platformdirs",
-    *SERVE_EXTRA, "onnx", "onnxruntime", "onnxscript", "openvino", "torchao", "h5py", "torchcodec",
+    *SERVE_EXTRA, *RAY_EXTRA, "onnx", "onnxruntime", "onnxscript", "openvino", "torchao", "h5py", "torchcodec",
     "timm", "triton", "grpc_service_pb2"})  # grpc_service_pb2: tritonclient's generated gRPC messages
 nitpick_ignore_regex = [(r"py:.*", rf"({'|'.join(EXTERNAL)})(\..+)?")]
 # pathlib.Path as written: a signature whose hints cannot be evaluated (one of them imported

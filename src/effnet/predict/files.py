@@ -1,7 +1,9 @@
-"""The files ``effnet predict`` classifies: files, folders (recursively) and glob patterns."""
+"""The files ``effnet predict`` classifies: files, folders (recursively) and glob patterns, and
+(for the Ray engine) lists of paths in a column of a CSV or Parquet file."""
 
 from __future__ import annotations
 
+import csv
 import glob
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -9,9 +11,12 @@ from pathlib import Path
 
 from ..data.datasets import image_files_under
 from ..data.images import IMAGE_EXTENSIONS, has_image_extension
+from ..errors import ConfigError, InputFileError
 from ..files import printable_path
 
 _GLOB_CHARS = frozenset("*?[")
+PATH_LIST_SUFFIXES = (".csv", ".parquet")
+"""Files read as lists of inputs (one path or URI per row) rather than as images."""
 
 
 @dataclass
@@ -72,3 +77,30 @@ def collect_images(paths: Iterable[str | Path], follow_links: bool = False) -> I
         else:
             found.problems.append((text, "no such file or folder"))
     return found
+
+
+def is_path_list(argument: str | Path) -> bool:
+    """Whether ``argument`` names a CSV or Parquet file (:data:`PATH_LIST_SUFFIXES`)."""
+    return Path(argument).suffix.lower() in PATH_LIST_SUFFIXES
+
+
+def read_path_list(path: str | Path, column: str = "path") -> list[str]:
+    """The non-empty entries of ``column`` in a CSV file (with a header row) or a Parquet file:
+    paths, or URIs that pyarrow's file systems open (``s3://``, ``gs://``, ``file://``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"list of inputs {printable_path(path)} does not exist")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        values = pq.read_table(path, columns=[column]).column(column).to_pylist() if column in names else None
+    else:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            names = list(reader.fieldnames or [])
+            values = [row[column] for row in reader] if column in names else None
+    if values is None:
+        raise ConfigError(f"{printable_path(path)} has no column {column!r} (its columns: {', '.join(names) or 'none'}"
+                          "): name the column of paths with --path-column")
+    return [str(value).strip() for value in values if value is not None and str(value).strip()]
