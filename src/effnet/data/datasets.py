@@ -304,7 +304,12 @@ def _check_same_classes(expected: list[str], found: list[str], expected_from: st
         parts = ([f"missing {_format_paths(missing)}"] if missing else []) + (
             [f"not in the {expected_from}: {_format_paths(extra)}"] if extra else [])
         raise ConfigError(f"classes in {where} differ from the {expected_from} ({len(expected)} classes): "
-                          f"{'; '.join(parts)}. {_SAME_CLASSES_REMEDY[expected_from]}")
+                          f"{'; '.join(parts)}. {_same_classes_remedy(expected_from)}")
+
+
+def _same_classes_remedy(expected_from: str) -> str:
+    """What to do when a folder's classes differ: those of a model, or of a training split (named by its path)."""
+    return _SAME_CLASSES_REMEDY[MODEL_CLASSES if expected_from == MODEL_CLASSES else TRAINING_CLASSES]
 
 
 def _check_every_class_usable(dataset: ImageDataset, where: str) -> None:
