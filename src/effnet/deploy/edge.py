@@ -69,7 +69,27 @@ class EdgeFile:
     float_ops: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"conversion_seconds": round(self.seconds, 1), "ops": self.ops, "float_ops": self.float_ops}
+        """What a ship folder's manifest records: the input tensor and the conversion."""
+        return {"input": file_input(self.path, self.runtime),
+                "conversion": {"seconds": round(self.seconds, 1), "ops": self.ops, "float_ops": self.float_ops}}
+
+
+def file_input(path: str | Path, runtime: str) -> dict:
+    """The input tensor of an edge file: layout, shape, dtype, and an int8 input's scale and zero
+    point (``q = clip(round(x / scale) + zero_point, -128, 127)`` of the normalized image)."""
+    if runtime == "executorch":
+        from executorch.runtime import Runtime
+
+        meta = Runtime.get().load_program(Path(path)).load_method("forward").metadata.input_tensor_meta(0)
+        return {"layout": "NCHW", "shape": list(meta.sizes()), "dtype": "float32"}
+    from ai_edge_litert.interpreter import Interpreter
+
+    detail = Interpreter(model_path=str(path)).get_input_details()[0]
+    described = {"layout": "NCHW", "shape": [int(v) for v in detail["shape"]], "dtype": np.dtype(detail["dtype"]).name}
+    if described["dtype"] != "float32":
+        described["scale"], described["zero_point"] = (float(detail["quantization"][0]),
+                                                       int(detail["quantization"][1]))
+    return described
 
 
 def require_edge(runtime: str) -> None:
