@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${EFFNET_VENV:-.venv}"
+EDGE_VENV="${EFFNET_EDGE_VENV:-.venv-edge}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
@@ -28,6 +29,27 @@ setup() {
   echo "$want" > "$stamp"
 }
 
+# The edge targets' converters (the `edge` extra: executorch, litert-torch, ai-edge-litert) pin
+# typing-extensions<4.13 (through xdsl), which would downgrade pydantic and break selenium in
+# $VENV. They get their own venv layered over $VENV (a .pth file puts $VENV's packages after
+# theirs); the edge tests run their conversions in it (EFFNET_EDGE_PYTHON). Cached by a stamp.
+setup_edge() {
+  if [ ! -x "$EDGE_VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$EDGE_VENV"
+  fi
+  local stamp="$EDGE_VENV/.effnet-setup" want site
+  want="$(cat pyproject.toml packages/*/pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  site="$("$EDGE_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/zz_effnet_main.pth"
+  "$EDGE_VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$EDGE_VENV/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -e ./packages/effnet-runtime \
+    -e '.[edge]'
+  echo "$want" > "$stamp"
+}
+
 # The web page test (tests/serve/test_page.py) drives Debian's Chromium: install it when it is
 # missing and this is root with apt-get (a no-op once installed; otherwise that test is skipped).
 browser() {
@@ -45,8 +67,8 @@ job="${1:-demo}"
 [ $# -gt 0 ] && shift
 setup
 case "$job" in
-  setup) ;;
-  test) browser; exec "$VENV/bin/python" -m pytest "$@" ;;
+  setup) setup_edge ;;
+  test) browser; setup_edge; EFFNET_EDGE_PYTHON="$(cd "$EDGE_VENV" && pwd)/bin/python" exec "$VENV/bin/python" -m pytest "$@" ;;
   demo) exec "$VENV/bin/effnet" demo "$@" ;;
   *) exec "$VENV/bin/effnet" "$job" "$@" ;;
 esac

@@ -77,6 +77,10 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         if any(r.target.precision == "bf16" for r in plan) and not bf16_supported():
             raise ConfigError("target openvino-bf16 is unavailable: this CPU has no bf16 (AVX-512 BF16 or AMX); "
                               "ship --target openvino (fp32) instead")
+    for runtime in {r.target.runtime for r in plan} & set(EDGE_RUNTIMES):
+        from ..deploy.edge import require_edge
+
+        require_edge(runtime)
     loader = labelled_loader(eval_dir, model.preprocessing, model.class_names, options.batch_size)
     calibration = (calibration_images(calib_dir, model.preprocessing, options.calibration_images)
                    if any(r.target.int8 for r in plan) else None)
