@@ -181,3 +181,15 @@ def test_edge_targets_without_the_converters_name_the_install_command(tmp_path):
     with pytest.raises(ConfigError, match=r"effnet\[edge\]"):
         ship(model, None, write_images(tmp_path / "eval"), tmp_path / "out", ShipOptions(target="tflite"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_pick_measures_edge_candidates_beside_onnxruntime(shipped):
+    with open(shipped / "pick" / "pick.csv", newline="") as handle:
+        rows = {row["runtime"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"onnxruntime", "executorch", "tflite-int8"}
+    for runtime in ("executorch", "tflite-int8"):
+        assert rows[runtime]["status"] == "ok" and float(rows[runtime]["p50_ms"]) > 0
+        assert float(rows[runtime]["file_mb"]) > 0
+    assert rows["executorch"]["top1"] == rows["onnxruntime"]["top1"]  # fp32: the same answers

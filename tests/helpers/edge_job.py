@@ -5,7 +5,8 @@ environment, see run.sh): ``python edge_job.py ROOT`` with ``ROOT`` holding ``ca
 Ships a tiny Lite0 to the four edge targets and a tiny B0 to tflite-int8 with ``effnet ship``,
 saves for each folder the logits of the shipped model (in its runtime, through effnet's
 preprocessing) and of eager PyTorch on the eval and odd images (``ROOT/<target>.npz``), and
-tries to ship a network with an activation XNNPACK lacks (``ROOT/refusal.json``).
+tries to ship a network with an activation XNNPACK lacks (``ROOT/refusal.json``), and runs
+``effnet pick`` with edge candidates (``ROOT/pick/pick.csv``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ def run(root: Path) -> None:
                 raise SystemExit(f"shipping {name} to {target} failed")
             record_logits(root, model, out)
     refusal(root)
+    pick_edge(root)
+
+
+def pick_edge(root: Path) -> None:
+    """``effnet pick`` with two edge candidates beside ONNX Runtime, on the tiny Lite0 checkpoint."""
+    code = main(["pick", "--checkpoint", str(root / "efficientnet_lite0.safetensors"), "--eval", str(root / "eval"),
+                 "--calib", str(root / "calib"), "--runtimes", "onnxruntime,executorch,tflite-int8",
+                 "--max-latency-ratio", "1000", "--max-seconds", "1", "--threads", "1",
+                 "--cache-dir", str(root / "pick-cache"), "--out", str(root / "pick")])
+    if code != 0:
+        raise SystemExit("effnet pick failed")
 
 
 if __name__ == "__main__":
