@@ -84,9 +84,9 @@ def run(root: Path) -> None:
 
 
 def pick_edge(root: Path) -> None:
-    """``effnet pick`` with two edge candidates beside ONNX Runtime, on the tiny Lite0 checkpoint."""
+    """``effnet pick`` with an edge candidate beside ONNX Runtime, on the tiny Lite0 checkpoint."""
     code = main(["pick", "--checkpoint", str(root / "efficientnet_lite0.safetensors"), "--eval", str(root / "eval"),
-                 "--calib", str(root / "calib"), "--runtimes", "onnxruntime,executorch,tflite-int8",
+                 "--calib", str(root / "calib"), "--runtimes", "onnxruntime,executorch",
                  "--max-latency-ratio", "1000", "--max-seconds", "1", "--threads", "1",
                  "--cache-dir", str(root / "pick-cache"), "--out", str(root / "pick")])
     if code != 0:
