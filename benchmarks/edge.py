@@ -4,9 +4,11 @@ beside ONNX Runtime fp32 and INT8 measured in the same run.
     python benchmarks/edge.py [--models efficientnet_lite0,efficientnet_b0] [--threads 1]
                               [--calib 32] [--eval 48] [--rounds 5] [--calls 10]
 
-Needs the ``edge`` extra (run it with .venv-edge/bin/python). Real ImageNet weights (offline,
-``pretrained=True``), real photos: scikit-image's bundled pictures and random crops/flips of
-them through effnet's eval preprocessing; calibration and evaluation images differ. For each
+Needs the ``edge`` extra (run it with .venv-edge/bin/python). Real ImageNet weights where they
+are on this machine (``pretrained=True``, offline), else random weights with BatchNorm
+statistics recomputed on other photos (said in the output). Real photos: scikit-image's
+bundled pictures and random crops/flips of them through effnet's eval preprocessing;
+calibration and evaluation images differ. For each
 network and target: top-1 agreement with fp32 eager PyTorch, logit SQNR (dB), file size,
 conversion time, batch-1 latency (p50 over every call, and the spread of the per-round p50s;
 rounds interleave the candidates so that a busy machine slows them alike; x ORT: against ONNX
@@ -37,6 +39,7 @@ from effnet.deploy.export import export_model  # noqa: E402
 from effnet.deploy.quantize import OrtRecipe, quantize_onnx  # noqa: E402
 from effnet.deploy.runtime import Runner, onnx_runner, torch_runner  # noqa: E402
 from effnet.table import format_table  # noqa: E402
+from effnet.weights.errors import WeightsUnavailableError  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
           "stereo_motorcycle", "colorwheel", "cat", "camera", "coins", "moon", "clock", "brick", "grass", "gravel",
@@ -65,6 +68,29 @@ def photos(count: int, seed: int) -> list[Image.Image]:
         crop = image.crop((x, y, x + w, y + h))
         out.append(crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
     return out
+
+
+def load_network(name: str) -> tuple[effnet.EfficientNet, str]:
+    """The network with its ImageNet weights if they are on this machine, else random weights."""
+    try:
+        return effnet.create_model(name, pretrained=True).eval(), "ImageNet"
+    except WeightsUnavailableError:
+        torch.manual_seed(0)
+        return effnet.create_model(name).eval(), "random (BatchNorm statistics recomputed on photos)"
+
+
+def recompute_statistics(model: effnet.EfficientNet, images: torch.Tensor) -> None:
+    """BatchNorm statistics of random weights recomputed on real photos: a fresh network's (mean 0,
+    variance 1) let activations explode or vanish with depth, which makes INT8 figures meaningless."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # the average over all batches
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(images), 16):
+            model(images[start:start + 16])
+    model.eval()
 
 
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
@@ -108,9 +134,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="effnet-edge-") as work_name:
         work = Path(work_name)
         for name in args.models.split(","):
-            model = effnet.create_model(name, pretrained=True).eval()
+            model, weights = load_network(name)
             transform = eval_transforms(model.preprocessing)
             calibration = torch.stack([transform(p) for p in photos(args.calib, seed=0)])
+            if weights != "ImageNet":
+                recompute_statistics(model, torch.stack([transform(p) for p in photos(48, seed=7)]))
+            print(f"{name}: {weights} weights", flush=True)
             evaluation = torch.stack([transform(p) for p in photos(args.eval, seed=1)])
             with torch.inference_mode():
                 reference = model(evaluation).numpy()
