@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -240,7 +240,7 @@ class Classifier:
         self.runner: PreparedModel | CudaGraphRunner | None = None
         if fast:
             try:
-                self.runner = prepare_for_inference(model, self.device, AMP_DTYPES.get(amp, torch.float32))
+                self.runner = prepare_for_inference(model, self.device, AMP_DTYPES[amp] if amp else torch.float32)
             except Exception as error:
                 if not self.fast_fallback:
                     raise
@@ -322,6 +322,7 @@ class Classifier:
 
     def _fast_logits(self, batch: torch.Tensor) -> torch.Tensor | None:
         """The fast path's logits; ``None`` once it failed where it was chosen by default."""
+        assert self.runner is not None, "called only when the fast path was chosen"
         try:
             return self.runner(batch)
         except Exception as error:
@@ -344,7 +345,9 @@ class Classifier:
         encoded = [p for p, (tensor, _) in enumerate(batch) if tensor is not None and tensor.dim() == 1]
         if not encoded:
             return batch
-        decoded = self.device_decoder.decode([batch[p][0] for p in encoded], [names[p] for p in encoded])
+        assert self.device_decoder is not None, "called only with a device decoder"
+        decoded = self.device_decoder.decode([cast(torch.Tensor, batch[p][0]) for p in encoded],
+                                             [names[p] for p in encoded])
         batch = list(batch)
         for position, image in zip(encoded, decoded, strict=True):
             batch[position] = (None, image) if isinstance(image, str) else (self.transform(image), None)
@@ -392,11 +395,11 @@ class Classifier:
                 else:
                     by_shape[tuple(tensor.shape)].append(position)
             for positions in by_shape.values():
-                probabilities = self.probabilities(torch.stack([batch[p][0] for p in positions]))
+                probabilities = self.probabilities(torch.stack([cast(torch.Tensor, batch[p][0]) for p in positions]))
                 for position, row in zip(positions, probabilities, strict=True):
                     top, indices = self._top(row, top_k)
                     results[position] = Prediction(names[position], top, indices)
-            yield from results
+            yield from cast(list[Prediction], results)  # every position was filled
             start += len(batch)
 
 

@@ -99,7 +99,7 @@ class EfficientNetConfig:
         if "dropout" in changes:
             warn_renamed("EfficientNetConfig.replace(dropout=...)", "drop_rate=...")
             changes["drop_rate"] = changes.pop("dropout")
-        return replace(self, **changes)
+        return replace(self, **changes)  # type: ignore[arg-type]  # the dataclass checks the names
 
     @property
     def dropout(self) -> float:
@@ -310,7 +310,7 @@ class EfficientNet(nn.Module):
         selective = not self.grad_checkpointing
         x = run_recomputed(self.stem, x, selective)
         for stage in self.stages:
-            for block in stage:
+            for block in stage.children():
                 x = run_recomputed(block, x, selective)
         return run_recomputed(self.head, x, selective)
 

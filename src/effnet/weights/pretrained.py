@@ -66,7 +66,8 @@ def read_checkpoint(path: str | Path, layout: str | None = None, hint: str = "")
     hint = hint or path.name
     if path.name.endswith(H5_SUFFIXES):
         keras_weights = read_h5(path)
-        normalization = (keras_weights.mean, keras_weights.std) if keras_weights.mean is not None else None
+        normalization = ((keras_weights.mean, keras_weights.std)
+                         if keras_weights.mean is not None and keras_weights.std is not None else None)
         chosen = get_layout(layout) if layout else detect_layout(keras_weights.tensors, hint)
         return Checkpoint(keras_weights.tensors, chosen, str(path), normalization=normalization)
     tensors = unwrap_state_dict(read_tensors(path))
@@ -117,6 +118,8 @@ def resolve_checkpoint(model: str | None, pretrained: PretrainedSpec, layout: st
             return _from_source(known, progress)
         path = download(pretrained, progress=progress)
         return read_checkpoint(path, layout=layout, hint=pretrained)
+    if isinstance(pretrained, bool):
+        raise ConfigError("pretrained=False names no checkpoint; pass True, a tag, a file or a state dict")
     path = Path(pretrained)
     checkpoint = read_checkpoint(path, layout=layout)
     known = next((s for s in list_sources(model) if s.filename == path.name or

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Mapping
+from typing import cast
 
 import torch
 
@@ -60,7 +61,7 @@ def unwrap_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tenso
             if isinstance(nested, Mapping) and any(isinstance(v, torch.Tensor) for v in nested.values()):
                 checkpoint = nested
                 break
-    tensors = dict(checkpoint)
+    tensors = cast(dict[str, torch.Tensor], dict(checkpoint))  # other values fail the layout check
     for prefix in _PREFIXES:
         if tensors and all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}

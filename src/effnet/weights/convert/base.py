@@ -91,6 +91,7 @@ class Layout:
 
 def param_key(target: str, param: str) -> str | None:
     """``target.param`` when ``param`` exists on our module ``target`` (a BN, conv, SE conv or the classifier)."""
+    allowed: tuple[str, ...]
     if target.endswith("bn"):
         allowed = BN_PARAMS
     elif target.startswith("se.") or target == "classifier":

@@ -72,8 +72,8 @@ def rename(key: str, arch: Architecture) -> str | None:
     stage_index, block = int(match.group(1)) - 1, ord(match.group(2)) - ord("a")
     if not 0 <= stage_index < len(arch.stages) or block >= arch.stages[stage_index].repeats:
         return None
-    variable = _VARIABLES.get(match.group(4))
-    target = param_key(_BLOCK_MODULES[match.group(3)], variable) if variable else None
+    param = _VARIABLES.get(match.group(4))
+    target = param_key(_BLOCK_MODULES[match.group(3)], param) if param else None
     return f"stages.{stage_index}.{block}.{target}" if target else None
 
 
