@@ -147,7 +147,8 @@ def main() -> None:
             facts: dict[str, tuple[float, float, str, tuple]] = {"pytorch eager": (0.0, 0.0, "", os.getloadavg())}
             start = time.perf_counter()
             onnx = work / f"{name}.onnx"
-            export_model(model, onnx, "onnx", fold_bn=True)
+            # random weights give logits in the hundreds: the export's check is relative to them
+            export_model(model, onnx, "onnx", fold_bn=True, tolerance=1e-5 * max(1.0, float(abs(reference).max())))
             facts["onnxruntime"] = (onnx.stat().st_size / 1e6, time.perf_counter() - start, "", os.getloadavg())
             start = time.perf_counter()
             onnx_int8 = work / f"{name}.int8.onnx"
