@@ -342,6 +342,6 @@ def edge_runner(path: str | Path, runtime: str, threads: int | None = None, name
 
 
 def max_relative_difference(reference: np.ndarray, other: np.ndarray) -> float:
-    """max |difference| of two logit arrays over the largest |reference logit|."""
+    """The largest absolute difference of two logit arrays over the largest absolute reference logit."""
     reference = np.asarray(reference, np.float64)
     return float(np.abs(reference - other).max() / max(np.abs(reference).max(), 1e-12))
