@@ -147,8 +147,9 @@ def main() -> None:
             facts: dict[str, tuple[float, float, str, tuple]] = {"pytorch eager": (0.0, 0.0, "", os.getloadavg())}
             start = time.perf_counter()
             onnx = work / f"{name}.onnx"
-            # random weights give logits in the hundreds: the export's check is relative to them
-            export_model(model, onnx, "onnx", fold_bn=True, tolerance=1e-5 * max(1.0, float(abs(reference).max())))
+            # the export's own check feeds noise, on which random weights give large logits; the SQNR
+            # column is the check here
+            export_model(model, onnx, "onnx", fold_bn=True, tolerance=1e-1)
             facts["onnxruntime"] = (onnx.stat().st_size / 1e6, time.perf_counter() - start, "", os.getloadavg())
             start = time.perf_counter()
             onnx_int8 = work / f"{name}.int8.onnx"

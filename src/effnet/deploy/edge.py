@@ -245,6 +245,9 @@ def write_edge(model: nn.Module, path: str | Path, runtime: str, calibration: to
     if runtime not in EDGE_RUNTIMES:
         raise ConfigError(f"unknown edge runtime {runtime!r}; choose one of {', '.join(EDGE_RUNTIMES)}")
     require_edge(runtime)
+    if "activations" in keep_float:
+        raise ConfigError("the edge targets fuse activations into their convs and cannot keep them in float; "
+                          "keep stem, head, classifier or se instead")
     start = time.perf_counter()
     network = edge_network(model)
     size = model.preprocessing.resolution
