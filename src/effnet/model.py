@@ -326,7 +326,7 @@ class EfficientNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, dropout and classify a feature map; ``pre_logits`` stops before the classifier."""
-        x = x.mean((2, 3))
+        x = x.mean((2, 3), keepdim=True).flatten(1)  # keepdim: XNNPACK lowers only this form of the mean
         x = self.dropout(x)
         return x if pre_logits else self.classifier(x)
 

@@ -19,3 +19,12 @@ def test_unreadable_checkpoints_get_clear_errors(tmp_path) -> None:
     torch.save({"weights": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match="not an effnet training checkpoint"):
         read_training_checkpoint(other)
+
+
+@pytest.mark.parametrize("name", ["model.pte", "model.tflite"])
+def test_an_edge_file_given_as_a_checkpoint_is_named_for_what_it_is(tmp_path, name) -> None:
+    exported = tmp_path / name
+    exported.write_bytes(b"\x1c\x00\x00\x00TFL3 or ET12, not a pickle")
+    with pytest.raises(ValueError, match=r"exported for a device, not a checkpoint: pass the checkpoint") as error:
+        read_training_checkpoint(exported)
+    assert "\n" not in str(error.value)

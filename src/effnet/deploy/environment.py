@@ -13,7 +13,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-LIBRARIES = ("effnet", "torch", "numpy", "pillow", "onnx", "onnxruntime", "openvino")
+LIBRARIES = ("effnet", "torch", "numpy", "pillow", "onnx", "onnxruntime", "openvino", "executorch", "litert-torch",
+             "ai-edge-litert")
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
                 "amx_tile", "asimd", "sve")
 """The instruction-set extensions that change which kernels the runtimes pick."""

@@ -58,7 +58,11 @@ from ..factory import create_model
 from ..registry import get_entry, list_models
 from .cache import Candidate, Measurement, MeasurementCache, precision_of
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
+EDGE_CANDIDATES = {"executorch": "executorch", "executorch-int8": "executorch", "tflite": "litert",
+                   "tflite-int8": "litert"}
+"""The edge candidates (the ``edge`` extra, :mod:`effnet.deploy.edge`) and the runtime of each."""
+RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8",
+            *EDGE_CANDIDATES)
 DEFAULT_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
 FAMILIES = {"v1": "efficientnet_b", "lite": "efficientnet_lite", "v2": "efficientnet_v2_"}
 DEFAULT_FAMILIES = ("v1", "lite")
@@ -356,7 +360,13 @@ class _Builder:
         from ..deploy.quantize import OrtRecipe, quantize_onnx
 
         path = self.work / f"{len(self._files)}.{kind}"
-        if kind == "onnx":
+        if kind in EDGE_CANDIDATES:
+            from ..deploy.edge import EDGE_RUNTIMES, write_edge
+
+            runtime = EDGE_CANDIDATES[kind]
+            path = write_edge(self.model(name), path.with_suffix(EDGE_RUNTIMES[runtime]), runtime,
+                              self.calibration(name) if kind.endswith("int8") else None).path
+        elif kind == "onnx":
             export_model(self.model(name), path, "onnx", fold_bn=True)
         elif kind == "int8.onnx":
             quantize_onnx(self._file(name, "onnx"), path, self.calibration(name), OrtRecipe())
@@ -376,6 +386,12 @@ class _Builder:
             model = self.model(name)
             module = torch.compile(model) if candidate.runtime == "compile" else model
             return torch_runner(module, candidate.runtime), tensor_bytes(model) / 1e6
+        if candidate.runtime in EDGE_CANDIDATES:
+            from ..deploy.edge import edge_runner
+
+            path = self._file(name, candidate.runtime)
+            return (edge_runner(path, EDGE_CANDIDATES[candidate.runtime], threads, name=candidate.runtime),
+                    path.stat().st_size / 1e6)
         if candidate.runtime.startswith("onnxruntime"):
             path = self._file(name, "int8.onnx" if candidate.precision == "int8" else "onnx")
             return onnx_runner(path, threads, name=candidate.runtime), path.stat().st_size / 1e6

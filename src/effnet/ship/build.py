@@ -45,6 +45,7 @@ from ..errors import ConfigError, InputFileError
 from ..files import atomic_write, publish_folder, work_folder
 from ..model import EfficientNet
 from .plan import (
+    EDGE_RUNTIMES,
     FP32_FALLBACK,
     Attempt,
     Evaluation,
@@ -87,6 +88,10 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         if any(r.target.precision == "bf16" for r in plan) and not bf16_supported():
             raise ConfigError("target openvino-bf16 is unavailable: this CPU has no bf16 (AVX-512 BF16 or AMX); "
                               "ship --target openvino (fp32) instead")
+    for runtime in {r.target.runtime for r in plan} & set(EDGE_RUNTIMES):
+        from ..deploy.edge import require_edge
+
+        require_edge(runtime)
     loader = labelled_loader(eval_dir, model.preprocessing, model.class_names, options.batch_size)
     calibration = (calibration_images(calib_dir, model.preprocessing, options.calibration_images)
                    if any(r.target.int8 for r in plan) else None)
@@ -132,6 +137,8 @@ def ship(model: EfficientNet, calib_dir: str | Path | None, eval_dir: str | Path
         evaluation = Evaluation(_class_names(model), [path for path, _ in loader.dataset.samples], targets,
                                 reference_logits, logits)
         manifest = _manifest(model, recipe, accuracy, reference_accuracy)
+        if (folder / "conversion.json").is_file():  # an edge file: its input, ops and float islands
+            manifest.update(json.loads((folder / "conversion.json").read_text()))
         result = ShipResult(out_dir, model.model_name, recipe, attempts, reference_row, shipped_row, evaluation,
                             manifest)
         staged = work / "folder"
@@ -166,6 +173,8 @@ def _build(recipe: Recipe, model: EfficientNet, fp32_onnx: Path, calibration: to
            calib_dir: str | Path | None, folder: Path, options: ShipOptions) -> Runner:
     """Write ``recipe``'s model file(s) into ``folder`` and return a runner over them in their runtime."""
     target = recipe.target
+    if target.runtime in EDGE_RUNTIMES:
+        return _build_edge(recipe, model, calibration, folder, options)
     if target.runtime == "torchscript":
         path = folder / target.model_file
         export_model(model, path, "torchscript", fold_bn=True)
@@ -194,6 +203,24 @@ def _build(recipe: Recipe, model: EfficientNet, fp32_onnx: Path, calibration: to
     return runner
 
 
+def _build_edge(recipe: Recipe, model: EfficientNet, calibration: torch.Tensor | None, folder: Path,
+                options: ShipOptions) -> Runner:
+    """An ExecuTorch or LiteRT file (:mod:`effnet.deploy.edge`), run in its runtime; an fp32 file
+    must reproduce eager PyTorch."""
+    from ..deploy.edge import edge_runner, write_edge
+
+    target = recipe.target
+    written = write_edge(model, folder / target.model_file, target.runtime,
+                         calibration if target.int8 else None, recipe.keep_float)
+    _write_json(folder / "conversion.json", written.summary())
+    runner = edge_runner(written.path, target.runtime, options.threads, name=f"{target.runtime} {target.precision}")
+    if not target.int8:
+        verification = compare_to_reference(runner, model, input_shape(model), tolerance=FP32_TOLERANCE)
+        if not verification.passed:
+            raise ExportVerificationError(f"{target.name} conversion rejected, {verification.describe()}")
+    return runner
+
+
 def _model_files(folder: Path, target: Target) -> list[Path]:
     main = folder / target.model_file
     return [main.with_suffix(".bin"), main] if target.runtime == "openvino" else [main]
@@ -217,6 +244,10 @@ def _manifest(model: EfficientNet, recipe: Recipe, accuracy: Accuracy, reference
     }
     if target.runtime == "openvino":
         manifest["inference_precision"] = "bf16" if target.precision == "bf16" else "f32"
+    if target.runtime in EDGE_RUNTIMES:
+        from ..deploy.edge import QUANTIZATION
+
+        manifest["quantization"] = QUANTIZATION[target.runtime] if target.int8 else None
     return manifest
 
 

@@ -40,8 +40,15 @@ TARGETS = {target.name: target for target in (
     Target("openvino-bf16", "openvino", "bf16", "model.xml"),
     Target("openvino-int8", "openvino", "int8", "model.xml"),
     Target("torchscript", "torchscript", "fp32", "model.ts"),
+    Target("executorch", "executorch", "fp32", "model.pte"),
+    Target("executorch-int8", "executorch", "int8", "model.pte"),
+    Target("tflite", "litert", "fp32", "model.tflite"),
+    Target("tflite-int8", "litert", "int8", "model.tflite"),
 )}
-FP32_FALLBACK = {"onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino", "openvino-bf16": "openvino"}
+FP32_FALLBACK = {"onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino", "openvino-bf16": "openvino",
+                 "executorch-int8": "executorch", "tflite-int8": "tflite"}
+EDGE_RUNTIMES = ("executorch", "litert")
+"""Runtimes of the edge targets (:mod:`effnet.deploy.edge`): post-training quantization only, no QAT."""
 REMEDIES = ("keep-float-stem", "qat", "fp32")
 """What ``auto_remedy`` tries, in order, after the target as asked: the stem in float (Lite0's folded
 stem weights amplify the input's quantization noise), quantization-aware training with the stem in
@@ -203,7 +210,7 @@ def recipes(options: ShipOptions) -> list[Recipe]:
     for remedy in options.remedies:
         if remedy == "keep-float-stem" and asked.int8 and "stem" not in options.keep_float:
             tried.append(Recipe(asked, stem, "ptq"))
-        elif remedy == "qat" and asked.int8:
+        elif remedy == "qat" and asked.int8 and asked.runtime not in EDGE_RUNTIMES:
             tried.append(Recipe(asked, tuple(g for g in stem if g != "activations"), "qat"))
         elif remedy == "fp32" and asked.name in FP32_FALLBACK:
             tried.append(Recipe(TARGETS[FP32_FALLBACK[asked.name]]))

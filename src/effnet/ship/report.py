@@ -112,6 +112,8 @@ def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path
                f"{100 * result.reference.accuracy.top1:.2f}% in fp32 (drop {result.attempts[-1].drop_points:.2f} "
                f"points, limit {options.max_drop:g}); {100 * shipped.agreement:.2f}% of the predictions equal "
                f"fp32's (limit {options.min_agreement:g}%); the top-1 floor was {floor:.2f}%.")
+    if "conversion" in manifest:  # an edge file (effnet.deploy.edge)
+        summary += " " + edge_summary(manifest)
     comparison = [result.reference, result.shipped]
     headers, cells = row_headers(comparison), [row_cells(r) for r in comparison]
     mistakes = confident_mistakes(result, eval_dir)
@@ -147,6 +149,19 @@ def write_reports(result: ShipResult, options: ShipOptions, eval_dir: str | Path
         "<h2>Reproduce</h2>", f"<pre>$ {html.escape(command)}</pre>", f"<p>Versions: {html.escape(versions)}.</p>",
         "</body></html>", ""])
     atomic_write(out / "report.html", lambda temp: temp.write_text(page))
+
+
+def edge_summary(manifest: dict) -> str:
+    """An edge file's input tensor, conversion time and (INT8) the ops left computing in float."""
+    given, conversion = manifest["input"], manifest["conversion"]
+    text = (f"Input: {given['dtype']} {given['layout']} {given['shape']}"
+            + (f" (scale {given['scale']:.6g}, zero point {given['zero_point']})" if "scale" in given else "")
+            + f"; converted in {conversion['seconds']:g} s.")
+    if manifest["precision"] == "int8" and manifest["runtime"] == "litert":
+        islands = conversion["float_ops"]
+        text += (" Ops computing in float: " + ", ".join(f"{op} x{n}" for op, n in islands.items()) + "."
+                 if islands else " Integer end to end: no op computes in float.")
+    return text
 
 
 def _html_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -24,6 +24,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 MODEL = "model.safetensors"
 WEIGHT_CHOICES = ("auto", "model", "ema")
+EXPORTED = {".pte": "an ExecuTorch program", ".tflite": "a LiteRT (TensorFlow Lite) model"}
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -34,6 +35,9 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} holds a model's weights only, not a training checkpoint: resume from the "
                               f"run's {LAST} or its folder, or start a new run from it with effnet finetune "
                               f"--from {path}")
+    if path.suffix in EXPORTED:
+        raise CheckpointError(f"{path} is {EXPORTED[path.suffix]} exported for a device, not a checkpoint: pass the "
+                              "checkpoint it was made from (the ship folder's predict.py runs this file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,8 +297,9 @@ class ShippedFolderError(ValueError):
 class ShippedModel:
     """The network of a folder written by ``effnet ship``, in its own runtime: float32
     ``(N, 3, H, W)`` batches in, logits out. ``manifest``, ``labels`` and ``preprocessing``
-    are the folder's JSON files. Runtimes: ``onnxruntime``, ``openvino``, ``torchscript`` (the
-    only one that needs PyTorch)."""
+    are the folder's JSON files. Runtimes: ``onnxruntime``, ``openvino``, ``torchscript``,
+    ``litert`` (a ``.tflite`` file in ``ai-edge-litert``) and ``executorch`` (a ``.pte`` file;
+    ``torchscript`` and ``executorch`` need PyTorch on a host)."""
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
@@ -336,9 +337,70 @@ class ShippedModel:
                     return module(torch.from_numpy(batch)).float().numpy()
 
             self._run = run
+        elif runtime == "litert":
+            self._run = litert_function(path, threads)
+        elif runtime == "executorch":
+            self._run = executorch_function(path, threads)
         else:
             raise ShippedFolderError(f"{folder / 'manifest.json'}: unknown runtime {runtime!r} (this copy knows "
-                                     "onnxruntime, openvino and torchscript)")
+                                     "onnxruntime, openvino, torchscript, litert and executorch)")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+
+
+def litert_function(path: str | Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """float32 ``(N, C, H, W)`` -> logits with a ``.tflite`` file in LiteRT's interpreter (no torch).
+
+    The file takes one image at a time (batch 1, NCHW). An INT8 file's int8 input is quantized
+    and its output dequantized here with the tensors' own scale and zero point."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+    interpreter.allocate_tensors()
+    source, result = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def one(image: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(source["index"], quantize(image[None], source))
+        interpreter.invoke()
+        return dequantize(interpreter.get_tensor(result["index"]), result)[0]
+
+    return lambda batch: np.stack([one(image) for image in batch])
+
+
+def quantize(values: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """``values`` in the dtype of a LiteRT tensor (``detail``): unchanged for float32, else
+    ``clip(round(x / scale) + zero_point)``."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return values.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    limits = np.iinfo(dtype)
+    return np.clip(np.round(values / scale) + zero_point, limits.min, limits.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """A LiteRT tensor's values (``detail``: its dtype, scale and zero point) as float32."""
+    if np.dtype(detail["dtype"]) == np.float32:
+        return values.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def executorch_function(path: str | Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """float32 ``(N, C, H, W)`` -> logits with a ``.pte`` program in ExecuTorch's Python runtime
+    (which imports torch on a host; on a device its C++ runtime runs the same file), one image
+    at a time (the program has batch 1). ``threads`` sizes XNNPACK's process-wide thread pool."""
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    if threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(Path(path)).load_method("forward")
+
+    def one(image: np.ndarray) -> np.ndarray:
+        # contiguous: a tensor with other strides is accepted and silently misread
+        return method.execute([torch.from_numpy(np.ascontiguousarray(image[None]))])[0].numpy()[0]
+
+    return lambda batch: np.stack([one(image) for image in batch])
