@@ -280,8 +280,11 @@ def test_a_registry_model_with_an_eval_folder_of_other_classes_is_refused(data, 
 
 def test_gate_flags_are_checked(data, tmp_path, capsys):
     for flag, value in (("--min-agreement", "101"), ("--min-top1", "nan"), ("--max-drop", "nan")):
-        assert ship_cli(data, "onnxruntime", tmp_path / "out", flag, value) == 2
-        assert flag in capsys.readouterr().err
+        with pytest.raises(SystemExit) as refused:  # argparse's usage error, before any work
+            ship_cli(data, "onnxruntime", tmp_path / "out", flag, value)
+        assert refused.value.code == 2
+        assert f"argument {flag}: {value!r} is not a finite number in [0, 100]" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
