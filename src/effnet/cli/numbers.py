@@ -47,6 +47,19 @@ def whole(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def number(text: str) -> float:
+    """An argparse type: a number written in ASCII, checked by the command itself (``scale``'s
+    bases and coefficient, whose messages say what each value does); Python's ``float`` would
+    read ``'٣'`` as 3."""
+    stripped = text.strip()
+    try:
+        if not stripped.isascii() or len(stripped) > MAX_TEXT:
+            raise ValueError
+        return float(stripped)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a number") from None
+
+
 def real(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite number between ``low`` and ``high`` (each bound included
     unless ``low_open`` / ``high_open``)."""

@@ -9,15 +9,15 @@ from ..registry import entry_for_phi
 from ..scaling import CompoundScaling
 from ..table import format_table
 from ..variants import nearest_published
-from . import add_command
+from . import add_command, numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "scale")
-    parser.add_argument("--phi", type=float, required=True, help="compound coefficient (any real number)")
-    parser.add_argument("--alpha", type=float, default=1.2, help="depth base (default 1.2)")
-    parser.add_argument("--beta", type=float, default=1.1, help="width base (default 1.1)")
-    parser.add_argument("--gamma", type=float, default=1.15, help="resolution base (default 1.15)")
+    parser.add_argument("--phi", type=numbers.number, required=True, help="compound coefficient (any real number)")
+    parser.add_argument("--alpha", type=numbers.number, default=1.2, help="depth base (default 1.2)")
+    parser.add_argument("--beta", type=numbers.number, default=1.1, help="width base (default 1.1)")
+    parser.add_argument("--gamma", type=numbers.number, default=1.15, help="resolution base (default 1.15)")
     parser.set_defaults(func=run)
 
 
