@@ -197,6 +197,14 @@ def _commands(inputs: dict[str, Path], rng: random.Random) -> list[list[str]]:
         (["eval", "--checkpoint", str(inputs["pt"]), "--data", data, "--workers", "0", "--batch-size"], not_positive),
         (["serve", "--checkpoint", weights, "--port"], ["-1", "65536", "99999", *never_valid]),
         (["serve", "--checkpoint", weights, "--workers"], ["0", "-1", *never_valid]),
+        *[(["serve", "--checkpoint", weights, flag], not_positive) for flag in (
+            "--max-batch", "--max-queue", "--max-files", "--max-upload-mb", "--max-pixels", "--decode-threads",
+            "--threads")],
+        *[(["serve", "--checkpoint", weights, flag], ["-1", *never_valid, *huge]) for flag in (
+            "--max-wait-ms", "--poll-s")],  # 0 is a valid wait
+        *[(["pick", "--max-latency-ratio", "1", flag], not_positive) for flag in (
+            "--batch", "--max-memory-mb", "--max-file-mb", "--max-seconds", "--threads", "--resolution")],
+        (["pick", "--max-latency-ms"], not_positive), (["pick", "--max-latency-ratio"], not_positive),
         (["demo", "--out", out, "--epochs"], ["0", "-1", *never_valid, *huge]),
     ]
     for prefix, pool in numeric:  # every flag at least once, then random ones

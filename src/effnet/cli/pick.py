@@ -9,7 +9,10 @@ from pathlib import Path
 
 from ..errors import ExitCode
 from ..pick.search import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
-from . import add_command
+from . import add_command, numbers
+
+MAX_MEASURE_SECONDS = 3600.0
+"""The longest cap on one candidate's measurement that ``--max-seconds`` takes."""
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -30,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--max-latency-ratio", type=float, default=None,
                         help="latency budget relative to the reference timed alongside (1.0: as fast as torchvision's "
                              "B0 in ONNX Runtime fp32); holds better on a busy machine")
-    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--batch", type=numbers.BATCH, default=1, help="batch size (default 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu"],
                         help="where to run (cpu; the ONNX Runtime and OpenVINO candidates are CPU runtimes)")
     parser.add_argument("--max-memory-mb", type=float, default=None, help="memory budget (growth of resident memory)")
@@ -40,9 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", default=None, help="only these variants (comma-separated, smallest first)")
     parser.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
                         help=f"runtimes: {', '.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})")
-    parser.add_argument("--max-seconds", type=float, default=4.0, help="cap on each measurement (default 4 s)")
-    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--max-seconds", type=numbers.real(0.0, MAX_MEASURE_SECONDS, low_open=True), default=4.0,
+                        help="cap on each measurement (default 4 s)")
+    parser.add_argument("--threads", type=numbers.THREADS, default=None, help="runtime threads (default: all cores)")
+    parser.add_argument("--resolution", type=numbers.IMAGE_SIZE, default=None,
                         help="input size for every variant instead of its own (quick runs)")
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="a trained model to consider instead of the registry's variants (repeat for several; "

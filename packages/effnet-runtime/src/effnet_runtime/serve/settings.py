@@ -30,6 +30,8 @@ class Bound:
     def parse(self, text: str) -> int | float:
         """``text`` as a number within the bound; ``ValueError`` saying what is expected otherwise."""
         try:
+            if not text.isascii():  # int() and float() read other scripts' digits: '٣' would be 3
+                raise ValueError
             value = int(text) if self.whole else float(text)
         except ValueError:
             raise ValueError(f"must be {self.describe()}, got {text!r}") from None
