@@ -144,6 +144,7 @@ def two_node_run(images: Path, checkpoint: Path, out: Path, batch: int) -> Run:
         run = ray_run(images, checkpoint, out, batch, ["--ray-address", cluster.address], reap=False)
     finally:
         cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     reap_all()
     run.cpu = children_cpu() - cpu
     return run
