@@ -12,7 +12,10 @@ from ..pick.search import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
 from . import add_command, numbers
 
 MAX_MEASURE_SECONDS = 3600.0
-"""The longest cap on one candidate's measurement that ``--max-seconds`` takes."""
+MAX_LATENCY_MS = 3_600_000.0
+MAX_RATIO = 10_000.0
+MAX_MB = 1e9
+"""The largest values pick's budgets and ``--max-seconds`` take: beyond them a budget means nothing."""
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -28,16 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "table with the Pareto front, the verdicts (fits, uncertain, over) and the pick, and write "
                     "pick.csv, pick.md, pick.json and pick.png to --out. Exits 3 when no candidate surely fits.")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--max-latency-ms", type=float, default=None,
+    budget.add_argument("--max-latency-ms", type=numbers.real(0.0, MAX_LATENCY_MS, low_open=True), default=None,
                         help="latency budget per batch (ms): a candidate fits when its p10-p90 is within it")
-    budget.add_argument("--max-latency-ratio", type=float, default=None,
+    budget.add_argument("--max-latency-ratio", type=numbers.real(0.0, MAX_RATIO, low_open=True), default=None,
                         help="latency budget relative to the reference timed alongside (1.0: as fast as torchvision's "
                              "B0 in ONNX Runtime fp32); holds better on a busy machine")
     parser.add_argument("--batch", type=numbers.BATCH, default=1, help="batch size (default 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu"],
                         help="where to run (cpu; the ONNX Runtime and OpenVINO candidates are CPU runtimes)")
-    parser.add_argument("--max-memory-mb", type=float, default=None, help="memory budget (growth of resident memory)")
-    parser.add_argument("--max-file-mb", type=float, default=None, help="model file size budget")
+    parser.add_argument("--max-memory-mb", type=numbers.real(0.0, MAX_MB, low_open=True), default=None,
+                        help="memory budget (growth of resident memory)")
+    parser.add_argument("--max-file-mb", type=numbers.real(0.0, MAX_MB, low_open=True), default=None,
+                        help="model file size budget")
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
                         help=f"families to consider: {', '.join(FAMILIES)} (default {','.join(DEFAULT_FAMILIES)})")
     parser.add_argument("--models", default=None, help="only these variants (comma-separated, smallest first)")
