@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import effnet
-from effnet.deploy.edge import max_relative_difference, symmetric_padding
+from effnet.deploy.edge import max_relative_difference, symmetric_padding, write_edge
 from effnet.errors import ConfigError
 from effnet.ship.build import ship
 from effnet.ship.plan import ShipOptions
@@ -172,6 +172,13 @@ def test_int8_tensors_round_trip_with_their_scale_and_zero_point():
     quantized = portable.quantize(values, detail)
     assert quantized.dtype == np.int8 and quantized.tolist() == [-128, -4, -3, 22, 127]  # clipped at both ends
     np.testing.assert_allclose(portable.dequantize(quantized, detail), [-2.5, -0.02, 0.0, 0.5, 2.6], atol=1e-6)
+
+
+def test_activations_cannot_be_kept_in_float_on_edge_targets(tmp_path):
+    with pytest.raises(ConfigError, match="cannot keep them in float"):
+        write_edge(tiny_model(), tmp_path / "model.tflite", "litert", torch.zeros(2, 3, RESOLUTION, RESOLUTION),
+                   keep_float=("activations",))
+    assert not any(tmp_path.iterdir())
 
 
 def test_edge_targets_without_the_converters_name_the_install_command(tmp_path):

@@ -244,10 +244,10 @@ def write_edge(model: nn.Module, path: str | Path, runtime: str, calibration: to
     written) when an op would run outside the runtime's accelerated kernels."""
     if runtime not in EDGE_RUNTIMES:
         raise ConfigError(f"unknown edge runtime {runtime!r}; choose one of {', '.join(EDGE_RUNTIMES)}")
-    require_edge(runtime)
     if "activations" in keep_float:
         raise ConfigError("the edge targets fuse activations into their convs and cannot keep them in float; "
                           "keep stem, head, classifier or se instead")
+    require_edge(runtime)
     start = time.perf_counter()
     network = edge_network(model)
     size = model.preprocessing.resolution

@@ -36,6 +36,7 @@ from effnet_runtime import portable
 
 from ..deploy.calibration import calibration_images, labelled_loader, unlabelled_loader
 from ..deploy.compare import Accuracy, DeploymentRow, Speed, accuracy_of, collect_logits, measure_speeds
+from ..deploy.edge import EDGE_RUNTIMES
 from ..deploy.environment import library_versions
 from ..deploy.export import artifact_metadata, export_model, input_shape
 from ..deploy.quantize import OrtRecipe, Pt2eRecipe, quantize_aware_train, quantize_onnx, save_pt2e
@@ -45,7 +46,6 @@ from ..errors import ConfigError, InputFileError
 from ..files import atomic_write, publish_folder, work_folder
 from ..model import EfficientNet
 from .plan import (
-    EDGE_RUNTIMES,
     FP32_FALLBACK,
     Attempt,
     Evaluation,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.compare import Accuracy, DeploymentRow
+from ..deploy.edge import EDGE_RUNTIMES
 from ..deploy.quantize import QatSettings, check_groups
 from ..errors import ConfigError, EffnetError
 
@@ -47,8 +48,6 @@ TARGETS = {target.name: target for target in (
 )}
 FP32_FALLBACK = {"onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino", "openvino-bf16": "openvino",
                  "executorch-int8": "executorch", "tflite-int8": "tflite"}
-EDGE_RUNTIMES = ("executorch", "litert")
-"""Runtimes of the edge targets (:mod:`effnet.deploy.edge`): post-training quantization only, no QAT."""
 REMEDIES = ("keep-float-stem", "qat", "fp32")
 """What ``auto_remedy`` tries, in order, after the target as asked: the stem in float (Lite0's folded
 stem weights amplify the input's quantization noise), quantization-aware training with the stem in
@@ -210,7 +209,7 @@ def recipes(options: ShipOptions) -> list[Recipe]:
     for remedy in options.remedies:
         if remedy == "keep-float-stem" and asked.int8 and "stem" not in options.keep_float:
             tried.append(Recipe(asked, stem, "ptq"))
-        elif remedy == "qat" and asked.int8 and asked.runtime not in EDGE_RUNTIMES:
+        elif remedy == "qat" and asked.int8 and asked.runtime not in EDGE_RUNTIMES:  # edge: PTQ only
             tried.append(Recipe(asked, tuple(g for g in stem if g != "activations"), "qat"))
         elif remedy == "fp32" and asked.name in FP32_FALLBACK:
             tried.append(Recipe(TARGETS[FP32_FALLBACK[asked.name]]))
