@@ -313,8 +313,9 @@ def test_pick_measures_marks_the_front_then_answers_another_budget_from_the_cach
     assert main(["pick", "--max-latency-ms", "0.001", *QUICK, "--cache-dir", str(cache)]) == ExitCode.NOTHING_FITS
     captured = capsys.readouterr()
     assert "0 measured, 4 from the cache" in captured.out and captured.err == ""
-    assert "No candidate is surely within 0.001 ms at batch 1 on this machine; the closest is efficientnet_lite0" \
-           in captured.out
+    fastest = min(rows, key=lambda r: float(r["p50_ms"]))  # which one depends on the machine's load
+    assert (f"No candidate is surely within 0.001 ms at batch 1 on this machine; the closest is {fastest['model']} "
+            f"in {fastest['runtime']} at {float(fastest['p50_ms']):.2f} ms") in captured.out
 
 
 @pytest.mark.slow
