@@ -206,3 +206,19 @@ def test_two_processes_on_one_machine_take_the_same_path(unpinned: Path) -> None
         answers.append(out.split())
     assert answers[0][0] == answers[1][0]
     assert sorted(how for _, how in answers) == ["cached", "measured"]  # the second waited for the first
+
+
+def test_serve_and_predict_run_the_pinned_path_a_classifier_takes(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from effnet.infer import load_classifier
+    from effnet.serve.predictor import load_predictor
+    from effnet.weights.io import save_model
+
+    model = _trained_looking("lite0")
+    model.describe(class_names=list("abcde"))
+    checkpoint = save_model(model, tmp_path / "lite0.safetensors")
+    monkeypatch.setenv(PIN_VARIABLE, "channels_last")
+    served = load_predictor(checkpoint=checkpoint, device="cpu")  # effnet serve --runtime torch
+    assert served.classifier.inference_path == "channels_last (fp32)"
+    assert served.classifier.cpu_path_choice.how == "pinned"
+    assert load_classifier(checkpoint=checkpoint, device="cpu").inference_path == "channels_last (fp32)"

@@ -212,8 +212,9 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
 OWNER_LOCK = ".owner.lock"
 """A file in each :func:`work_folder`, locked by the process that owns the folder while it runs."""
 UNLOCKED_GRACE_S = 600.0
-"""A work folder without an owner's lock (made by an older effnet, or by a process killed before
-it took the lock) is taken for a dead run's leftover once it is this old."""
+"""A work folder whose owner cannot be told (no lock file: made by an older effnet or by a process
+killed before it took the lock; or no ``fcntl``, on Windows) is taken for a dead run's leftover
+once it is this old."""
 
 
 @contextlib.contextmanager
@@ -227,7 +228,7 @@ def work_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     try:
         with open(work / OWNER_LOCK, "w") as handle:
-            _try_lock(handle)
+            _lock_free(handle)  # taken: held until the block ends or the process dies
             yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -239,27 +240,29 @@ def remove_dead_work_folders(parent: str | Path, prefix: str) -> list[Path]:
     for folder in Path(parent).glob(f"{prefix}*"):
         if not folder.is_dir() or folder.is_symlink():
             continue
-        lock = folder / OWNER_LOCK
         try:
-            with open(lock, "r+") as handle:
-                alive = not _try_lock(handle)
+            with open(folder / OWNER_LOCK, "r+") as handle:
+                free = _lock_free(handle)
         except FileNotFoundError:
-            alive = time.time() - folder.stat().st_mtime < UNLOCKED_GRACE_S
+            free = None
         except OSError:
             continue  # not ours to judge (permissions): leave it
-        if not alive:
+        if free is None:
+            free = time.time() - folder.stat().st_mtime >= UNLOCKED_GRACE_S
+        if free:
             shutil.rmtree(folder, ignore_errors=True)
             dead.append(folder)
     return dead
 
 
-def _try_lock(handle: IO) -> bool:
-    """Take an exclusive lock on ``handle`` without waiting; False when another process holds it.
-    Where ``fcntl`` does not exist (Windows) every lock is taken (only unlocked leftovers are removed)."""
+def _lock_free(handle: IO) -> bool | None:
+    """Take an exclusive lock on ``handle`` without waiting: True when it was free (it is now
+    held, until the handle closes), False when another process holds it, None where it cannot be
+    told (no ``fcntl``: Windows)."""
     try:
         import fcntl
     except ImportError:
-        return True
+        return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
