@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from effnet.deploy.calibration import calibration_images, labelled_loader, unlabelled_loader  # noqa: E402
-from effnet.deploy.compare import evaluate_runners, file_size, measure_speed  # noqa: E402
+from effnet.deploy.compare import evaluate_runners, file_size, measure_speeds  # noqa: E402
 from effnet.deploy.export import export_model, input_shape  # noqa: E402
 from effnet.deploy.pipeline import load_deployable  # noqa: E402
 from effnet.deploy.quantize import (  # noqa: E402
@@ -114,10 +114,11 @@ def benchmark(label: str, checkpoint: str, data: Path, args: argparse.Namespace,
     loader = labelled_loader(data / "val", model.preprocessing, model.class_names, batch_size=50)
     accuracy = evaluate_runners(runners, loader, reference="ORT fp32 (reference)")
     reference = accuracy["ORT fp32 (reference)"].top1
+    speeds = measure_speeds(runners, shape, throughput_batch=8, max_seconds=3.0)  # timed in turns
     rows = []
-    for name, runner in runners.items():
+    for name in runners:
         result = accuracy[name]
-        latency = measure_speed(runner, shape, throughput_batch=8, max_seconds=3.0).latency.median_ms
+        latency = speeds[name].latency.median_ms
         rows.append([label, name, f"{file_size(files[name]) / 1e6:.2f}", f"{latency:.2f}",
                      f"{100 * result.top1:.2f}", f"{100 * (reference - result.top1):+.2f}",
                      f"{100 * result.agreement:.2f}",

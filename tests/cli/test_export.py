@@ -4,7 +4,7 @@ import pytest
 from safetensors.torch import save_file
 
 from effnet.cli import main
-from effnet.deploy.compare import DeploymentRow, format_rows, measure_speed
+from effnet.deploy.compare import DeploymentRow, format_rows, measure_speeds
 from effnet.deploy.runtime import Runner
 from effnet.weights.io import model_metadata, save_model
 from helpers.deploy import tiny_model, write_images
@@ -66,7 +66,7 @@ def test_quantize_refuses_a_calibration_folder_without_images(tmp_path, checkpoi
 
 def test_speed_is_measured_and_tabulated():
     runner = Runner("identity", lambda batch: batch.reshape(len(batch), -1)[:, :3])
-    speed = measure_speed(runner, (3, 8, 8), throughput_batch=4, max_seconds=0.5)
+    speed = measure_speeds({"identity": runner}, (3, 8, 8), throughput_batch=4, max_seconds=0.5)["identity"]
     assert speed.latency.batch_size == 1 and speed.throughput.batch_size == 4
     assert speed.latency.median_ms > 0 and speed.throughput.throughput > 0
     table = format_rows([DeploymentRow("identity", 2_500_000, speed)])
