@@ -48,8 +48,8 @@ def test_quantize_prints_fp32_against_int8_and_writes_the_int8_file(tmp_path, ch
     assert main(["quantize", "--checkpoint", str(checkpoint), "--calib", str(calib), "--eval", str(data),
                  "--out", str(out), "--no-speed"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["format", "size", "MB", "latency", "b1", "ms", "img/s", "b32", "top-1", "%",
-                                "agreement", "%", "SQNR", "dB"]
+    assert lines[0].split() == ["format", "size", "MB", "latency", "b1", "ms", "(p10-p90)", "img/s", "b32",
+                                "(p10-p90)", "top-1", "%", "agreement", "%", "SQNR", "dB"]
     assert lines[2].startswith("onnx fp32") and lines[2].split()[-2] == "100.00"
     assert lines[3].startswith("onnx int8 QDQ")
     assert out.is_file() and lines[-1] == f"wrote {out}"
