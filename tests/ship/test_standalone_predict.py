@@ -32,7 +32,8 @@ def shipped(tmp_path_factory) -> Path:
     checkpoint = save_model(model, root / "tiny.safetensors")
     out = root / "folder"
     assert main(["ship", "--checkpoint", str(checkpoint), "--target", "onnxruntime", "--eval",
-                 str(write_images(root / "eval")), "--out", str(out), "--no-speed"]) == 0
+                 str(write_images(root / "eval")), "--out", str(out), "--no-speed",
+                 "--min-top1", "0"]) == 0  # the tiny network is untrained: at chance level
     return out
 
 
