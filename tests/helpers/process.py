@@ -3,6 +3,10 @@
 Memory-bound tests assert a peak rather than an exit code: :func:`run_effnet` runs the command
 under an address-space limit (``RLIMIT_AS``; importing PyTorch alone reserves about 3.3 GB of
 address space, so the limit is at least 6 GB) and returns the child's peak resident memory.
+
+The peak is the child's own ``VmHWM``, which it writes at exit: the kernel's ``ru_maxrss``
+also counts the resident memory of this (forked, often several GB) test process at the
+moment of the fork, so it serves only for a child killed before it could write its own.
 """
 
 from __future__ import annotations
@@ -12,12 +16,22 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 GB = 2**30
 ADDRESS_SPACE = 6 * GB
+PEAK_FILE = "EFFNET_TEST_PEAK_FILE"
+REPORT_PEAK = f"""
+import atexit, os, runpy, sys
+def _report_peak(path=os.environ.pop({PEAK_FILE!r})):
+    with open("/proc/self/status") as status, open(path, "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(_report_peak)
+"""
+RUN_EFFNET = "runpy.run_module('effnet', run_name='__main__', alter_sys=True)"
 
 
 @dataclass(frozen=True)
@@ -32,15 +46,25 @@ class Finished:
 
 
 def run_effnet(argv: list[str], cwd: str | Path | None = None, address_space: int = ADDRESS_SPACE,
-               timeout: float = 600, script: str | None = None) -> Finished:
-    """``python -m effnet ARGV`` (or ``python -c SCRIPT``) with at most ``address_space`` bytes
-    of address space; killed after ``timeout`` seconds."""
+               timeout: float = 600) -> Finished:
+    """``python -m effnet ARGV`` with at most ``address_space`` bytes of address space; killed
+    after ``timeout`` seconds."""
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
-    command = [sys.executable, "-c", script] if script is not None else [sys.executable, "-m", "effnet", *argv]
-    child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with tempfile.NamedTemporaryFile(prefix="effnet-peak-") as peak_file:
+        command = [sys.executable, "-c", REPORT_PEAK + RUN_EFFNET, *argv]
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", PEAK_FILE: peak_file.name}
+        child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=limit, env=environment)
+        returncode, stdout, stderr, fork_peak = _wait(child, timeout)
+        reported = Path(peak_file.name).read_text()
+    peak = int(reported) * 1024 if reported else fork_peak
+    return Finished(returncode, stdout, stderr, peak, timed_out=returncode == -signal.SIGKILL)
+
+
+def _wait(child: subprocess.Popen[bytes], timeout: float) -> tuple[int, str, str, int]:
+    """The exit code, output and ``ru_maxrss`` (bytes) of ``child``, killed after ``timeout`` seconds."""
     output: dict[str, bytes] = {}
     readers = [threading.Thread(target=lambda name=name, stream=stream: output.__setitem__(name, stream.read()))
                for name, stream in (("out", child.stdout), ("err", child.stderr))]
@@ -49,7 +73,7 @@ def run_effnet(argv: list[str], cwd: str | Path | None = None, address_space: in
     killer = threading.Timer(timeout, child.kill)
     killer.start()
     try:
-        _, status, usage = os.wait4(child.pid, 0)  # the child's own peak, not that of this process's other children
+        _, status, usage = os.wait4(child.pid, 0)  # this child's usage, not that of this process's others
     finally:
         killer.cancel()
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -57,5 +81,5 @@ def run_effnet(argv: list[str], cwd: str | Path | None = None, address_space: in
         reader.join()
     child.stdout.close()
     child.stderr.close()
-    return Finished(child.returncode, output["out"].decode(errors="replace"), output["err"].decode(errors="replace"),
-                    usage.ru_maxrss * 1024, timed_out=child.returncode == -signal.SIGKILL)
+    return (child.returncode, output["out"].decode(errors="replace"), output["err"].decode(errors="replace"),
+            usage.ru_maxrss * 1024)
