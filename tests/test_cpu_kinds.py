@@ -34,6 +34,7 @@ needs_avx512 = pytest.mark.skipif("avx512f" not in cpu_description()["features"]
                                   reason="this CPU has no AVX-512: the normal run is the AVX2 kind already")
 
 
+@pytest.mark.slow
 @needs_avx512
 def test_the_cap_makes_pytorch_and_effnet_see_an_avx2_cpu() -> None:
     seen = _capped("import torch; from effnet.deploy.environment import cpu_description as c, "

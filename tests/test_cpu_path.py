@@ -150,6 +150,7 @@ def test_cpu_path_does_not_apply_on_other_devices_or_without_the_fast_path() -> 
         Classifier(NETWORKS["b0"](), device="cpu", fast=False, cpu_path="prepared")
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_kinds
 def test_a_classifier_on_the_cpu_runs_the_measured_path_with_the_plain_probabilities(unpinned: Path) -> None:
     model = _trained_looking("b0")
@@ -194,6 +195,7 @@ CHOOSE_IN_A_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_machine_take_the_same_path(unpinned: Path) -> None:
     env = {"EFFNET_HOME": str(unpinned), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{SRC / 'src'}:{SRC / 'packages' / 'effnet-runtime' / 'src'}"}

@@ -61,6 +61,7 @@ def test_prepared_model_gives_the_original_logits(name: str, dtype: torch.dtype)
 @pytest.mark.parametrize(("name", "dtype"), [("b0", torch.float32), ("lite0", torch.float32),
                                              ("v2_b0", torch.float32),
                                              pytest.param("b0", torch.bfloat16, marks=pytest.mark.cpu_kinds)])
+@pytest.mark.slow
 def test_prepared_model_with_triton_kernels_gives_the_original_logits(interpreter: None, name: str,
                                                                       dtype: torch.dtype) -> None:
     model = _trained_looking(NETWORKS[name]())
@@ -81,6 +82,7 @@ def test_prepared_model_ignores_the_callers_autocast() -> None:
     torch.testing.assert_close(logits, prepared(images), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interpret", [False, True])
 def test_compiled_prepared_model_keeps_the_kernel_whole(request: pytest.FixtureRequest, interpret: bool) -> None:
     if interpret:

@@ -196,6 +196,7 @@ def test_unknown_memory_mode_is_refused():
         tiny().set_memory_mode("lean")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [False, True], ids=["recompute", "grad-checkpointing"])
 def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistics(full):
     model = tiny(drop_path_rate=0.0, drop_rate=0.0).train().double()
@@ -218,6 +219,7 @@ def test_compiled_training_step_recomputes_with_the_same_gradients_and_statistic
         torch.testing.assert_close(buffer, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [False, True], ids=["recompute", "grad-checkpointing"])
 def test_compiled_recomputing_under_the_eager_backend_says_which_backends_work(full):
     model = tiny(drop_path_rate=0.0, drop_rate=0.0).train()
@@ -250,6 +252,7 @@ def test_torchscript_matches_eager(padding):
     torch.testing.assert_close(scripted.forward_multiscale(x)[-1], model.forward_multiscale(x)[-1])
 
 
+@pytest.mark.slow
 def test_torch_export_matches_eager_with_dynamic_batch():
     model = effnet.create_model("efficientnet_b0", padding="same").eval()
     batch = torch.export.Dim("batch", min=1, max=64)
@@ -258,6 +261,7 @@ def test_torch_export_matches_eager_with_dynamic_batch():
     torch.testing.assert_close(program.module()(x), model(x))
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_has_no_graph_breaks_with_dynamic_sizes():
     # Dynamic sizes through 16 TF-'SAME' padded blocks: the padding arithmetic must keep the
     # symbolic shapes simple, else tracing takes many minutes.
@@ -339,6 +343,7 @@ def test_config_validation():
         effnet.create_model("efficientnet_b0", activation="tanhh")
 
 
+@pytest.mark.slow
 def test_compiled_training_step_has_no_graph_breaks():
     # Double precision: eager CPU runs some convs another way (as linear, or with cropped
     # kernels), exact in arithmetic but rounded differently in float32.

@@ -129,6 +129,7 @@ def test_gradient_checkpointing_and_zero_init_residual():
     torch.testing.assert_close(block(x), x)
 
 
+@pytest.mark.slow
 def test_channels_last_torchscript_export_and_compile_match_eager():
     model = tiny(padding="same").eval()
     x = torch.randn(2, 3, 67, 81)

@@ -118,6 +118,7 @@ def _raise_at_build() -> nn.Module:
     raise MemoryError()
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_reported_in_its_row_and_the_others_run(tmp_path):
     small = BenchModel("tiny_b0", "effnet", 32, 77.0, lambda: effnet.create_model("efficientnet_b0", width=0.25))
     models = [
@@ -143,6 +144,7 @@ def test_out_of_memory_is_reported_in_its_row_and_the_others_run(tmp_path):
     assert all(path.stat().st_size > 0 for path in written)
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_kinds
 def test_fast_rows_follow_our_networks_only():
     ours = BenchModel("tiny_b0", "effnet", 32, 77.0, lambda: effnet.create_model("efficientnet_b0", width=0.25))
@@ -159,6 +161,7 @@ def _png(path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_csv_markdown_and_plots(tmp_path, capsys):
     out = tmp_path / "report"
     code = main(["bench", "--models", "efficientnet_b0,mobilenet_v2", "--resolution", "32", "--batch", "1",
@@ -207,6 +210,7 @@ def test_cli_bench_refuses_an_unusable_output_folder_before_running(tmp_path, ca
     assert f"cannot create the output folder {blocker / 'report'}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_bench_times_ours_through_the_cpu_path_a_classifier_takes(tmp_path, monkeypatch):
     import effnet.cli.bench as bench_cli
 

@@ -71,6 +71,7 @@ def test_smoke_runs_every_row_and_writes_json(tmp_path):
     assert result["environment"]["device"] == "cpu" and result["environment"]["timm"]
 
 
+@pytest.mark.slow
 def test_missing_timm_skips_its_rows(tmp_path):
     fake = tmp_path / "no_timm" / "timm"
     fake.mkdir(parents=True)
@@ -86,6 +87,7 @@ def test_missing_timm_skips_its_rows(tmp_path):
     assert "ours/torchvision" in completed.stdout
 
 
+@pytest.mark.slow
 def test_budget_skips_rows_with_a_note(tmp_path):
     result = run_script(tmp_path, "--smoke", "--budget", "1")
     statuses = {row["key"]: row["status"] for row in result["rows"]}

@@ -29,6 +29,7 @@ def test_smoke_feeds_the_model_four_ways(tmp_path) -> None:
     assert "gpu_decode/timm_loader" in completed.stdout
 
 
+@pytest.mark.slow
 def test_augment_mode_times_the_batched_preset_against_the_per_image_one(tmp_path) -> None:
     out = tmp_path / "augment.json"
     completed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_input.py"), "--augment", "--smoke",

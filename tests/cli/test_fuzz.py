@@ -234,6 +234,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)  # a command that opened a FIFO would block here
 def test_no_command_shows_a_traceback_on_bad_inputs(inputs, capsys, monkeypatch):
     monkeypatch.chdir(inputs["root"])

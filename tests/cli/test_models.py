@@ -3,6 +3,7 @@ import pytest
 from effnet.cli import main
 
 
+@pytest.mark.slow
 def test_models_table_lists_params_macs_and_resolution(capsys):
     assert main(["models", "--filter", "lite"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -17,6 +17,7 @@ def _sets(**overrides) -> list[str]:
     return [arg for item in tiny_assignments(**overrides) for arg in ("--set", item)]
 
 
+@pytest.mark.slow
 def test_train_then_eval(tmp_path, capsys) -> None:
     data = make_image_folder(tmp_path / "data")
     run_dir = tmp_path / "run"

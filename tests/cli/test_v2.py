@@ -31,6 +31,7 @@ def trained(tmp_path_factory, image_folder) -> Path:
     return run_dir / "model.safetensors"
 
 
+@pytest.mark.slow
 def test_models_lists_the_v2_family(capsys) -> None:
     assert main(["models", "--filter", "v2"]) == 0
     printed = capsys.readouterr().out
@@ -61,6 +62,7 @@ def test_finetune_from_a_v2_run(trained, image_folder, tmp_path, capsys) -> None
     assert load_model(out / "model.safetensors").model_name == "efficientnet_v2_b0"
 
 
+@pytest.mark.slow
 def test_export_onnx_is_verified_in_onnx_runtime(trained, capsys) -> None:
     out = trained.parent / "v2.onnx"
     assert main(["export", "--checkpoint", str(trained), "--format", "onnx", "--out", str(out)]) == 0
@@ -68,6 +70,7 @@ def test_export_onnx_is_verified_in_onnx_runtime(trained, capsys) -> None:
     assert out.is_file() and "max|diff|" in printed
 
 
+@pytest.mark.slow
 def test_quantize_a_v2_checkpoint(trained, image_folder, tmp_path, capsys) -> None:
     out = tmp_path / "v2.int8.onnx"
     assert main(["quantize", "--checkpoint", str(trained), "--calib", str(image_folder / "train"),
@@ -77,6 +80,7 @@ def test_quantize_a_v2_checkpoint(trained, image_folder, tmp_path, capsys) -> No
     assert lines[2].startswith("onnx fp32") and lines[3].startswith("onnx int8") and out.is_file()
 
 
+@pytest.mark.slow
 def test_bench_measures_v2(tmp_path, capsys) -> None:
     assert {"efficientnet_v2_b0", "efficientnet_v2_s"} <= set(DEFAULT_MODELS)
     out = tmp_path / "bench"

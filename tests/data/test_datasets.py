@@ -241,6 +241,7 @@ def test_a_very_thin_image_in_evaluated_data_is_skipped_with_a_warning(tmp_path,
         strict[1]
 
 
+@pytest.mark.slow
 def test_links_that_leave_the_data_folder_are_skipped_unless_followed(tmp_path, caplog):
     elsewhere = class_folders(tmp_path / "elsewhere", {"private": 3})  # someone else's photos
     data = class_folders(tmp_path / "data", {"train/a": 2, "train/b": 2, "val/a": 1, "val/b": 1})

@@ -25,6 +25,7 @@ def _tree_digest(root) -> dict[str, str]:
             for p in sorted(root.rglob("*.png"))}
 
 
+@pytest.mark.slow
 def test_demo_writer_split_counts_and_determinism(tmp_path):
     first = write_demo_dataset(tmp_path / "one")
     splits = build_datasets(first)
@@ -47,6 +48,7 @@ def test_demo_writer_split_counts_and_determinism(tmp_path):
     assert _tree_digest(write_demo_dataset(tmp_path / "two")) == digest
 
 
+@pytest.mark.slow
 def test_demo_writer_reuses_complete_copy_and_refuses_partial_ones(tmp_path):
     out = write_demo_dataset(tmp_path)
     marker = out / "train" / "0" / sorted((out / "train" / "0").iterdir())[0].name
@@ -69,6 +71,7 @@ def test_demo_writer_reuses_complete_copy_and_refuses_partial_ones(tmp_path):
     assert (other / "keep.txt").read_text() == "mine" and not (other / "val" / "cat").exists()
 
 
+@pytest.mark.slow
 def test_cli_data_demo_and_info(tmp_path, capsys):
     assert main(["data", "demo", str(tmp_path / "digits")]) == 0
     assert "4,000 train and 1,000 val" in capsys.readouterr().out

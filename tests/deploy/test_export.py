@@ -22,6 +22,7 @@ def eager_logits(model, batch):
         return model(torch.from_numpy(batch)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("format", ["onnx", "torchscript", "pt2"])
 def test_export_is_verified_and_runs_with_another_batch_size(tmp_path, same_model, format):
     path = tmp_path / f"model{SUFFIX[format]}"
@@ -38,6 +39,7 @@ def test_export_is_verified_and_runs_with_another_batch_size(tmp_path, same_mode
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opset", [17, 20])
 def test_onnx_is_written_with_the_chosen_opset_and_a_dynamic_batch(tmp_path, opset):
     path = tmp_path / "model.onnx"

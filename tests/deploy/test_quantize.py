@@ -103,6 +103,7 @@ def test_pt2e_quantizes_every_conv_close_to_fp32(model, images, converted):
         assert sqnr_db(model(images).numpy(), converted(images).numpy()) > 15
 
 
+@pytest.mark.slow
 def test_pt2e_runs_on_int8_kernels_and_round_trips_as_pt2(tmp_path, images, converted):
     batch = images[:5]
     with torch.no_grad():
@@ -115,6 +116,7 @@ def test_pt2e_runs_on_int8_kernels_and_round_trips_as_pt2(tmp_path, images, conv
         assert torch.allclose(torch.export.load(str(path)).module()(batch), converted(batch))
 
 
+@pytest.mark.slow
 def test_pt2e_result_saved_as_onnx_runs_in_onnx_runtime(tmp_path, images, converted):
     path = save_pt2e(converted, tmp_path / "int8.onnx", SHAPE, {"quantization": "pt2e-ptq"})
     proto = onnx.load(str(path))

@@ -8,7 +8,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow
 def test_sigterm_during_predict_leaves_a_valid_json_file_with_what_was_done(odd_images, tiny_checkpoint, tmp_path):
     out = tmp_path / "p.json"
     script = textwrap.dedent(f"""

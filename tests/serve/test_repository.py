@@ -151,6 +151,7 @@ def test_a_new_version_is_swapped_in_while_a_client_keeps_sending(server, files)
     assert metric(metrics, "effnet_model_ready", 'model="shapes",version="2"') == 1
 
 
+@pytest.mark.slow
 def test_a_broken_version_is_reported_and_the_served_one_stays(server, files):
     shutil.copytree(files["broken"], files["root"] / "shapes" / "3")
     row = wait_for(lambda: "cannot load" in (reason := index(server).get(("shapes", "3"), {}).get("reason", "")) and

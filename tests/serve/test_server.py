@@ -293,6 +293,7 @@ def test_concurrent_requests_share_batches(server, files):
 
 
 # ----------------------------------------------------- shipped folder, queue, SIGTERM
+@pytest.mark.slow
 def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
     server = ServerProcess(["--artifact", str(files["artifact"]), "--max-batch", "64", "--max-wait-ms", "4000",
                             "--max-queue", "6", "--max-files", "2"], files["folder"] / "sigterm.log",
@@ -323,6 +324,7 @@ def test_shipped_folder_full_queue_and_sigterm_answer_requests_in_flight(files):
         httpx.get(server.url + "/healthz", timeout=5)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_port(files):
     server = ServerProcess(["--artifact", str(files["artifact"]), "--workers", "2"], files["folder"] / "w.log",
                            torch_free=True)

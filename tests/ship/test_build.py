@@ -79,6 +79,7 @@ def ship_cli(data, target: str, out: Path, *extra: str, gate: tuple[str, ...] = 
                  "--eval", str(data["eval"]), "--out", str(out), *gate, *extra])
 
 
+@pytest.mark.slow
 def test_onnxruntime_folder_predicts_without_torch_like_effnet_predict(data, tmp_path, capsys):
     out = tmp_path / "ship"
     assert ship_cli(data, "onnxruntime", out) == 0
@@ -112,6 +113,7 @@ def test_onnxruntime_folder_predicts_without_torch_like_effnet_predict(data, tmp
     np.testing.assert_allclose([float(r["probability"]) for r in rows], expected, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_int8_folder_reports_its_accuracy_and_its_predict_script_runs_without_torch(data, tmp_path):
     out = tmp_path / "int8"
     assert ship_cli(data, "onnxruntime-int8", out, "--no-speed", "--keep-float", "stem") == 0
@@ -238,6 +240,7 @@ def _constant(tmp_path: Path, answer: int) -> Path:
     return save_model(model, tmp_path / f"constant{answer}.safetensors")
 
 
+@pytest.mark.slow
 def test_a_model_at_chance_level_is_refused_unless_min_top1_says_otherwise(data, tmp_path, capsys):
     checkpoint = _constant(tmp_path, 2)  # 4 of the 12 evaluation images are 2s: top-1 33.33%, chance for 3 classes
     common = ["ship", "--checkpoint", str(checkpoint), "--target", "onnxruntime", "--eval", str(data["eval"]),

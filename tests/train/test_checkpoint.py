@@ -43,6 +43,7 @@ def test_resume_needs_a_last_checkpoint(tmp_path) -> None:
         ckpt.resolve_resume(empty_run)
 
 
+@pytest.mark.slow
 def test_resuming_non_finite_weights_is_refused_before_writing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

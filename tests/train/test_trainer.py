@@ -29,6 +29,7 @@ from helpers.train import (
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run_bit_for_bit(image_folder, straight_run, tmp_path) -> None:
     config = tiny_config(image_folder, **STRAIGHT_RUN)
     first = train(config, run_dir=tmp_path / "split", stop_after=1)
@@ -131,6 +132,7 @@ def _count_reads(monkeypatch) -> list[int]:
     return reads
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_counts_updates_and_reads_the_device_once_per_update(
         image_folder, tmp_path, monkeypatch) -> None:
     reads = _count_reads(monkeypatch)
@@ -256,6 +258,7 @@ def test_train_throughput_weighs_epochs_by_their_time():
     assert TrainResult(Path("run"), "interrupted", 0, 2, None, None, None, ["a"]).train_images_per_s is None
 
 
+@pytest.mark.slow
 def test_keep_last_keeps_the_final_ema_weights_whatever_the_validation_says(image_folder, tmp_path) -> None:
     result = train(tiny_config(image_folder, **{"run.keep": "last", "run.epochs": 3}), run_dir=tmp_path / "last")
     assert (result.best_epoch, result.best_weights) == (3, "ema")
@@ -264,6 +267,7 @@ def test_keep_last_keeps_the_final_ema_weights_whatever_the_validation_says(imag
     assert result.best_top1 == result.history[-1]["ema_val_top1"]
 
 
+@pytest.mark.slow
 def test_recompute_memory_mode_trains_as_the_default_and_is_recorded(image_folder, tmp_path) -> None:
     settings = {"run.epochs": 1, "schedule.warmup_epochs": 0}
     train(tiny_config(image_folder, **settings), run_dir=tmp_path / "save")

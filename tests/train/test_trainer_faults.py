@@ -193,6 +193,7 @@ def _wait_for(marker: Path, process: subprocess.Popen, timeout: float = 180) -> 
 
 @pytest.mark.parametrize(("signum", "check_every"), [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)],
                          ids=["SIGINT", "SIGTERM", "SIGTERM-check-every-2"])
+@pytest.mark.slow
 def test_a_signal_saves_a_resumable_checkpoint_mid_epoch(image_folder, straight_run, tmp_path, signum,
                                                          check_every) -> None:
     """With check_every=2 the device is read before updates 2, 4 and 6: a signal after update 2
@@ -221,6 +222,7 @@ def test_a_signal_saves_a_resumable_checkpoint_mid_epoch(image_folder, straight_
     assert without_timing(a["history"]) == without_timing(b["history"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_loader_workers_saves_and_exits(image_folder, tmp_path) -> None:
     """Ctrl-C signals the whole process group, DataLoader workers included."""
     run_dir = tmp_path / "run"
@@ -237,6 +239,7 @@ def test_ctrl_c_with_loader_workers_saves_and_exits(image_folder, tmp_path) -> N
     assert Trainer(tiny_config(image_folder, **SMALL_BATCH), resume=run_dir).fit().status == "completed"
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(image_folder, straight_run, tmp_path) -> None:
     run_dir = tmp_path / "run"
     args = ["train", "--data", str(image_folder), "--out", str(run_dir), "--no-progress"]

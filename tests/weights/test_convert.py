@@ -62,7 +62,7 @@ def test_torchvision_b0_b7_match(index: int, photos: dict) -> None:
     assert max_diff(ours, peer, photos[index >= LARGE_FROM][0]) <= TOLERANCE
 
 
-@pytest.mark.parametrize("index", variants(range(8), slow_from=6))
+@pytest.mark.parametrize("index", variants(range(8), slow_from=5))
 def test_timm_efficientnet_b0_b7_match(index: int, photos: dict) -> None:
     peer = randomize_(timm.create_model(f"efficientnet_b{index}", pretrained=False))
     ours = effnet.create_model(f"efficientnet_b{index}", pretrained=peer.state_dict(), pretrained_layout="timm")
