@@ -181,6 +181,27 @@ def test_measure_paths_leaves_out_a_path_whose_logits_differ(monkeypatch: pytest
     assert set(times) == {"eager", "prepared"} and times["eager"] == 1.0
 
 
+def test_a_network_too_slow_for_rounds_of_batch_8_is_measured_at_batch_1_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import effnet.cpu_path as cpu_path
+
+    real = cpu_path.build_cpu_path
+    batches: list[int] = []
+
+    def build(model: torch.nn.Module, path: str):
+        runner = real(model, path)
+        return lambda images: (batches.append(len(images)), runner(images))[1]
+
+    monkeypatch.setattr(cpu_path, "build_cpu_path", build)
+    model = _trained_looking("lite0")
+    measure_paths(model, ("eager", "prepared"), seconds=0.1)
+    assert set(batches) == {2, 1, 8}  # the logits check, then both batch sizes
+    batches.clear()
+    monkeypatch.setattr(cpu_path, "LARGER_BATCH_SECONDS", 1e-6)  # as B8 on two cores: minutes per path
+    times = measure_paths(model, ("eager", "prepared"), seconds=0.1)
+    assert set(batches) == {2, 1} and set(times) == {"eager", "prepared"}
+
+
 CHOOSE_IN_A_PROCESS = textwrap.dedent("""
     import random, sys, time
     from effnet import create_model

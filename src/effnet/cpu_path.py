@@ -62,10 +62,13 @@ PIN_VARIABLE = "EFFNET_CPU_PATH"
 TOLERANCE = 1e-4
 """Largest difference from the plain model's logits, relative to the largest logit, of an exact path."""
 MEASURED_BATCHES = (1, 8)
-"""The batch sizes a choice is measured at (at the model's resolution)."""
+"""The batch sizes a choice is measured at (at the model's resolution); a larger one only when
+its rounds would take less than :data:`LARGER_BATCH_SECONDS` (B8 or L2 on two cores: batch 1 alone)."""
 MEASURE_SECONDS = 4.0
 """About how long the timed rounds of a choice last (the paths' warm-up comes on top)."""
 MIN_ROUNDS, MAX_ROUNDS = 3, 15
+LARGER_BATCH_SECONDS = 30.0
+"""The most seconds the warm-up and rounds of a larger batch size may be expected to take."""
 CACHE_VERSION = 1
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -256,11 +259,15 @@ def measure_paths(model: EfficientNet, paths: tuple[str, ...] = MEASURED_PATHS,
                 continue
             runners[path] = runner
         logs: dict[str, list[float]] = {path: [] for path in runners}
+        per_image = 0.0  # seconds of one image through every path, from the previous batch size
         for batch in MEASURED_BATCHES:
+            if batch * per_image * (MIN_ROUNDS + 2) > LARGER_BATCH_SECONDS:
+                break  # a large network: its warm-up and rounds at this batch would take minutes
             images = torch.randn(batch, 3, resolution, resolution, generator=generator)
             calls = {path: (lambda runner=runner, images=images: runner(images)) for path, runner in runners.items()}
             first = time_interleaved(calls, rounds=1, calls_per_round=1, warmup=1)  # warm-up, then one round
             per_round = sum(seconds_each[0] for seconds_each in first.values())
+            per_image = per_round / batch
             rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, seconds / len(MEASURED_BATCHES) / max(per_round, 1e-6))))
             times = time_interleaved(calls, rounds=rounds, calls_per_round=1, warmup=0)
             for path, seconds_each in times.items():
