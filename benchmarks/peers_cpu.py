@@ -220,11 +220,11 @@ def inference(job: str, name: str, resolution: int, batch: int, rounds: int) -> 
 
 
 def onnxruntime_figures(rounds: int, threads: int) -> list[Figure]:
-    """Our default B0 beside torchvision's B0 exported to ONNX, in ONNX Runtime fp32."""
+    """Our default B0 beside torchvision's B0 (the same weights) exported to ONNX, in ONNX Runtime fp32."""
     from effnet.deploy.runtime import onnx_runner
 
-    torchvision_b0 = settle_statistics(randomize_statistics(build_torchvision("efficientnet_b0")), 224)
-    ours = _classifier(build_peers("efficientnet_b0", 224)["torchvision"][0])
+    carrier, torchvision_b0 = build_peers("efficientnet_b0", 224)["torchvision"]
+    ours = _classifier(carrier)
     figures = []
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "torchvision_b0.onnx"

@@ -25,7 +25,7 @@ GB = 2**30
 ADDRESS_SPACE = 6 * GB
 PEAK_FILE = "EFFNET_TEST_PEAK_FILE"
 REPORT_PEAK = f"""
-import atexit, os, runpy, sys
+import atexit, os, runpy
 def _report_peak(path=os.environ.pop({PEAK_FILE!r})):
     with open("/proc/self/status") as status, open(path, "w") as out:
         out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))

@@ -11,11 +11,11 @@ from ..errors import ExitCode
 from ..pick.search import DEFAULT_FAMILIES, DEFAULT_RUNTIMES, FAMILIES, RUNTIMES
 from . import add_command, numbers
 
+# The largest values pick's budgets and --max-seconds take: beyond them a budget means nothing.
 MAX_MEASURE_SECONDS = 3600.0
 MAX_LATENCY_MS = 3_600_000.0
 MAX_RATIO = 10_000.0
 MAX_MB = 1e9
-"""The largest values pick's budgets and ``--max-seconds`` take: beyond them a budget means nothing."""
 
 
 def _names(text: str) -> tuple[str, ...]:
